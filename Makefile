@@ -1,0 +1,32 @@
+# Two commands a new user runs on a fresh clone: `make demo` and `make test`.
+# Each installs into ./.venv when needed (torch==2.13.0 first: an unpinned torch would pull CUDA wheels).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED_DATA := $(abspath ../shared/data)
+export APPROXGNN_DATA ?= $(if $(wildcard $(SHARED_DATA)),$(SHARED_DATA),$(HOME)/.approxgnn/data)
+
+.PHONY: install demo test bench peer clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/approxgnn demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+# Optional: PyG (pure Python) for the peer columns of the benchmarks.
+peer: $(STAMP)
+	$(PY) -m pip install -q torch_geometric
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

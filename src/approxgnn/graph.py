@@ -1,0 +1,170 @@
+"""CSR graph and the normalisations the models propagate with.
+
+GCN normalisation keeps the self-loop term *separate* from the off-diagonal matrix:
+
+    Â = D̃^{-1/2} (A + I) D̃^{-1/2},   D̃ = D + I
+      = Â_off + diag(1 / (deg + 1))
+
+so an approximate engine can sample ``Â_off`` alone and add the diagonal exactly (rsc.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class CSRGraph:
+    """Compressed sparse rows: row ``i`` holds ``col[rowptr[i]:rowptr[i+1]]`` (sorted, int64).
+
+    ``value`` is ``None`` for an unweighted graph, else a float tensor aligned with ``col``.
+    ``symmetric`` records that the structure equals its transpose (known by construction, so
+    nobody has to sort ``nnz`` entries to find out). Tensors may live on any device.
+    """
+
+    rowptr: Tensor
+    col: Tensor
+    num_nodes: int
+    value: Tensor | None = None
+    symmetric: bool = False
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.col.device
+
+    def degree(self) -> Tensor:
+        """Out-degree (row length), int64 ``[N]``."""
+        return self.rowptr[1:] - self.rowptr[:-1]
+
+    def row(self) -> Tensor:
+        """Row index of every stored entry, int64 ``[nnz]``."""
+        return torch.repeat_interleave(torch.arange(self.num_nodes, device=self.device), self.degree())
+
+    def to(self, device: torch.device | str) -> "CSRGraph":
+        v = None if self.value is None else self.value.to(device)
+        return CSRGraph(self.rowptr.to(device), self.col.to(device), self.num_nodes, v, self.symmetric)
+
+    def to_torch(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """As a ``torch.sparse_csr_tensor`` (values default to 1)."""
+        v = self.value if self.value is not None else torch.ones(self.nnz, dtype=dtype, device=self.device)
+        return torch.sparse_csr_tensor(self.rowptr, self.col, v.to(dtype), (self.num_nodes, self.num_nodes))
+
+    def transpose(self) -> "CSRGraph":
+        """``Aᵀ`` in CSR (a stable sort by column keeps rows sorted within each new row)."""
+        perm = torch.argsort(self.col, stable=True)
+        rowptr = _rowptr_from_sorted(self.col[perm], self.num_nodes)
+        v = None if self.value is None else self.value[perm]
+        return CSRGraph(rowptr, self.row()[perm], self.num_nodes, v, self.symmetric)
+
+    @classmethod
+    def from_edge_index(
+        cls,
+        edge_index: Tensor | np.ndarray,
+        num_nodes: int,
+        *,
+        symmetrize: bool = True,
+        remove_self_loops: bool = True,
+    ) -> "CSRGraph":
+        """Build a clean unweighted graph from ``[2, E]`` (src, dst) pairs.
+
+        Duplicates are removed; by default edges are made undirected and self-loops dropped
+        (GCN adds its own through the separate diagonal).
+        """
+        ei = torch.as_tensor(np.asarray(edge_index) if not isinstance(edge_index, Tensor) else edge_index)
+        if ei.dim() != 2 or ei.size(0) != 2:
+            raise ValueError(f"edge_index must have shape [2, E], got {tuple(ei.shape)}")
+        if ei.is_floating_point() or ei.dtype == torch.bool:
+            raise ValueError(f"edge_index must be integer, got {ei.dtype}")
+        if num_nodes <= 0:
+            raise ValueError(f"num_nodes must be positive, got {num_nodes}")
+        ei = ei.to(torch.int64)
+        if ei.numel():
+            if int(ei.min()) < 0:
+                raise ValueError(f"edge_index holds a negative node id ({int(ei.min())})")
+            if int(ei.max()) >= num_nodes:
+                raise ValueError(f"edge_index holds node id {int(ei.max())} outside [0, {num_nodes})")
+        src, dst = ei[0], ei[1]
+        if symmetrize:
+            src, dst = torch.cat([src, dst]), torch.cat([dst, src])
+        if remove_self_loops:
+            keep = src != dst
+            src, dst = src[keep], dst[keep]
+        # One sort of a combined key both orders by (row, col) and exposes duplicates.
+        key = torch.unique(src * num_nodes + dst, sorted=True)
+        row, col = key // num_nodes, key % num_nodes
+        return cls(_rowptr_from_sorted(row, num_nodes), col, num_nodes, symmetric=symmetrize)
+
+
+def _rowptr_from_sorted(row: Tensor, num_nodes: int) -> Tensor:
+    counts = torch.bincount(row, minlength=num_nodes)
+    rowptr = torch.zeros(num_nodes + 1, dtype=torch.int64, device=row.device)
+    torch.cumsum(counts, 0, out=rowptr[1:])
+    return rowptr
+
+
+@dataclass
+class NormalizedAdjacency:
+    """``Â = off + diag(diag)``: off-diagonal CSR part (weighted) plus a dense diagonal ``[N]``.
+
+    ``kind`` is ``"gcn"`` (symmetric, ``Â_off`` is its own transpose) or ``"mean"`` (row-normalised,
+    no diagonal). ``row_norm`` is ``‖Â_off[i,:]‖₂`` per row, the RSC sampling weight.
+    """
+
+    off: CSRGraph
+    diag: Tensor | None
+    kind: str
+    symmetric: bool
+
+    @property
+    def num_nodes(self) -> int:
+        return self.off.num_nodes
+
+    def row_norm(self) -> Tensor:
+        v = self.off.value
+        sq = torch.zeros(self.num_nodes, dtype=v.dtype, device=v.device)
+        sq.index_add_(0, self.off.row(), v * v)
+        return sq.sqrt()
+
+    def to(self, device: torch.device | str) -> "NormalizedAdjacency":
+        d = None if self.diag is None else self.diag.to(device)
+        return NormalizedAdjacency(self.off.to(device), d, self.kind, self.symmetric)
+
+    def dense(self) -> Tensor:
+        """Dense ``[N, N]`` reference (tests only)."""
+        a = self.off.to_torch().to_dense()
+        if self.diag is not None:
+            a = a + torch.diag(self.diag)
+        return a
+
+
+def gcn_norm(graph: CSRGraph) -> NormalizedAdjacency:
+    """``Â_off[i,j] = 1/sqrt((d_i+1)(d_j+1))``, ``diag_i = 1/(d_i+1)`` for a graph without self-loops."""
+    deg = graph.degree().to(torch.float32) + 1.0
+    dinv = deg.rsqrt()
+    val = dinv[graph.row()] * dinv[graph.col]
+    off = CSRGraph(graph.rowptr, graph.col, graph.num_nodes, val, graph.symmetric)
+    return NormalizedAdjacency(off, 1.0 / deg, "gcn", symmetric=graph.symmetric)
+
+
+def mean_norm(graph: CSRGraph) -> NormalizedAdjacency:
+    """Row-normalised mean aggregation ``Â[i,j] = 1/d_i`` (isolated rows stay zero), no diagonal."""
+    deg = graph.degree().to(torch.float32)
+    inv = torch.where(deg > 0, 1.0 / deg.clamp(min=1.0), torch.zeros_like(deg))
+    off = CSRGraph(graph.rowptr, graph.col, graph.num_nodes, inv[graph.row()], symmetric=False)
+    return NormalizedAdjacency(off, None, "mean", symmetric=False)
+
+
+def normalize(graph: CSRGraph, kind: str) -> NormalizedAdjacency:
+    if kind == "gcn":
+        return gcn_norm(graph)
+    if kind == "mean":
+        return mean_norm(graph)
+    raise ValueError(f"unknown normalisation {kind!r}; choose 'gcn' or 'mean'")
+

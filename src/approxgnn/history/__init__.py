@@ -1,0 +1,4 @@
+"""Historical-embedding engine: neighbour sampler, feature store and history cache."""
+from .config import RefreshConfig
+
+__all__ = ["RefreshConfig"]

@@ -1,0 +1,163 @@
+"""GCN, GraphSAGE and GCNII on the :class:`~approxgnn.nn.propagation.Propagation` interface.
+
+Every model exposes ``norm`` (the adjacency normalisation it expects: ``"gcn"`` or ``"mean"``)
+and :meth:`spmm_widths`, the width of each propagation whose backward product is computed —
+what an approximate engine budgets for.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .propagation import Propagation
+
+
+def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float) -> None:
+    for name, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
+                    ("out_channels", out_channels), ("num_layers", num_layers)):
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+
+
+class _Stack(nn.Module):
+    """Shared parts: per-hidden-layer batch norm, activation, dropout, and the hidden hook."""
+
+    norm = "gcn"
+
+    def __init__(self, num_hidden: int, hidden_channels: int, dropout: float, batch_norm: bool) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.bns = nn.ModuleList(nn.BatchNorm1d(hidden_channels) for _ in range(num_hidden)) if batch_norm else None
+
+    def _activate(self, h: Tensor, layer: int, prop: Propagation) -> Tensor:
+        if self.bns is not None:
+            h = self.bns[layer](h)
+        h = F.relu(h)
+        return prop.hidden(h, layer)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return F.dropout(x, self.dropout, self.training)
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+class GCN(_Stack):
+    r"""Graph convolution (Kipf & Welling): :math:`H^{(l+1)} = \sigma(\hat A\, H^{(l)} W^{(l)})`,
+    with :math:`\hat A = \tilde D^{-1/2}(A+I)\tilde D^{-1/2}`.
+
+    The linear map runs *before* propagation, so the SpMM width of layer ``l`` is its output
+    width. Shapes: ``x [N, in] → [N_targets, out]``.
+    """
+
+    norm = "gcn"
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
+                 dropout: float = 0.5, batch_norm: bool = False) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout)
+        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm)
+        dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+        self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
+
+    def spmm_widths(self) -> dict[int, int]:
+        return {i: lin.out_features for i, lin in enumerate(self.lins)}
+
+    def forward(self, x: Tensor, prop: Propagation) -> Tensor:
+        last = len(self.lins) - 1
+        for i, lin in enumerate(self.lins):
+            x = prop(lin(self._drop(x)), i)
+            if i < last:
+                x = self._activate(x, i, prop)
+        return x
+
+
+class SAGE(_Stack):
+    r"""GraphSAGE with mean aggregation:
+    :math:`h_i' = W_1 h_i + W_2 \operatorname{mean}_{j \in N(i)} h_j`.
+
+    Propagation runs at the *input* width; layer 0's input (raw features) needs no gradient,
+    so its SpMM has no backward and is left out of :meth:`spmm_widths`.
+    """
+
+    norm = "mean"
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
+                 dropout: float = 0.5, batch_norm: bool = False) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout)
+        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm)
+        dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+        self.lins_self = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
+        self.lins_neigh = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(num_layers))
+
+    def spmm_widths(self) -> dict[int, int]:
+        return {i: lin.in_features for i, lin in enumerate(self.lins_neigh) if i > 0}
+
+    def forward(self, x: Tensor, prop: Propagation) -> Tensor:
+        last = len(self.lins_self) - 1
+        for i, (ls, ln) in enumerate(zip(self.lins_self, self.lins_neigh)):
+            x = self._drop(x)
+            x = ls(prop.targets(x, i)) + ln(prop(x, i))
+            if i < last:
+                x = self._activate(x, i, prop)
+        return x
+
+
+class GCNII(_Stack):
+    r"""GCNII (Chen et al. 2020): initial residual and identity mapping,
+
+    .. math::
+        H^{(l+1)} = \sigma\big(((1-\alpha)\hat A H^{(l)} + \alpha H^{(0)})
+                    ((1-\beta_l) I + \beta_l W^{(l)})\big),\quad \beta_l = \log(\theta / (l+1) + 1).
+
+    Only ``Â H`` goes through the propagation operator; the residual and identity terms are exact.
+    """
+
+    norm = "gcn"
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 4,
+                 dropout: float = 0.5, batch_norm: bool = False, alpha: float = 0.1, theta: float = 0.5) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout)
+        super().__init__(num_layers, hidden_channels, dropout, batch_norm)
+        self.alpha, self.theta = alpha, theta
+        self.lin_in = nn.Linear(in_channels, hidden_channels)
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(hidden_channels, hidden_channels))
+                                        for _ in range(num_layers))
+        self.lin_out = nn.Linear(hidden_channels, out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for w in self.weights:
+            nn.init.xavier_uniform_(w)
+
+    def spmm_widths(self) -> dict[int, int]:
+        return {i: w.size(0) for i, w in enumerate(self.weights)}
+
+    def forward(self, x: Tensor, prop: Propagation) -> Tensor:
+        x = x0 = F.relu(self.lin_in(self._drop(x)))
+        for i, w in enumerate(self.weights):
+            beta = math.log(self.theta / (i + 1) + 1.0)
+            h = (1.0 - self.alpha) * prop(self._drop(x), i) + self.alpha * prop.targets(x0, i)
+            h = (1.0 - beta) * h + beta * (h @ w)
+            x = self._activate(h, i, prop)
+        return self.lin_out(self._drop(x))
+
+
+MODELS: dict[str, type[_Stack]] = {"gcn": GCN, "sage": SAGE, "gcn2": GCNII}
+
+
+def build_model(name: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
+                dropout: float, batch_norm: bool = False) -> nn.Module:
+    """Model by name (``gcn``, ``sage``, ``gcn2``)."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    return cls(in_channels, hidden_channels, out_channels, num_layers, dropout, batch_norm)

@@ -1,0 +1,93 @@
+"""Exact sparse-dense product with a cached transpose for the backward pass.
+
+``torch``'s own CSR autograd rebuilds ``Aᵀ`` at every backward call; for a fixed graph that is
+pure waste. :class:`SparseOperator` builds ``Aᵀ`` once (or reuses ``A`` when it is symmetric) and
+:class:`ExactSpMM` uses it, writing the diagonal term and the product into one buffer.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .graph import CSRGraph, NormalizedAdjacency
+
+
+class SparseOperator:
+    """``y = off @ x + diag ⊙ x[:m]`` for an ``m × n`` CSR ``off`` and optional diagonal ``[m]``.
+
+    ``m == n`` for a full graph; ``m < n`` for a sampled block whose targets are the first ``m``
+    sources. Holds the torch CSR tensor and, lazily, its transpose.
+    """
+
+    def __init__(self, off: CSRGraph | Tensor, diag: Tensor | None = None, *, symmetric: bool = False,
+                 shape: tuple[int, int] | None = None) -> None:
+        if isinstance(off, CSRGraph):
+            value = off.value if off.value is not None else torch.ones(off.nnz, device=off.device)
+            m = off.num_nodes if shape is None else shape[0]
+            n = off.num_nodes if shape is None else shape[1]
+            off = torch.sparse_csr_tensor(off.rowptr, off.col, value.float(), (m, n))
+        self.matrix = off
+        self.diag = None if diag is None else diag.reshape(-1, 1).to(off.values().dtype)
+        self.symmetric = symmetric
+        self._transpose: Tensor | None = off if symmetric else None
+
+    @classmethod
+    def from_adjacency(cls, adj: NormalizedAdjacency) -> "SparseOperator":
+        return cls(adj.off, adj.diag, symmetric=adj.symmetric)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.matrix.shape)  # type: ignore[return-value]
+
+    @property
+    def transpose(self) -> Tensor:
+        """``offᵀ`` as CSR, built on first use and kept."""
+        if self._transpose is None:
+            self._transpose = self.matrix.t().to_sparse_csr()
+        return self._transpose
+
+    def to(self, device: torch.device | str) -> "SparseOperator":
+        op = SparseOperator(self.matrix.to(device), None if self.diag is None else self.diag.to(device),
+                            symmetric=self.symmetric)
+        if self._transpose is not None and not self.symmetric:
+            op._transpose = self._transpose.to(device)
+        return op
+
+    def forward(self, x: Tensor) -> Tensor:
+        """No-grad product ``off @ x + diag ⊙ x[:m]`` in a single output buffer."""
+        return _addmm_diag(self.matrix, x, self.diag)
+
+    def backward(self, g: Tensor) -> Tensor:
+        """``∂L/∂x = offᵀ @ g`` plus the diagonal term scattered onto the first ``m`` rows."""
+        out = self.transpose @ g
+        if self.diag is not None:
+            out[: g.size(0)].addcmul_(self.diag, g)
+        return out
+
+
+def _addmm_diag(matrix: Tensor, x: Tensor, diag: Tensor | None) -> Tensor:
+    if diag is None:
+        return matrix @ x
+    m = matrix.size(0)
+    out = x[:m] * diag
+    return torch.addmm(out, matrix, x, out=out)
+
+
+class ExactSpMM(torch.autograd.Function):
+    """Autograd wrapper around :class:`SparseOperator` (gradients flow to ``x`` only)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, op: SparseOperator) -> Tensor:  # type: ignore[override]
+        ctx.op = op
+        return op.forward(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        return ctx.op.backward(g.contiguous()), None
+
+
+def spmm(op: SparseOperator, x: Tensor) -> Tensor:
+    """``Â @ x`` exactly; backward uses the cached transpose."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return ExactSpMM.apply(x, op)
+    return op.forward(x)

@@ -1,0 +1,61 @@
+"""RSC configuration (spec: docs/rsc.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALLOCATIONS = ("delta", "delta_per_flop", "uniform")
+SELECTIONS = ("topk", "importance")
+
+
+@dataclass
+class RSCConfig:
+    """Knobs of randomized sparse computation.
+
+    * ``budget`` C ∈ (0, 1]: fraction of backward-SpMM FLOPs kept, ``C·nnz(Â_off)·Σ_l d_l``.
+    * ``cache_interval`` R: iterations a sampled index set and its transposed slice are reused.
+    * ``tune_interval``: epochs between greedy re-allocations; ``warmup``: exact epochs that
+      gather statistics before the first allocation.
+    * ``switch_time`` ∈ [0, 1]: fraction of epochs run approximately before going exact.
+    * ``allocation``: ``delta`` (official argmin Δ), ``delta_per_flop`` (Δ per FLOP saved) or
+      ``uniform`` (same ratio in every layer); ``selection``: ``topk`` or ``importance``.
+    * ``step``: greedy shrink step; ``ema``: weight of the newest statistics.
+    * ``val_guard``: go exact early when the validation metric falls more than ``val_tolerance``
+      below its best for ``val_patience`` epochs.
+    """
+
+    budget: float = 0.1
+    cache_interval: int = 10
+    tune_interval: int = 10
+    switch_time: float = 0.8
+    allocation: str = "delta_per_flop"
+    selection: str = "topk"
+    step: float = 0.02
+    warmup: int = 2
+    ema: float = 0.5
+    val_guard: bool = False
+    val_tolerance: float = 0.02
+    val_patience: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"rsc budget must be in (0, 1], got {self.budget}")
+        if not 0.0 <= self.switch_time <= 1.0:
+            raise ValueError(f"rsc switch_time must be in [0, 1], got {self.switch_time}")
+        for name in ("cache_interval", "tune_interval", "val_patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rsc {name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"rsc warmup must be >= 0, got {self.warmup}")
+        if not 0.0 < self.step < 1.0:
+            raise ValueError(f"rsc step must be in (0, 1), got {self.step}")
+        if not 0.0 < self.ema <= 1.0:
+            raise ValueError(f"rsc ema must be in (0, 1], got {self.ema}")
+        if self.val_tolerance < 0:
+            raise ValueError(f"rsc val_tolerance must be >= 0, got {self.val_tolerance}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"rsc allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"rsc selection must be one of {SELECTIONS}, got {self.selection!r}")

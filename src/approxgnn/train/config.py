@@ -1,0 +1,81 @@
+"""Run configuration: one dataclass per concern, composed into :class:`TrainConfig`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..history.config import RefreshConfig
+from ..nn.models import MODELS
+from ..rsc.config import RSCConfig
+
+ENGINES = ("exact", "rsc", "sample", "refresh")
+FULL_BATCH_ENGINES = ("exact", "rsc")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; recorded in full in ``result.json`` and every checkpoint."""
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    split: int = 0
+    model: str = "gcn"
+    engine: str = "exact"
+    layers: int = 2
+    hidden: int = 256
+    dropout: float = 0.5
+    batch_norm: bool = False
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    epochs: int = 200
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None
+    checkpoint_every: int = 0
+    progress: bool = True
+    rsc: RSCConfig = field(default_factory=RSCConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose one of {list(ENGINES)}")
+        if self.layers < 1:
+            raise ValueError(f"layers must be >= 1, got {self.layers}")
+        if self.hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.engine in ("sample", "refresh") and len(self.refresh.fanouts) != self.layers:
+            raise ValueError(f"{len(self.refresh.fanouts)} fanouts given for {self.layers} layers; "
+                             "give one fanout per layer")
+        self.rsc.validate()
+        self.refresh.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        if isinstance(d.get("rsc"), dict):
+            d["rsc"] = RSCConfig(**d["rsc"])
+        if isinstance(d.get("refresh"), dict):
+            d["refresh"] = RefreshConfig(**d["refresh"])
+        return cls(**d)

@@ -1,0 +1,171 @@
+"""The epoch loop every trainer shares: evaluation, best-validation selection, progress bar,
+NaN guard, checkpoints and ``result.json``.
+
+A trainer (full-batch or mini-batch) supplies :class:`Trainer`'s four methods; :func:`fit` does
+the rest, so both engines get the same bookkeeping and the same resume semantics.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+
+RESULT_NAME = "result.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradients became NaN/inf; the last good checkpoint is kept."""
+
+
+class Trainer(ABC):
+    """What :func:`fit` needs from an engine-specific trainer."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    metric: str
+
+    @abstractmethod
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of optimisation; returns at least ``loss`` and ``step_time_s``."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Exact evaluation: the metric on ``train``, ``val`` and ``test``."""
+
+    def on_epoch_end(self, epoch: int, val: float) -> None:
+        """Feedback to the engine (default: none)."""
+
+    def engine_stats(self) -> dict[str, Any]:
+        return {}
+
+    def engine_state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_engine_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def run_info(self) -> dict[str, Any]:
+        """Static facts recorded in the result (graph size, device, ...)."""
+        return {}
+
+
+def check_out_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one directory."""
+    if out is None or resume:
+        return
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} exists and is not a directory")
+    if not overwrite and ((p / RESULT_NAME).exists() or (p / CHECKPOINT_NAME).exists()):
+        raise ValueError(f"--out {p} holds another run; pass --resume {p} to continue it or --overwrite to replace it")
+
+
+def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train for ``cfg.epochs`` epochs (continuing ``resume_state`` if given); return the result."""
+    cfg = trainer.cfg
+    out = Path(cfg.out) if cfg.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+
+    s: dict[str, Any] = {"epoch": 0, "best_val": -math.inf, "best_test": float("nan"), "best_epoch": -1,
+                         "best_model": None, "curve": [], "train_time_s": 0.0, "eval_time_s": 0.0,
+                         "checkpoint_time_s": []}
+    if resume_state is not None:
+        trainer.model.load_state_dict(resume_state["model"])
+        trainer.optimizer.load_state_dict(resume_state["optimizer"])
+        trainer.load_engine_state_dict(resume_state["engine"])
+        s.update(resume_state["loop"])
+        set_rng_state(resume_state["rng"])
+
+    bar = tqdm(range(s["epoch"], cfg.epochs), initial=s["epoch"], total=cfg.epochs, disable=not cfg.progress,
+               desc=f"{cfg.engine}:{cfg.model}:{cfg.dataset}", dynamic_ncols=True, leave=False)
+    for epoch in bar:
+        rec = trainer.train_epoch(epoch)
+        if not math.isfinite(rec["loss"]):
+            raise TrainingDiverged(
+                f"loss became {rec['loss']} at epoch {epoch}; "
+                + (f"the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists()
+                   else "no checkpoint was written (use --checkpoint-every N)")
+                + "; try a lower --lr")
+        s["train_time_s"] += rec["step_time_s"]
+        t0 = time.perf_counter()
+        ev = trainer.evaluate()
+        s["eval_time_s"] += time.perf_counter() - t0
+        trainer.on_epoch_end(epoch, ev["val"])
+        if ev["val"] > s["best_val"]:
+            s.update(best_val=ev["val"], best_test=ev["test"], best_epoch=epoch,
+                     best_model=copy.deepcopy(trainer.model.state_dict()))
+        s["curve"].append({"epoch": epoch, "time_s": s["train_time_s"], **rec, **ev})
+        s["epoch"] = epoch + 1
+        bar.set_postfix(_postfix(rec, ev, trainer.engine_stats()), refresh=False)
+        if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
+            t0 = time.perf_counter()
+            save_checkpoint(ckpt_path, _checkpoint(trainer, s))
+            s["checkpoint_time_s"].append(time.perf_counter() - t0)
+    bar.close()
+
+    step_times = [r["step_time_s"] for r in s["curve"]]
+    result = {
+        "dataset": cfg.dataset, "model": cfg.model, "engine": cfg.engine, "metric": trainer.metric,
+        "val": s["best_val"], "test": s["best_test"], "best_epoch": s["best_epoch"], "epochs": cfg.epochs,
+        "train_time_s": s["train_time_s"], "eval_time_s": s["eval_time_s"],
+        "epoch_time_median_s": statistics.median(step_times) if step_times else float("nan"),
+        "checkpoint_time_median_s": statistics.median(s["checkpoint_time_s"]) if s["checkpoint_time_s"] else None,
+        "final": s["curve"][-1] if s["curve"] else None,
+        "engine_stats": trainer.engine_stats(),
+        **trainer.run_info(),
+        "config": cfg.to_dict(),
+        "curve": s["curve"],
+    }
+    if out is not None:
+        atomic_write_bytes(out / RESULT_NAME, json.dumps(result, indent=2, default=_json_default).encode())
+    result["best_model"] = s["best_model"]
+    return result
+
+
+def _checkpoint(trainer: Trainer, s: dict[str, Any]) -> dict[str, Any]:
+    return {"config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(), "engine": trainer.engine_state_dict(),
+            "loop": dict(s), "rng": rng_state()}
+
+
+def read_checkpoint(out: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint in run directory ``out``, with a clear error when there is none."""
+    path = Path(out) / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}: was the run started with --checkpoint-every N?")
+    return load_checkpoint(path)
+
+
+def _postfix(rec: dict[str, float], ev: dict[str, float], stats: dict[str, Any]) -> dict[str, str]:
+    p = {"loss": f"{rec['loss']:.4f}", "val": f"{ev['val']:.4f}"}
+    for k, v in stats.items():
+        if isinstance(v, float):
+            p[k] = f"{v:.3g}"
+        elif isinstance(v, (int, str)):
+            p[k] = str(v)
+    return p
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
