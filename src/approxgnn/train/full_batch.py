@@ -12,7 +12,7 @@ from ..graph import CSRGraph, normalize
 from ..nn import ExactPropagation, Propagation, build_model
 from ..ops import SparseOperator
 from .config import TrainConfig
-from .loop import Trainer
+from .loop import Trainer, backward_and_step
 from .metrics import evaluate_logits
 
 
@@ -63,10 +63,9 @@ class FullBatchTrainer(Trainer):
         out = self.model(self.x, self.prop)
         m = self.masks["train"]
         loss = F.cross_entropy(out[m], self.y[m])
-        loss.backward()
-        self.optimizer.step()
+        grad_norm = backward_and_step(loss, self.model, self.optimizer)
         sync()
-        return {"loss": float(loss), "step_time_s": time.perf_counter() - t0}
+        return {"loss": float(loss.detach()), "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

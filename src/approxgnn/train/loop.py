@@ -29,6 +29,23 @@ class TrainingDiverged(RuntimeError):
     """Loss or gradients became NaN/inf; the last good checkpoint is kept."""
 
 
+def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """``loss.backward()`` then ``optimizer.step()``, refusing NaN/inf loss or gradients.
+
+    The check comes before the step so the parameters (and any later checkpoint) stay finite.
+    Returns the total gradient norm.
+    """
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss became {float(loss)}")
+    loss.backward()
+    grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    norm = torch.stack(grads).norm() if grads else torch.zeros(())
+    if not torch.isfinite(norm):
+        raise TrainingDiverged(f"gradient norm became {float(norm)}")
+    optimizer.step()
+    return float(norm)
+
+
 class Trainer(ABC):
     """What :func:`fit` needs from an engine-specific trainer."""
 
@@ -94,13 +111,12 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
     bar = tqdm(range(s["epoch"], cfg.epochs), initial=s["epoch"], total=cfg.epochs, disable=not cfg.progress,
                desc=f"{cfg.engine}:{cfg.model}:{cfg.dataset}", dynamic_ncols=True, leave=False)
     for epoch in bar:
-        rec = trainer.train_epoch(epoch)
-        if not math.isfinite(rec["loss"]):
-            raise TrainingDiverged(
-                f"loss became {rec['loss']} at epoch {epoch}; "
-                + (f"the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists()
-                   else "no checkpoint was written (use --checkpoint-every N)")
-                + "; try a lower --lr")
+        try:
+            rec = trainer.train_epoch(epoch)
+        except TrainingDiverged as e:
+            kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists()
+                    else "no checkpoint was written (use --checkpoint-every N)")
+            raise TrainingDiverged(f"{e} at epoch {epoch}; {kept}; try a lower --lr") from None
         s["train_time_s"] += rec["step_time_s"]
         t0 = time.perf_counter()
         ev = trainer.evaluate()

@@ -1,0 +1,27 @@
+"""Dataset loaders: every format becomes one :class:`Dataset` record of numpy arrays.
+
+>>> from approxgnn.datasets import load_dataset
+>>> ds = load_dataset("cora")                 # <data root>/planetoid/raw/ind.cora.*
+>>> ds = load_dataset("tolokers", split=3)    # one of the 10 fixed splits
+>>> ds = load_dataset("/data/ogbn_arxiv")     # an OGB folder already on disk
+>>> ds = load_dataset("synthetic-1m")         # generated: 1M nodes, 10M edges, in seconds
+
+The data root is ``root=``, else ``$APPROXGNN_DATA``, else ``~/.approxgnn/data``. Nothing is
+ever downloaded. Every missing or malformed file raises :class:`DatasetError` naming the file.
+"""
+from __future__ import annotations
+
+from .base import Dataset, DatasetError, data_root
+from .registry import REGISTRY, dataset_names, list_datasets, load_dataset
+from .synthetic_graph import synthetic
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "REGISTRY",
+    "data_root",
+    "dataset_names",
+    "list_datasets",
+    "load_dataset",
+    "synthetic",
+]

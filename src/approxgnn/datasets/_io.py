@@ -1,0 +1,144 @@
+"""How loaders touch files: one place that turns low-level failures into :class:`DatasetError`.
+
+Every loader parses inside ``with reading(path, "what is being read"):`` so that a truncated
+zip, a bad pickle, a malformed CSV or a missing key surfaces as one ``DatasetError`` whose
+message names the file and what was expected -- never as a raw traceback from numpy, pickle,
+json, gzip or zipfile.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .base import DatasetError
+
+# Everything the standard library and numpy raise on bad input. DatasetError is a ValueError,
+# so it is re-raised untouched before this tuple is consulted.
+_LOW_LEVEL_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # includes UnicodeDecodeError and json.JSONDecodeError
+    KeyError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    EOFError,
+    OSError,  # includes gzip.BadGzipFile, FileNotFoundError, PermissionError
+    OverflowError,
+    MemoryError,  # a corrupt header can declare an absurd array size
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    pickle.UnpicklingError,
+    json.JSONDecodeError,
+)
+
+
+@contextmanager
+def reading(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Convert any low-level error raised inside the block into a DatasetError naming ``path``.
+
+    ``what`` says what was being read or expected (e.g. ``"key 'edges' of the npz"``), so the
+    message tells the user which field of which file is wrong.
+    """
+    try:
+        yield
+    except DatasetError:
+        raise
+    except _LOW_LEVEL_ERRORS as e:
+        detail = str(e) or type(e).__name__
+        raise DatasetError(f"{path}: malformed {what}: {type(e).__name__}: {detail}") from e
+
+
+def fail(path: str | os.PathLike, msg: str) -> DatasetError:
+    """Build (not raise) a DatasetError for ``path``; callers write ``raise fail(...)``."""
+    return DatasetError(f"{path}: {msg}")
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a regular file, else raise a DatasetError saying what was expected."""
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "not found"
+        raise fail(path, f"{state}; expected {what}")
+    return path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a directory, else raise a DatasetError saying what was expected."""
+    if not path.is_dir():
+        state = "is not a directory" if path.exists() else "not found"
+        raise fail(path, f"{state}; expected {what}")
+    return path
+
+
+def npz_array(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """Read one array of an open npz, naming the file and the key when it is absent or corrupt."""
+    if key not in npz.files:
+        raise fail(path, f"missing key {key!r} (keys present: {', '.join(sorted(npz.files)) or 'none'})")
+    with reading(path, f"array {key!r} of the npz"):
+        return npz[key]
+
+
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """Open an npz without pickle support; a truncated or non-zip file becomes a DatasetError."""
+    require_file(path, "an .npz archive")
+    with reading(path, "npz archive"):
+        return np.load(path, allow_pickle=False)
+
+
+def as_labels(values: np.ndarray, path: Path, field: str) -> np.ndarray:
+    """Coerce a 1-D label array to int64, rejecting non-integral or negative values."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise fail(path, f"{field} must be 1-D [N], got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
+            raise fail(path, f"{field} must hold integer class ids, found non-integral values")
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise fail(path, f"{field} must be integer class ids, got dtype {arr.dtype}")
+    out = arr.astype(np.int64)
+    if out.size and out.min() < 0:
+        raise fail(path, f"{field} holds a negative class id ({out.min()})")
+    return out
+
+
+def as_features(values: np.ndarray, path: Path, field: str) -> np.ndarray:
+    """Coerce a feature matrix to C-contiguous float32 [N, F] (finiteness is checked by Dataset)."""
+    arr = np.asarray(values)
+    if arr.ndim != 2:
+        raise fail(path, f"{field} must be 2-D [N, F], got shape {arr.shape}")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise fail(path, f"{field} must be numeric, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def as_edge_index(pairs: np.ndarray, path: Path, field: str) -> np.ndarray:
+    """Turn an ``[E, 2]`` array of (source, target) rows into an int64 ``[2, E]`` edge_index."""
+    arr = np.asarray(pairs)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise fail(path, f"{field} must have shape [E, 2], got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not (arr == np.round(arr)).all():
+            raise fail(path, f"{field} must hold integer node ids, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr.T, dtype=np.int64)
+
+
+def num_classes_of(y: np.ndarray, path: Path) -> int:
+    """Number of classes implied by labels ``y`` (max id + 1); an empty label set is an error."""
+    if y.size == 0:
+        raise fail(path, "empty graph: no labelled nodes")
+    return int(y.max()) + 1
+
+
+def metric_for(num_classes: int) -> str:
+    """Headline metric of a task: ROC-AUC for binary tasks, accuracy otherwise."""
+    return "auc" if num_classes == 2 else "acc"

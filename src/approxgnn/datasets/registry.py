@@ -1,0 +1,232 @@
+"""Names -> loaders: ``load_dataset`` and ``list_datasets``.
+
+A dataset is named in one of three ways:
+
+* a registered name (``cora``, ``tolokers``, ``twitch-de``, ``gnnb-cora``, ``synthetic`` ...),
+  whose files live at a fixed place under the data root (see :data:`REGISTRY`);
+* a pattern: ``ogbn-<name>`` (the folder ``<root>/ogbn_<name>``) or ``synthetic-<size>``
+  (``synthetic-500k``, ``synthetic-1m``, ``synthetic-2.5m``: that many nodes, average degree 20,
+  128 features -- sized like the OGB graphs; keyword arguments override any parameter);
+* a path: an ``.npz`` (heterophilous or gnn-benchmark layout, told apart by its keys), an OGB
+  folder, a MUSAE Twitch country folder or a Planetoid ``raw`` folder.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._io import fail, open_npz
+from .base import Dataset, DatasetError, data_root
+from .gnn_benchmark import NAMES as GNNB_NAMES
+from .gnn_benchmark import is_gnn_benchmark_npz, load_gnn_benchmark
+from .heterophilous import NAMES as HETERO_NAMES
+from .heterophilous import is_heterophilous_npz, load_heterophilous
+from .ogb import PREFIX as OGB_PREFIX
+from .ogb import is_ogb_dir, load_ogb, ogb_dir
+from .planetoid import load_planetoid
+from .synthetic_graph import synthetic
+from .twitch import NAMES as TWITCH_NAMES
+from .twitch import country_of, load_twitch
+
+Loader = Callable[..., Dataset]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered dataset: where its file or folder lives under the root, and how to load it.
+
+    ``locate`` and ``load`` are None for the generated ``synthetic`` graph (nothing on disk).
+    ``load`` is called as ``load(location, name=..., split=..., seed=..., **options)``.
+    """
+
+    name: str
+    locate: Callable[[Path], Path] | None
+    load: Loader | None
+    description: str
+
+
+def _build_registry() -> dict[str, Entry]:
+    entries = [
+        Entry(name, lambda root: root / "planetoid" / "raw", load_planetoid,
+              f"Planetoid {name} with the public split")
+        for name in ("cora", "citeseer")
+    ]
+    entries += [
+        Entry(name, lambda root, n=name: root / "heterophilous_graphs" / f"{n}.npz", load_heterophilous,
+              f"heterophilous-graphs {name} (10 fixed splits)")
+        for name in HETERO_NAMES
+    ]
+    entries += [
+        Entry(name, lambda root, f=file: root / "gnn_benchmark" / f, load_gnn_benchmark,
+              f"gnn-benchmark {file} (random 20/class, 500, 1000 split)")
+        for name, file in GNNB_NAMES.items()
+    ]
+    entries += [
+        Entry(name, lambda root, c=country: root / "twitch" / c, load_twitch,
+              f"MUSAE Twitch {country} (binary, ROC-AUC, random 50/25/25 split)")
+        for name, country in TWITCH_NAMES.items()
+    ]
+    entries.append(Entry(SYNTHETIC, None, None, "generated power-law graph, 20k nodes (no files)"))
+    return {e.name: e for e in entries}
+
+
+SYNTHETIC = "synthetic"
+
+
+REGISTRY: dict[str, Entry] = _build_registry()
+
+_SIZE = re.compile(r"^synthetic-(\d+(?:\.\d+)?)([km]?)$")
+_LARGE_SYNTHETIC = {"avg_degree": 20.0, "num_features": 128}
+
+
+def parse_synthetic_name(name: str) -> dict | None:
+    """``synthetic-1m`` -> ``{"num_nodes": 1000000, "avg_degree": 20.0, "num_features": 128}``."""
+    m = _SIZE.match(name)
+    if m is None:
+        return None
+    scale = {"": 1, "k": 1_000, "m": 1_000_000}[m.group(2)]
+    return {"num_nodes": int(round(float(m.group(1)) * scale)), **_LARGE_SYNTHETIC}
+
+
+def dataset_names() -> list[str]:
+    """Registered names plus the two name patterns, for messages and ``--help``."""
+    return [*REGISTRY, f"{OGB_PREFIX}<name>", "synthetic-<size> (e.g. synthetic-1m)"]
+
+
+def _resolve_path(path: Path) -> tuple[Loader, Path, dict]:
+    """Pick a loader for a file or folder by looking at what it contains."""
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise fail(path, "unrecognised file: expected an .npz (heterophilous or gnn-benchmark layout)")
+        with open_npz(path) as npz:
+            keys = list(npz.files)
+        if is_gnn_benchmark_npz(keys):
+            return load_gnn_benchmark, path, {}
+        if is_heterophilous_npz(keys):
+            return load_heterophilous, path, {}
+        raise fail(path, f"unrecognised npz layout (keys: {', '.join(sorted(keys))}); expected "
+                         "node_features/node_labels/edges/*_masks or adj_*/attr_*/labels")
+    if path.is_dir():
+        if is_ogb_dir(path):
+            return load_ogb, path, {}
+        if country_of(path) is not None:
+            return load_twitch, path, {}
+        graphs = sorted(path.glob("ind.*.graph"))
+        if len(graphs) == 1:
+            return load_planetoid, path, {"name": graphs[0].name.split(".")[1]}
+        raise fail(path, "unrecognised folder: expected an OGB folder (raw/edge.csv.gz), a Twitch country "
+                         "folder (<C>_edges.csv) or a Planetoid raw folder (one ind.<name>.graph)")
+    raise fail(path, "no such file or directory, and not a known dataset name; "
+                     f"known names: {', '.join(dataset_names())}")
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.endswith(".npz") or text.startswith((".", "~"))
+
+
+def _check_options(func: Callable[..., Dataset], name: str, kwargs: dict) -> None:
+    """Reject keyword arguments ``func`` does not take, listing the ones it does."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    accepted = [k for k, p in inspect.signature(func).parameters.items()
+                if p.kind in kinds and k not in ("name", "split", "seed")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise DatasetError(f"{name}: unknown option(s) {unknown}; accepted: {', '.join(accepted) or 'none'}")
+
+
+def _call(loader: Loader, location: Path, name: str, split: int, seed: int, kwargs: dict) -> Dataset:
+    """Call a file loader (its location argument is positional-only) after checking the options."""
+    _check_options(loader, name, kwargs)
+    return loader(location, name=name, split=split, seed=seed, **kwargs)
+
+
+def _generate(key: str, split: int, seed: int, kwargs: dict) -> Dataset:
+    """``synthetic`` (the small default) or ``synthetic-<size>``, with keyword overrides."""
+    sizes = {} if key == SYNTHETIC else parse_synthetic_name(key) or {}
+    _check_options(synthetic, key, kwargs)
+    return synthetic(**{**sizes, **kwargs}, name=key, split=split, seed=seed)  # type: ignore[arg-type]
+
+
+def _normalise(name: str) -> str:
+    """Lower-case; accept ``_``/``-`` interchangeably (``squirrel-filtered``, ``twitch_de``)."""
+    key = name.strip().lower()
+    for candidate in (key, key.replace("-", "_"), key.replace("_", "-")):
+        if candidate in REGISTRY:
+            return candidate
+    return key
+
+
+def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, split: int = 0,
+                 seed: int = 0, **kwargs: object) -> Dataset:
+    """Load a dataset by registered name, name pattern or path (see the module docstring).
+
+    ``root`` defaults to :func:`data_root`. ``split`` picks a fixed split (heterophilous npz) or
+    seeds another random split (gnn-benchmark, Twitch, synthetic); datasets with one official
+    split (Planetoid, OGB) accept only 0. Extra keyword arguments go to the loader (e.g.
+    ``num_test=None`` for gnn-benchmark, ``num_nodes=...`` for synthetic); unknown ones raise.
+    Every failure is a :class:`DatasetError` naming the file and what was expected.
+    """
+    text = os.fspath(name_or_path)
+    key = _normalise(text)
+    base = data_root(root)
+    if key in REGISTRY:
+        entry = REGISTRY[key]
+        if entry.locate is None or entry.load is None:
+            return _generate(key, split, seed, kwargs)
+        location = entry.locate(base)
+        if not location.exists():
+            raise DatasetError(f"{key}: not found at {location} (data root {base}; set APPROXGNN_DATA or pass root=)")
+        return _call(entry.load, location, key, split, seed, kwargs)
+    if key.startswith(OGB_PREFIX) and not _looks_like_path(text):
+        folder = ogb_dir(base, key)
+        if not folder.exists():
+            raise DatasetError(f"{key}: not found at {folder} (an OGB node-property folder with raw/ and split/; "
+                               "nothing is downloaded)")
+        return _call(load_ogb, folder, key, split, seed, kwargs)
+    if parse_synthetic_name(key) is not None:
+        return _generate(key, split, seed, kwargs)
+    if _looks_like_path(text) or Path(text).expanduser().exists():
+        path = Path(text).expanduser()
+        loader, location, fixed = _resolve_path(path)
+        return _call(loader, location, fixed.get("name") or _default_name(path), split, seed, kwargs)
+    raise DatasetError(f"unknown dataset {text!r}; known names: {', '.join(dataset_names())}")
+
+
+def _default_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+def list_datasets(root: str | os.PathLike | None = None, include_synthetic: bool = True) -> list[dict]:
+    """``Dataset.summary()`` of every dataset found under ``root`` (registered ones and ``ogbn_*``).
+
+    Each dataset is loaded, so the cost grows with what is on disk. Datasets whose files are
+    absent are skipped; one that fails to load appears as ``{"name": ..., "error": message}``.
+    The small default ``synthetic`` graph is listed too unless ``include_synthetic`` is False.
+    """
+    base = data_root(root)
+    found: list[tuple[str, Loader | None, Path | None]] = []
+    for name, entry in REGISTRY.items():
+        if entry.locate is None or entry.load is None:
+            if include_synthetic:
+                found.append((name, None, None))
+        elif entry.locate(base).exists():
+            found.append((name, entry.load, entry.locate(base)))
+    if base.is_dir():
+        for folder in sorted(base.glob("ogbn_*")):
+            if folder.is_dir():
+                found.append((OGB_PREFIX + folder.name[len("ogbn_"):].replace("_", "-"), load_ogb, folder))
+    out = []
+    for name, loader, location in found:
+        try:
+            if loader is None or location is None:
+                ds = _generate(name, 0, 0, {})
+            else:
+                ds = _call(loader, location, name, 0, 0, {})
+            out.append(ds.summary())
+        except Exception as e:  # noqa: BLE001 -- a listing reports every failure instead of stopping
+            out.append({"name": name, "error": str(e) if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"})
+    return out

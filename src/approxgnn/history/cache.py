@@ -1,0 +1,174 @@
+"""History cache: tables of node embeddings ``h_v^(l)`` with per-entry write iterations.
+
+One float32 *arena* holds the whole cache budget. The :class:`~.features.FeatureCache` fills it
+from the front with raw feature rows; this class claims embedding rows (``dim`` floats each) from
+the back. Claiming a row that overlaps feature rows truncates the feature cache first, so a
+feature row is invalidated *before* an embedding overwrites it and is never served again:
+
+    arena = [ feature rows (valid prefix) … | … embedding rows claimed from the end ]
+    bytes used = num_valid_feature_rows · F · 4 + claimed_rows · dim · 4 ≤ budget
+
+Entry ``(l, v)`` written at iteration ``w`` is *fresh* at iteration ``t`` when
+``t − w ≤ max_age`` (``staleness``; ``None``: never stale, the GAS policy), i.e. it is served at
+iterations ``w+1 … w+staleness`` and is a miss afterwards — exact per-entry ages.
+
+Capacity guard, when an admission needs slots: reuse the node's own (stale) slot, then free or
+stale slots, then claim new rows (displacing feature rows), and only then replace the oldest
+entries. An admission never asks for more slots than exist.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .features import FeatureCache
+from .sampler import PruneTest
+
+NEVER = -(1 << 62)  # write iteration of an empty slot: never fresh
+
+
+class HistoryCache:
+    """Embedding tables for ``layers`` (hidden layer indices), ``dim`` floats per entry.
+
+    ``arena`` is a 1-D float32 tensor shared with ``feature_cache`` (which may be ``None``).
+    Metadata is numpy so the sampler's numba kernel can read it for pruning.
+    """
+
+    def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
+                 feature_cache: FeatureCache | None = None, staleness: int | None = 200) -> None:
+        if dim < 1:
+            raise ValueError(f"embedding width must be >= 1, got {dim}")
+        if staleness is not None and staleness < 1:
+            raise ValueError(f"staleness must be >= 1 iteration or None, got {staleness}")
+        self.layers, self.dim, self.staleness = list(layers), dim, staleness
+        self.max_age = (1 << 62) if staleness is None else int(staleness)
+        self.feature_cache = feature_cache
+        self.max_slots = arena.numel() // dim
+        self._base = arena.numel() - self.max_slots * dim  # float offset of physical row 0
+        self.table = arena[self._base:].view(self.max_slots, dim)
+        self.claimed = 0  # rows [max_slots − claimed, max_slots) belong to embeddings
+        self.slot_node = np.full(self.max_slots, -1, np.int64)
+        self.slot_layer = np.full(self.max_slots, -1, np.int64)
+        self.slot_iter = np.full(self.max_slots, NEVER, np.int64)
+        self.node_slot = {l: np.full(num_nodes, -1, np.int64) for l in self.layers}
+
+    # ---- reading -------------------------------------------------------------------------
+    def fresh(self, layer: int, nodes: np.ndarray, now: int) -> np.ndarray:
+        """Bool mask: does ``nodes`` hold a fresh layer-``layer`` entry at iteration ``now``?"""
+        s = self.node_slot[layer][nodes]
+        ok = s >= 0
+        ok[ok] = now - self.slot_iter[s[ok]] <= self.max_age
+        return ok
+
+    def prune_test(self, layer: int, now: int) -> PruneTest:
+        """The same test, as arrays for the sampler kernel."""
+        return PruneTest(self.node_slot[layer], self.slot_iter, now, self.max_age)
+
+    def read(self, layer: int, nodes: np.ndarray, now: int) -> tuple[Tensor, np.ndarray]:
+        """Copies of the (fresh) entries of ``nodes`` and their ages ``now − write iteration``."""
+        s = self.node_slot[layer][nodes]
+        if (s < 0).any() or (now - self.slot_iter[s] > self.max_age).any():
+            raise KeyError(f"layer {layer}: asked to serve a missing or stale entry")
+        return self.table[torch.from_numpy(s).to(self.table.device)], now - self.slot_iter[s]
+
+    # ---- writing -------------------------------------------------------------------------
+    def admit(self, layer: int, nodes: np.ndarray, values: Tensor, now: int) -> int:
+        """Write ``values [k, dim]`` as the layer-``layer`` entries of ``nodes`` (distinct, in
+        priority order: only the first ``max_slots`` fit). Returns the number written."""
+        k = min(len(nodes), self.max_slots)
+        if k == 0:
+            return 0
+        nodes = np.asarray(nodes[:k], dtype=np.int64)
+        node_slot = self.node_slot[layer]
+        slots = node_slot[nodes].copy()
+        need = np.flatnonzero(slots < 0)
+        if len(need):
+            slots[need] = self._take_slots(len(need), keep=slots[slots >= 0], now=now)
+        # Unmap whoever held a reassigned slot (a stale or the oldest entry of another node).
+        old_layer, old_node = self.slot_layer[slots], self.slot_node[slots]
+        moved = (old_node >= 0) & ((old_node != nodes) | (old_layer != layer))
+        for l in np.unique(old_layer[moved]):
+            sel = moved & (old_layer == l)
+            self.node_slot[int(l)][old_node[sel]] = -1
+        self.slot_node[slots], self.slot_layer[slots], self.slot_iter[slots] = nodes, layer, now
+        node_slot[nodes] = slots
+        self.table[torch.from_numpy(slots).to(self.table.device)] = values[:k].detach().to(self.table)
+        return k
+
+    def evict(self, layer: int, nodes: np.ndarray) -> int:
+        """Drop the layer-``layer`` entries of ``nodes`` (slots stay claimed and become free)."""
+        s = self.node_slot[layer][nodes]
+        s = s[s >= 0]
+        self.slot_node[s], self.slot_layer[s], self.slot_iter[s] = -1, -1, NEVER
+        self.node_slot[layer][nodes] = -1
+        return len(s)
+
+    def _take_slots(self, n: int, keep: np.ndarray, now: int) -> np.ndarray:
+        """``n`` slots, by the capacity guard's order (module docstring); never one in ``keep``."""
+        lo = self.max_slots - self.claimed
+        claimed = np.arange(lo, self.max_slots)
+        reusable = claimed[(self.slot_node[lo:] < 0) | (now - self.slot_iter[lo:] > self.max_age)]
+        reusable = np.setdiff1d(reusable, keep, assume_unique=True)
+        out = [reusable[:n]]
+        n -= len(out[0])
+        if n > 0:  # grow into the feature region
+            grow = min(n, lo)
+            if grow:
+                self._claim(grow)
+                out.append(np.arange(lo - grow, lo))
+                n -= grow
+        if n > 0:  # table full: replace the oldest entries
+            taken = np.concatenate([keep, *out])
+            cand = np.setdiff1d(claimed, taken, assume_unique=True)
+            order = np.argpartition(self.slot_iter[cand], n - 1)[:n] if n < len(cand) else np.arange(len(cand))
+            out.append(cand[order])
+        return np.concatenate(out)
+
+    def _claim(self, rows: int) -> None:
+        self.claimed += rows
+        if self.feature_cache is not None:
+            free_from = self._base + (self.max_slots - self.claimed) * self.dim  # first float now ours
+            self.feature_cache.truncate(free_from // self.feature_cache.store.dim)
+
+    # ---- figures and state ---------------------------------------------------------------
+    @property
+    def entries(self) -> int:
+        return int((self.slot_node >= 0).sum())
+
+    def occupancy(self) -> float:
+        """Entries over capacity (0 when the budget holds no embedding row)."""
+        return self.entries / self.max_slots if self.max_slots else 0.0
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes of the shared budget in use: valid feature rows plus claimed embedding rows."""
+        feat = self.feature_cache.bytes_used if self.feature_cache is not None else 0
+        return feat + self.claimed * self.dim * 4
+
+    def state_dict(self) -> dict[str, Any]:
+        lo = self.max_slots - self.claimed
+        return {"claimed": self.claimed, "rows": self.table[lo:].cpu().clone(),
+                "slot_node": torch.from_numpy(self.slot_node[lo:].copy()),
+                "slot_layer": torch.from_numpy(self.slot_layer[lo:].copy()),
+                "slot_iter": torch.from_numpy(self.slot_iter[lo:].copy()),
+                "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
+            raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
+        self.slot_node[:], self.slot_layer[:], self.slot_iter[:] = -1, -1, NEVER
+        for ns in self.node_slot.values():
+            ns[:] = -1
+        self.claimed = 0
+        self._claim(int(state["claimed"]))
+        lo = self.max_slots - self.claimed
+        self.table[lo:] = state["rows"].to(self.table)
+        self.slot_node[lo:], self.slot_layer[lo:] = state["slot_node"].numpy(), state["slot_layer"].numpy()
+        self.slot_iter[lo:] = state["slot_iter"].numpy()
+        used = self.slot_node >= 0
+        for l in self.layers:
+            sel = used & (self.slot_layer == l)
+            self.node_slot[l][self.slot_node[sel]] = np.flatnonzero(sel)

@@ -1,0 +1,341 @@
+"""Layer-wise neighbour sampler in numba, with cache-aware pruning.
+
+A model of ``L`` layers run on a mini-batch of seeds needs, at layer ``l``, the nodes whose output
+``h^(l)`` is used above. We build them top-down, one hop per layer (PyG's ``num_neighbors``
+order: ``fanouts[0]`` expands the seeds, i.e. the last layer):
+
+* ``layer_nodes[L-1]`` = the seeds.
+* Hop ``k`` expands the nodes that layer ``l = L-1-k`` must *compute* (``m_l`` of them, always a
+  prefix of ``layer_nodes[l]``): each draws ``min(fanout, deg)`` distinct neighbours uniformly
+  (``-1``: all of them). The union, relabelled, is the source list of layer ``l``'s block:
+  ``[the m_l targets themselves ; new nodes that miss ; new nodes that hit]``, so the targets are
+  the first ``m_l`` sources (what :class:`~approxgnn.ops.SparseOperator` expects).
+* **Pruning** (``prune``): when layer ``l-1`` is cached, a *new* node whose ``h^(l-1)`` is a
+  fresh cache entry is a *hit*: it is placed after the misses and is **not** a target of the next
+  hop, so its sub-tree is never sampled, gathered or computed. Only new nodes can hit: a node
+  that layer ``l`` computes (the seeds in particular) is computed at every layer below too.
+
+Randomness is a counter-based hash of ``(key, hop, node)`` (splitmix64), so a batch is a pure
+function of its key — independent of thread scheduling — and a resumed run redraws it exactly.
+Use :func:`batch_key` to derive the key from ``(seed, epoch, batch)``.
+
+Block values (the normalisation of a *sampled* row):
+
+* ``mean`` (SAGE): ``1 / k_i`` over the ``k_i`` sampled neighbours (0 for an isolated node).
+* ``gcn``: the full graph's ``Â_ij = 1/sqrt((d_i+1)(d_j+1))`` rescaled by ``d_i / k_i`` so the
+  sampled row sum is an unbiased estimate of the full one; the self-loop ``1/(d_i+1)`` stays an
+  exact diagonal. ``d`` are *global* degrees, so a fanout of -1 reproduces ``Â`` exactly.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ..graph import CSRGraph
+from ..ops import SparseOperator
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_MASK64 = (1 << 64) - 1
+
+
+def _mix_py(*parts: int) -> int:
+    """splitmix64 over a tuple of integers (pure Python; keys are made once per batch)."""
+    z = 0x243F6A8885A308D3
+    for p in parts:
+        z = (z + (p & _MASK64) * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        z ^= z >> 31
+    return z
+
+
+def batch_key(seed: int, epoch: int, batch: int) -> int:
+    """The sampler key of batch ``batch`` of epoch ``epoch`` in a run seeded ``seed``."""
+    return _mix_py(seed, epoch, batch)
+
+
+@njit(inline="always")
+def _splitmix(state: np.uint64) -> np.uint64:
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(nogil=True, cache=True)
+def _row_counts(rowptr, targets, fanout):
+    m = targets.shape[0]
+    ptr = np.empty(m + 1, np.int64)
+    ptr[0] = 0
+    for i in range(m):
+        d = rowptr[targets[i] + 1] - rowptr[targets[i]]
+        k = d if (fanout < 0 or fanout >= d) else fanout
+        ptr[i + 1] = ptr[i] + k
+    return ptr
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _sample_rows(rowptr, col, targets, ptr, key):
+    """Fill ``nbr[ptr[i]:ptr[i+1]]`` with distinct neighbours of ``targets[i]`` (CSR order)."""
+    m = targets.shape[0]
+    nbr = np.empty(ptr[m], np.int64)
+    for i in prange(m):
+        v = targets[i]
+        start, d = rowptr[v], rowptr[v + 1] - rowptr[v]
+        lo, k = ptr[i], ptr[i + 1] - ptr[i]
+        if k == d:  # every neighbour: no randomness needed
+            for j in range(k):
+                nbr[lo + j] = col[start + j]
+            continue
+        state = np.uint64(key) ^ (np.uint64(v) * _GOLDEN)
+        if k <= 32:
+            # Floyd's algorithm: k distinct positions in [0, d) with k draws, O(k^2) checks.
+            for t in range(k):
+                j = d - k + t
+                state += _GOLDEN
+                r = np.int64(_splitmix(state) % np.uint64(j + 1))
+                for s in range(t):
+                    if nbr[lo + s] == r:
+                        r = j
+                        break
+                nbr[lo + t] = r
+        else:
+            # Partial Fisher-Yates on a scratch copy of the positions.
+            pos = np.arange(d)
+            for t in range(k):
+                state += _GOLDEN
+                r = t + np.int64(_splitmix(state) % np.uint64(d - t))
+                pos[t], pos[r] = pos[r], pos[t]
+                nbr[lo + t] = pos[t]
+        nbr[lo:lo + k].sort()  # neighbours in CSR order: deterministic, cache friendly
+        for t in range(k):
+            nbr[lo + t] = col[start + nbr[lo + t]]
+    return nbr
+
+
+@njit(nogil=True, cache=True)
+def _relabel(targets, nbr, local, node_slot, slot_iter, now, max_age, check):
+    """Local ids: targets ``0..m-1``, then new misses, then new hits (``check``: look up hits).
+
+    ``local`` is an all ``-1`` scratch of size N, restored before returning. A new node ``u`` hits
+    when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    Returns ``(nodes, col_local, n_miss, n_hit)``.
+    """
+    m = targets.shape[0]
+    for i in range(m):
+        local[targets[i]] = i
+    new_miss = np.empty(nbr.shape[0], np.int64)
+    new_hit = np.empty(nbr.shape[0], np.int64)
+    n_miss = 0
+    n_hit = 0
+    for e in range(nbr.shape[0]):
+        u = nbr[e]
+        if local[u] != -1:
+            continue
+        hit = False
+        if check:
+            s = node_slot[u]
+            hit = s >= 0 and now - slot_iter[s] <= max_age
+        if hit:
+            local[u] = -2 - n_hit  # final id known once all misses are counted
+            new_hit[n_hit] = u
+            n_hit += 1
+        else:
+            local[u] = m + n_miss
+            new_miss[n_miss] = u
+            n_miss += 1
+    col_local = np.empty(nbr.shape[0], np.int64)
+    for e in range(nbr.shape[0]):
+        c = local[nbr[e]]
+        col_local[e] = m + n_miss + (-2 - c) if c < -1 else c
+    nodes = np.empty(m + n_miss + n_hit, np.int64)
+    nodes[:m] = targets
+    nodes[m:m + n_miss] = new_miss[:n_miss]
+    nodes[m + n_miss:] = new_hit[:n_hit]
+    for i in range(nodes.shape[0]):
+        local[nodes[i]] = -1
+    return nodes, col_local, n_miss, n_hit
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _block_values(ptr, targets, nodes, col_local, deg, gcn):
+    """Per-edge weights (module docstring) and, for GCN, the diagonal ``1/(d_i+1)``."""
+    m = targets.shape[0]
+    val = np.empty(col_local.shape[0], np.float32)
+    diag = np.empty(m if gcn else 0, np.float32)
+    for i in prange(m):
+        lo, hi = ptr[i], ptr[i + 1]
+        k = hi - lo
+        if k == 0:
+            if gcn:
+                diag[i] = 1.0 / (deg[targets[i]] + 1.0)
+            continue
+        if gcn:
+            di = deg[targets[i]]
+            scale = (di / k) / np.sqrt(di + 1.0)
+            for e in range(lo, hi):
+                val[e] = scale / np.sqrt(deg[nodes[col_local[e]]] + 1.0)
+            diag[i] = 1.0 / (di + 1.0)
+        else:
+            for e in range(lo, hi):
+                val[e] = 1.0 / k
+    return val, diag
+
+
+class PruneTest(NamedTuple):
+    """Fresh-hit test of one cached layer, read by the sampler kernel.
+
+    Node ``u`` hits when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    """
+
+    node_slot: np.ndarray  # int32/int64 [N]
+    slot_iter: np.ndarray  # int64 [slots]
+    now: int
+    max_age: int
+
+
+@dataclass
+class Block:
+    """Layer ``l``'s bipartite block: ``m`` targets × ``n`` sources, targets = first ``m`` sources.
+
+    ``rowptr [m+1]``, ``col [nnz]`` (local source ids), ``value [nnz]`` float32, ``diag [m]``
+    (GCN) or ``None``.
+    """
+
+    rowptr: np.ndarray
+    col: np.ndarray
+    value: np.ndarray
+    diag: np.ndarray | None
+    num_targets: int
+    num_sources: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.shape[0])
+
+    def operator(self, device: torch.device | str = "cpu") -> SparseOperator:
+        """As a rectangular :class:`SparseOperator` (``y = off @ x + diag ⊙ x[:m]``)."""
+        mat = torch.sparse_csr_tensor(torch.from_numpy(self.rowptr), torch.from_numpy(self.col),
+                                      torch.from_numpy(self.value), (self.num_targets, self.num_sources))
+        diag = None if self.diag is None else torch.from_numpy(self.diag)
+        return SparseOperator(mat, diag).to(device)
+
+
+@dataclass
+class SampledBatch:
+    """The computation graph of one mini-batch (``L`` layers).
+
+    * ``layer_nodes[l]``: global ids of the nodes whose ``h^(l)`` is used, ordered
+      ``[computed (num_computed[l]) ; cache hits]``; ``layer_nodes[L-1]`` are the seeds.
+    * ``input_nodes``: nodes whose raw features layer 0 reads (all computed).
+    * ``blocks[l]``: ``num_computed[l] × len(layer_nodes[l-1])`` (``len(input_nodes)`` for l=0).
+    """
+
+    seeds: np.ndarray
+    layer_nodes: list[np.ndarray]
+    input_nodes: np.ndarray
+    blocks: list[Block]
+    num_computed: list[int]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def hits(self, layer: int) -> np.ndarray:
+        """Global ids served from the cache at hidden layer ``layer``."""
+        return self.layer_nodes[layer][self.num_computed[layer]:]
+
+    def nodes_per_hop(self) -> list[int]:
+        """``[seeds, nodes after hop 1, …, input nodes]`` (hits included where they occur)."""
+        return [len(self.layer_nodes[l]) for l in range(self.num_layers - 1, -1, -1)] + [len(self.input_nodes)]
+
+
+@dataclass
+class NeighborSampler:
+    """Uniform neighbour sampling without replacement on a CSR graph (module docstring).
+
+    ``fanouts[k]`` is the fanout of hop ``k`` from the seeds (``-1``: all neighbours);
+    ``norm`` is ``"mean"`` (SAGE) or ``"gcn"``. One sampler serves one thread at a time (a lock
+    guards the shared scratch array).
+    """
+
+    graph: CSRGraph
+    fanouts: list[int]
+    norm: str = "mean"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.fanouts:
+            raise ValueError("fanouts must list at least one layer")
+        for f in self.fanouts:
+            if f != -1 and f <= 0:
+                raise ValueError(f"fanouts must be positive or -1 (all neighbours), got {f}")
+        if self.norm not in ("mean", "gcn"):
+            raise ValueError(f"norm must be 'mean' or 'gcn', got {self.norm!r}")
+        self.rowptr = self.graph.rowptr.cpu().numpy()
+        self.col = self.graph.col.cpu().numpy()
+        self.deg = np.diff(self.rowptr).astype(np.float64)
+        self._local = np.full(self.graph.num_nodes, -1, np.int64)
+        self._no_slot = np.full(1, -1, np.int64)
+        self._no_iter = np.zeros(1, np.int64)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.fanouts)
+
+    def sample(self, seeds: np.ndarray, key: int, prune: dict[int, PruneTest] | None = None) -> SampledBatch:
+        """Sample the computation graph of ``seeds`` (distinct node ids, int64 ``[B]``).
+
+        ``prune[l]`` (hidden layer ``l``) serves fresh cached ``h^(l)`` instead of expanding.
+        """
+        seeds = np.ascontiguousarray(seeds, dtype=np.int64)
+        if seeds.ndim != 1 or seeds.size == 0:
+            raise ValueError("seeds must be a non-empty 1-D array of node ids")
+        if seeds.min() < 0 or seeds.max() >= self.graph.num_nodes:
+            raise ValueError(f"seed ids must lie in [0, {self.graph.num_nodes})")
+        prune = prune or {}
+        num_layers = self.num_layers
+        layer_nodes: list[np.ndarray | None] = [None] * num_layers
+        blocks: list[Block | None] = [None] * num_layers
+        num_computed = [0] * num_layers
+        layer_nodes[-1], num_computed[-1] = seeds, len(seeds)
+        targets = seeds
+        with self._lock:
+            for hop, fanout in enumerate(self.fanouts):
+                layer = num_layers - 1 - hop
+                below = layer - 1  # the layer whose outputs this hop's new nodes provide
+                test = prune.get(below) if below >= 0 else None
+                block, nodes, n_comp = self._hop(targets, fanout, _mix_py(key, hop), test)
+                blocks[layer] = block
+                if below >= 0:
+                    layer_nodes[below], num_computed[below] = nodes, n_comp
+                else:
+                    input_nodes = nodes
+                targets = nodes[:n_comp]
+        return SampledBatch(seeds, layer_nodes, input_nodes, blocks, num_computed)  # type: ignore[arg-type]
+
+    def full_block(self, targets: np.ndarray) -> tuple[Block, np.ndarray]:
+        """One hop with every neighbour (exact inference): the block and its source ids."""
+        with self._lock:
+            block, nodes, _ = self._hop(np.ascontiguousarray(targets, dtype=np.int64), -1, 0, None)
+        return block, nodes
+
+    def _hop(self, targets: np.ndarray, fanout: int, key: int, test: PruneTest | None):
+        ptr = _row_counts(self.rowptr, targets, fanout)
+        nbr = _sample_rows(self.rowptr, self.col, targets, ptr, np.uint64(key))
+        if test is None:
+            args = (self._no_slot, self._no_iter, 0, 0, False)
+        else:
+            args = (test.node_slot, test.slot_iter, int(test.now), int(test.max_age), True)
+        nodes, col_local, n_miss, _ = _relabel(targets, nbr, self._local, *args)
+        val, diag = _block_values(ptr, targets, nodes, col_local, self.deg, self.norm == "gcn")
+        m = len(targets)
+        block = Block(ptr, col_local, val, diag if self.norm == "gcn" else None, m, len(nodes))
+        return block, nodes, m + int(n_miss)

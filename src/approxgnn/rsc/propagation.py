@@ -1,0 +1,293 @@
+"""RSC as a propagation operator: exact forward, sampled backward, per-layer caches and budgets.
+
+:class:`SampledPropagation` plugs into the models exactly like
+:class:`~approxgnn.nn.propagation.ExactPropagation`. Each budgeted layer owns a
+:class:`LayerSampler` (its allocation, EMA statistics, cached slice, output buffer, private RNG and
+counters), so nothing is shared between layers, or between two models in one process.
+
+Per backward call of layer ``l`` in the approximate phase:
+
+* cache older than ``R`` iterations (or none): score rows ``‖Â_i‖·‖G_i‖``, sort, update the EMA
+  statistics, select rows within the layer's allocation, build the transposed slice (a *resample*);
+* otherwise reuse the cached rows and slice (a *cache hit*);
+* multiply into the layer's reused ``[N, d]`` buffer, initialised with the exact diagonal term.
+
+The returned gradient lives in that buffer until the layer's next backward call. Autograd never
+keeps it (leaf gradients are cloned because the buffer is still referenced), but a tensor hook
+that stores the gradient must ``clone()`` it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..nn.propagation import Propagation
+from ..ops import SparseOperator, spmm
+from . import kernels
+from .budget import Allocation, LayerStats, allocate_budget, budget_flops
+from .config import RSCConfig
+from .schedule import APPROX, EXACT, WARMUP, Schedule
+from .spmm import CSR, SampledSlice, SampledSpMM, build_slice, row_scores, sampled_backward, select_importance, \
+    select_topk
+
+_COUNTERS = ("resamples", "cache_hits", "approx_steps", "exact_steps", "nnz_kept_sum")
+_TIMERS = ("sample_time_s", "spmm_time_s")
+
+
+class LayerSampler:
+    """Sampled-backward state of one layer (width ``d``); :meth:`backward` is called by autograd."""
+
+    def __init__(self, layer: int, width: int, op: SparseOperator, adj: CSR, degree: Tensor, row_norm: Tensor,
+                 cfg: RSCConfig, seed: int) -> None:
+        self.layer, self.width = layer, width
+        self.op, self.adj, self.degree, self.row_norm, self.cfg = op, adj, degree, row_norm, cfg
+        self.mode = EXACT
+        self.alloc: Allocation | None = None
+        self.stats: LayerStats | None = None
+        self.slice: SampledSlice | None = None
+        self.age = 0
+        self.counters = {k: 0 for k in _COUNTERS}
+        self.timers = {k: 0.0 for k in _TIMERS}
+        self.generator = torch.Generator(device=adj.col.device)
+        self.generator.manual_seed(seed)
+        self._out: Tensor | None = None
+
+    # -- autograd entry --------------------------------------------------------------------------
+    def backward(self, g: Tensor) -> Tensor:
+        """``∂L/∂X`` for upstream gradient ``g [N, d]``: sampled in APPROX mode, else exact."""
+        if self.mode == APPROX and self.alloc is not None:
+            return self._approx(g)
+        t0 = time.perf_counter()
+        out = self.op.backward(g)
+        self.timers["spmm_time_s"] += time.perf_counter() - t0
+        self.counters["exact_steps"] += 1
+        if self.mode == WARMUP:
+            t0 = time.perf_counter()
+            sorted_scores, order = self._score(g)
+            self._observe(sorted_scores, order, out)
+            self.timers["sample_time_s"] += time.perf_counter() - t0
+        return out
+
+    def _approx(self, g: Tensor) -> Tensor:
+        t0 = time.perf_counter()
+        resample = self.slice is None or self.age >= self.cfg.cache_interval
+        if resample:
+            sorted_scores, order = self._score(g)
+            self.slice = self._select(g, sorted_scores, order)
+            self.age = 0
+            self.counters["resamples"] += 1
+        else:
+            self.counters["cache_hits"] += 1
+        t1 = time.perf_counter()
+        out = sampled_backward(self.slice, g, self.op.diag, self._buffer(g))
+        t2 = time.perf_counter()
+        if resample:  # statistics only at resamples: the sort is already paid for there
+            self._observe(sorted_scores, order, out)
+        self.age += 1
+        self.counters["approx_steps"] += 1
+        self.counters["nnz_kept_sum"] += self.slice.nnz
+        self.timers["sample_time_s"] += (t1 - t0) + (time.perf_counter() - t2)
+        self.timers["spmm_time_s"] += t2 - t1
+        return out
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _score(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.sort(row_scores(self.row_norm, g), descending=True)
+
+    def _select(self, g: Tensor, sorted_scores: Tensor, order: Tensor) -> SampledSlice:
+        a = self.alloc
+        assert a is not None
+        if self.cfg.selection == "importance":
+            scores = torch.empty_like(sorted_scores).scatter_(0, order, sorted_scores)
+            rows, scale = select_importance(scores, self.degree, a.rows, a.max_nnz, self.generator)
+            return build_slice(self.adj, rows, scale)
+        return build_slice(self.adj, select_topk(sorted_scores, order, self.degree, a.rows, a.max_nnz))
+
+    def _observe(self, sorted_scores: Tensor, order: Tensor, out: Tensor) -> None:
+        cum = torch.zeros(order.numel() + 1, dtype=torch.int64, device=order.device)
+        torch.cumsum(self.degree[order], 0, out=cum[1:])
+        fnorm = float(torch.linalg.vector_norm(out))
+        if self.stats is None:
+            self.stats = LayerStats(sorted_scores.float().clone(), cum, fnorm, self.width)
+        else:
+            self.stats.update(sorted_scores, cum, fnorm, self.cfg.ema)
+
+    def _buffer(self, g: Tensor) -> Tensor:
+        # A fresh [N, d] tensor costs page faults on every call (~60 ms at 500k×128 on CPU, more
+        # than the sampled product itself), so each layer keeps one.
+        o = self._out
+        if o is None or o.shape != g.shape or o.dtype != g.dtype or o.device != g.device:
+            o = self._out = torch.empty_like(g, memory_format=torch.contiguous_format)
+        return o
+
+    def set_allocation(self, alloc: Allocation) -> None:
+        if self.alloc != alloc:
+            self.slice = None  # the cached sample may exceed the new allowance
+        self.alloc = alloc
+
+    def release(self) -> None:
+        """Drop the cache and buffer (after the switch to exact)."""
+        self.slice, self._out = None, None
+
+    # -- reporting and checkpoints ---------------------------------------------------------------
+    def stats_dict(self) -> dict[str, Any]:
+        c, n = self.counters, self.adj.nnz
+        steps = c["approx_steps"]
+        return {
+            "width": self.width,
+            "ratio": None if self.alloc is None else self.alloc.ratio,
+            "rows_kept": None if self.slice is None else self.slice.rows,
+            "nnz_kept": None if self.slice is None else self.slice.nnz,
+            "nnz_kept_frac_mean": (c["nnz_kept_sum"] / steps / n) if steps and n else None,
+            "max_nnz": None if self.alloc is None else self.alloc.max_nnz,
+            **{k: v for k, v in c.items() if k != "nnz_kept_sum"},
+            **self.timers,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        a = self.alloc
+        return {
+            "alloc": None if a is None else {"ratio": a.ratio, "rows": a.rows, "max_nnz": a.max_nnz},
+            "stats": None if self.stats is None else self.stats.state_dict(),
+            "index": None if self.slice is None else self.slice.index.cpu(),
+            "scale": None if self.slice is None or self.slice.scale is None else self.slice.scale.cpu(),
+            "age": self.age,
+            "counters": dict(self.counters),
+            "timers": dict(self.timers),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        dev = self.adj.col.device
+        a = s["alloc"]
+        self.alloc = None if a is None else Allocation(float(a["ratio"]), int(a["rows"]), int(a["max_nnz"]))
+        self.stats = None if s["stats"] is None else LayerStats.from_state(s["stats"], dev)
+        self.slice = None
+        if s["index"] is not None:  # rebuild the cached slice exactly as it was
+            scale = None if s["scale"] is None else s["scale"].to(dev)
+            self.slice = build_slice(self.adj, s["index"].to(dev), scale)
+        self.age = int(s["age"])
+        self.counters.update({k: int(v) for k, v in s["counters"].items()})
+        self.timers.update({k: float(v) for k, v in s["timers"].items()})
+        self.generator.set_state(s["generator"])
+
+
+class SampledPropagation(Propagation):
+    """RSC's training-time operator: ``Â @ x`` exactly, ``Âᵀ G`` sampled under a FLOPs budget.
+
+    Args:
+        op: the exact operator (``Â_off`` CSR + diagonal); its forward is reused as is.
+        row_norm: ``‖Â_off[i,:]‖₂`` per row ``[N]`` (for mean aggregation ``1/sqrt(deg_i)``).
+        widths: ``{layer: SpMM width}`` of the layers whose SpMM has a backward
+            (``model.spmm_widths()``); other layers run exactly.
+        cfg: :class:`RSCConfig`.
+        epochs: planned epochs (for ``switch_time``).
+        seed: seed of the per-layer generators (importance sampling); default ``torch.initial_seed()``.
+    """
+
+    def __init__(self, op: SparseOperator, row_norm: Tensor, widths: dict[int, int], cfg: RSCConfig, *,
+                 epochs: int, seed: int | None = None) -> None:
+        cfg.validate()
+        if op.shape[0] != op.shape[1]:
+            raise ValueError(f"RSC needs a square full-graph operator, got shape {op.shape}")
+        for l, d in widths.items():
+            if d < 1:
+                raise ValueError(f"layer {l}: SpMM width must be >= 1, got {d}")
+        self.op, self.cfg = op, cfg
+        self.widths = dict(widths)
+        self.adj = CSR.from_torch(op.matrix)
+        self.nnz = self.adj.nnz
+        degree = self.adj.degree()
+        row_norm = row_norm.to(self.adj.value.device, self.adj.value.dtype).contiguous()
+        if row_norm.numel() != self.adj.num_rows:
+            raise ValueError(f"row_norm has {row_norm.numel()} entries for {self.adj.num_rows} rows")
+        base = torch.initial_seed() if seed is None else seed
+        self.layers = {l: LayerSampler(l, d, op, self.adj, degree, row_norm, cfg, (base + 1_000_003 * (l + 1)) % 2**63)
+                       for l, d in sorted(widths.items())}
+        self.schedule = Schedule(cfg, epochs)
+        self.phase = EXACT
+        self.tunes = 0
+        if self.adj.value.device.type == "cpu":
+            kernels.warm_up()  # JIT / cache load happens here, not inside a timed epoch
+
+    # -- the model-facing interface ----------------------------------------------------------------
+    def __call__(self, x: Tensor, layer: int) -> Tensor:
+        sampler = self.layers.get(layer)
+        if sampler is None or not (torch.is_grad_enabled() and x.requires_grad):
+            return spmm(self.op, x)
+        return SampledSpMM.apply(x, self.op, sampler)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        if num_epochs != self.schedule.epochs:
+            self._reschedule(num_epochs)
+        phase = self.schedule.phase(epoch)
+        if phase == APPROX and self.schedule.tune_due(epoch):
+            if all(s.stats is not None for s in self.layers.values()):
+                self.tune(epoch)
+        for s in self.layers.values():
+            if phase == APPROX and s.alloc is None:
+                s.mode = WARMUP  # no statistics yet (e.g. warmup=0): one exact step gathers them
+            else:
+                s.mode = phase
+            if phase == EXACT:
+                s.release()
+        self.phase = phase
+
+    def on_epoch_end(self, epoch: int, val_metric: float) -> None:
+        self.schedule.observe(epoch, val_metric)
+
+    def tune(self, epoch: int) -> dict[int, Allocation]:
+        """Re-allocate the budget from the current statistics (called by the schedule)."""
+        stats = {l: s.stats for l, s in self.layers.items() if s.stats is not None}
+        allocs = allocate_budget(stats, self.nnz, self.cfg.budget, step=self.cfg.step, mode=self.cfg.allocation)
+        for l, a in allocs.items():
+            self.layers[l].set_allocation(a)
+        self.schedule.tuned(epoch)
+        self.tunes += 1
+        return allocs
+
+    def _reschedule(self, epochs: int) -> None:
+        state = self.schedule.state_dict()
+        self.schedule = Schedule(self.cfg, epochs)
+        self.schedule.load_state_dict(state)
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Short scalars for the progress bar, per-layer details for ``result.json``."""
+        layers = {l: s.stats_dict() for l, s in self.layers.items()}
+        total = budget_flops(1.0, self.nnz, self.widths)
+        kept = sum((s.slice.nnz if s.slice is not None and s.mode == APPROX else
+                    (self.nnz if s.mode != APPROX else 0)) * s.width for s in self.layers.values())
+        sched = self.schedule
+        return {
+            "rsc": self.phase,
+            "ratios": ",".join("-" if s.alloc is None else f"{s.alloc.ratio:.2f}" for s in self.layers.values()),
+            "flops_kept": kept / total if total else 1.0,
+            "sample_s": sum(s.timers["sample_time_s"] for s in self.layers.values()),
+            "resamples": sum(s.counters["resamples"] for s in self.layers.values()),
+            "cache_hits": sum(s.counters["cache_hits"] for s in self.layers.values()),
+            "detail": {
+                "budget": self.cfg.budget, "allocation": self.cfg.allocation, "selection": self.cfg.selection,
+                "tunes": self.tunes, "switch_epoch": sched.switch_epoch, "guard_epoch": sched.guard_epoch,
+                "backward_spmm_s": sum(s.timers["spmm_time_s"] for s in self.layers.values()),
+                "nnz_offdiag": self.nnz, "layers": layers,
+            },
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, "phase": self.phase, "tunes": self.tunes, "schedule": self.schedule.state_dict(),
+                "layers": {l: s.state_dict() for l, s in self.layers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported RSC state (version {state.get('version')!r})")
+        if set(state["layers"]) != set(self.layers):
+            raise ValueError(f"RSC state holds layers {sorted(state['layers'])}, model has {sorted(self.layers)}")
+        self.schedule.load_state_dict(state["schedule"])
+        self.tunes = int(state["tunes"])
+        self.phase = state["phase"]
+        for l, s in state["layers"].items():
+            self.layers[l].load_state_dict(s)

@@ -1,0 +1,165 @@
+r"""The sampled-backward SpMM: exact forward, column-row-sampled backward.
+
+Forward (exact):   ``Z = Â_off X + diag ⊙ X``                              ``X, Z: [N, d]``
+
+Backward (sampled): with ``G = ∂L/∂Z`` and S a set of rows of ``Â_off``,
+
+.. math::
+    \frac{\partial L}{\partial X} = \hat A^\top G \approx \sum_{i \in S} s_i\, \hat A_{\mathrm{off}}[i,:]^\top G[i,:]
+    \;+\; \mathrm{diag} \odot G,
+
+where ``s_i = 1`` for deterministic top-k (biased, what RSC uses) and ``s_i = c_i / (k p_i)`` for
+importance sampling (unbiased ablation). The sum is ``T @ G`` with ``T = (diag(s) Â_off[S,:])ᵀ``,
+the *transposed slice*, built once per resample (:class:`SampledSlice`) and reused.
+
+Selection scores: ``score_i = ‖Â_off[i,:]‖₂ · ‖G[i,:]‖₂`` (NaN/inf → 0). Rows with zero gradient
+score 0 and are never kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import kernels
+
+
+@dataclass
+class CSR:
+    """Plain CSR arrays of ``Â_off`` (the matrix the *forward* multiplies with), ``[N, N]``."""
+
+    rowptr: Tensor
+    col: Tensor
+    value: Tensor
+
+    @classmethod
+    def from_torch(cls, matrix: Tensor) -> "CSR":
+        return cls(matrix.crow_indices().contiguous(), matrix.col_indices().contiguous(),
+                   matrix.values().detach().contiguous())
+
+    @property
+    def num_rows(self) -> int:
+        return self.rowptr.numel() - 1
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    def degree(self) -> Tensor:
+        return self.rowptr[1:] - self.rowptr[:-1]
+
+
+@dataclass
+class SampledSlice:
+    """A cached sample: kept rows ``index`` (sorted ``[k]``), optional ``scale [k]``, and the CSR
+    of ``T = (diag(scale) Â_off[index,:])ᵀ`` (``[N, N]``, ``nnz`` entries, global column ids)."""
+
+    index: Tensor
+    scale: Tensor | None
+    rowptr: Tensor
+    col: Tensor
+    value: Tensor
+    matrix: Tensor | None = None  # torch CSR form, only built off the numba path
+
+    @property
+    def nnz(self) -> int:
+        return self.col.numel()
+
+    @property
+    def rows(self) -> int:
+        return self.index.numel()
+
+
+def build_slice(adj: CSR, index: Tensor, scale: Tensor | None = None) -> SampledSlice:
+    """Gather rows ``index`` of ``adj`` (rowptr arithmetic) and transpose them once."""
+    n = adj.num_rows
+    ptr, col, val = kernels.transpose_rows(adj.rowptr, adj.col, adj.value, index, scale, n)
+    s = SampledSlice(index, scale, ptr, col, val)
+    if not kernels.use_numba(val):
+        s.matrix = torch.sparse_csr_tensor(ptr, col, val, (n, n))
+    return s
+
+
+def sampled_backward(slc: SampledSlice, g: Tensor, diag: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``Σ_{i∈S} s_i Â_off[i,:]ᵀ G[i,:] + diag ⊙ G`` into ``out`` (allocated if ``None``); ``g: [N, d]``."""
+    g = g.contiguous()
+    if out is None:
+        out = torch.empty_like(g)
+    return kernels.spmm_t(slc.rowptr, slc.col, slc.value, g, diag, out, slc.matrix)
+
+
+def row_scores(row_norm: Tensor, g: Tensor) -> Tensor:
+    """``‖Â[i,:]‖₂ · ‖G[i,:]‖₂`` per row ``[N]``; NaN and inf become 0 (as in RSC)."""
+    s = row_norm.to(g.dtype) * torch.linalg.vector_norm(g, dim=1)
+    return torch.nan_to_num_(s, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def num_rows(n: int, ratio: float, min_rows: int = 10) -> int:
+    """``k = min(max(int(N·ratio), min_rows), N)`` for ``ratio > 0``; 0 rows for ratio 0."""
+    if ratio <= 0.0:
+        return 0
+    return min(max(int(n * ratio + 1e-9), min_rows), n)
+
+
+def select_topk(sorted_scores: Tensor, order: Tensor, degree: Tensor, max_rows: int, max_nnz: int) -> Tensor:
+    """Top rows by score, at most ``max_rows`` rows and ``max_nnz`` non-zeros, returned sorted.
+
+    ``sorted_scores``/``order``: the scores sorted descending and the row ids in that order.
+    Zero scores are never kept. The nnz cap is what makes the FLOPs budget a hard bound even when
+    the score order moved since the budget was allocated.
+    """
+    k = min(max_rows, int((sorted_scores > 0).sum()))
+    if k == 0:
+        return order[:0]
+    cum = torch.cumsum(degree[order[:k]], 0)
+    k = min(k, int(torch.searchsorted(cum, torch.tensor([max_nnz], device=cum.device), right=True)))
+    return torch.sort(order[:k]).values
+
+
+def select_importance(scores: Tensor, degree: Tensor, max_rows: int, max_nnz: int,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    r"""Unbiased importance sampling (ablation): draw rows with ``p_i ∝ score_i`` with replacement and
+    weight row i by ``c_i / (k p_i)`` (``c_i`` draws of it among ``k``).
+
+    Up to ``4·max_rows`` draws are made; ``k`` is the longest prefix of draws whose *distinct* rows
+    stay within ``max_nnz`` non-zeros, so the FLOPs budget holds exactly (the data-dependent
+    stopping makes the estimator unbiased only up to that truncation). Returns sorted rows and scales.
+    """
+    total = scores.sum()
+    if max_rows == 0 or not bool(total > 0):
+        e = scores.new_zeros(0, dtype=torch.int64)
+        return e, scores.new_zeros(0)
+    p = scores / total
+    draws = torch.multinomial(p, 4 * max_rows, replacement=True, generator=generator)
+    # Cost of the prefix = non-zeros of the distinct rows seen so far.
+    uniq, inv = torch.unique(draws, return_inverse=True)
+    first = torch.full((uniq.numel(),), draws.numel(), dtype=torch.int64, device=draws.device)
+    first.scatter_reduce_(0, inv, torch.arange(draws.numel(), device=draws.device), reduce="amin")
+    new_cost = torch.zeros(draws.numel(), dtype=degree.dtype, device=draws.device)
+    new_cost[first] = degree[uniq]
+    cum = torch.cumsum(new_cost, 0)
+    k = int(torch.searchsorted(cum, torch.tensor([max_nnz], device=cum.device, dtype=cum.dtype), right=True))
+    if k == 0:
+        e = scores.new_zeros(0, dtype=torch.int64)
+        return e, scores.new_zeros(0)
+    rows, counts = torch.unique(draws[:k], return_counts=True)  # sorted
+    scale = counts.to(p.dtype) / (k * p[rows])
+    return rows, scale
+
+
+class SampledSpMM(torch.autograd.Function):
+    """``op.forward(x)`` exactly; the backward is delegated to ``sampler.backward(g)``.
+
+    ``sampler`` is a per-layer object (see :class:`approxgnn.rsc.propagation.LayerSampler`) that
+    decides, at backward time, whether to resample, reuse its cached slice, or run exactly.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, op, sampler) -> Tensor:  # type: ignore[override]
+        ctx.sampler = sampler
+        return op.forward(x)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        return ctx.sampler.backward(g.contiguous()), None, None

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+from approxgnn.train import TrainConfig, check_out_dir, run
+from approxgnn.train.metrics import accuracy, roc_auc
+
+from helpers import planted_dataset
+
+
+def test_roc_auc_matches_pairwise_definition_with_ties():
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4, 0.2])
+    y = torch.tensor([0, 0, 1, 1, 1, 0])
+    pos, neg = scores[y == 1], scores[y == 0]
+    pairs = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    assert roc_auc(scores, y) == pytest.approx(pairs.mean().item())
+    assert accuracy(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])) == 0.5
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage", "gcn2"])
+def test_short_training_run_learns_and_writes_result(tmp_path, model):
+    data = planted_dataset()
+    cfg = TrainConfig(dataset="planted", model=model, hidden=32, layers=2, epochs=30, lr=0.02,
+                      out=str(tmp_path / model), progress=False)
+    result = run(cfg, data)
+    assert result["test"] > 0.6  # 3 classes: chance is 1/3
+    saved = json.loads((tmp_path / model / "result.json").read_text())
+    for key in ("dataset", "model", "engine", "metric", "val", "test", "best_epoch", "epochs", "train_time_s",
+                "epoch_time_median_s", "config"):
+        assert key in saved
+    assert saved["config"]["model"] == model and saved["config"]["rsc"]["budget"] == cfg.rsc.budget
+    assert len(saved["curve"]) == 30
+
+
+def test_same_seed_gives_identical_metrics():
+    data = planted_dataset()
+    cfg = TrainConfig(dataset="planted", hidden=16, epochs=8, progress=False, seed=3)
+    a, b = run(cfg, data), run(cfg, data)
+    assert [c["val"] for c in a["curve"]] == [c["val"] for c in b["curve"]]
+    assert [c["loss"] for c in a["curve"]] == [c["loss"] for c in b["curve"]]
+
+
+def test_auc_metric_for_binary_task():
+    data = planted_dataset(classes=2, metric="auc")
+    r = run(TrainConfig(dataset="planted", hidden=16, epochs=20, progress=False), data)
+    assert r["metric"] == "auc" and r["test"] > 0.7
+
+
+def test_config_validation_and_out_dir_guard(tmp_path):
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="engine"):
+        TrainConfig(engine="fast")
+    (tmp_path / "result.json").write_text("{}")
+    with pytest.raises(ValueError, match="another run"):
+        check_out_dir(tmp_path, resume=False, overwrite=False)
+    check_out_dir(tmp_path, resume=False, overwrite=True)
