@@ -46,24 +46,24 @@ def test_full_budget_keeps_every_nonzero_row():
 
 
 def test_argmin_delta_vs_delta_per_flop():
-    # Layer 0: cheap rows with tiny scores; layer 1: expensive rows with slightly larger scores.
-    n = 50  # step 0.02 -> one row per chunk
-    s0 = torch.full((n,), 1.0)
-    s1 = torch.full((n,), 1.5)
-    deg0 = torch.full((n,), 1)
-    deg1 = torch.full((n,), 20)
-    stats = {0: _stats(s0, deg0, 10), 1: _stats(s1, deg1, 10)}
-    nnz = 50 * 21
-    budget = 0.7
-    by_delta = allocate_budget(stats, nnz, budget, mode="delta")
-    per_flop = allocate_budget(stats, nnz, budget, mode="delta_per_flop")
-    # argmin Δ strips the cheap layer first (smaller raw error) even though it saves little;
-    # Δ per FLOP shrinks the expensive layer and keeps far more rows overall.
-    assert by_delta[0].rows < per_flop[0].rows
-    assert per_flop[1].rows < by_delta[1].rows
-    assert per_flop[0].rows + per_flop[1].rows > by_delta[0].rows + by_delta[1].rows
+    # Same graph in both layers (50 rows of degree 10). Layer 0 is wide (d=100) with slightly
+    # larger scores, layer 1 narrow (d=5): its chunks cost little error but also save few FLOPs.
+    n, deg = 50, torch.full((50,), 10)
+    stats = {0: _stats(torch.full((n,), 1.5), deg, 100), 1: _stats(torch.full((n,), 1.0), deg, 5)}
+    by_delta = allocate_budget(stats, 500, 0.5, mode="delta")
+    per_flop = allocate_budget(stats, 500, 0.5, mode="delta_per_flop")
+    # argmin Δ cuts the narrow layer down to its 10-row minimum first (saving little), then
+    # still has to cut the wide one.
+    assert by_delta[1].rows == 10 and by_delta[0].rows == 25
+    # Δ per FLOP cuts only the wide layer: 27 chunks of 1000 FLOPs each.
+    assert per_flop[1].rows == 50 and per_flop[0].rows == 23
+
+    def dropped_error(alloc):
+        return sum(float(stats[l].sorted_scores[a.rows:].sum()) for l, a in alloc.items())
+
+    assert dropped_error(per_flop) < dropped_error(by_delta)
     for alloc in (by_delta, per_flop):
-        assert sum(a.max_nnz * 10 for a in alloc.values()) <= budget * nnz * 20
+        assert sum(a.max_nnz * stats[l].width for l, a in alloc.items()) <= 0.5 * 500 * 105
 
 
 def test_uniform_gives_each_layer_the_same_fraction():

@@ -138,9 +138,9 @@ def _check_options(func: Callable[..., Dataset], name: str, kwargs: dict) -> Non
         raise DatasetError(f"{name}: unknown option(s) {unknown}; accepted: {', '.join(accepted) or 'none'}")
 
 
-def _call(loader: Loader, location: Path, name: str, split: int, seed: int, kwargs: dict) -> Dataset:
-    """Call a file loader (its location argument is positional-only) after checking the options."""
-    _check_options(loader, name, kwargs)
+def _call(loader: Loader, location: Path, name: str | None, split: int, seed: int, kwargs: dict) -> Dataset:
+    """Call a file loader after checking the options; ``name=None`` lets the loader name it."""
+    _check_options(loader, name or str(location), kwargs)
     return loader(location, name=name, split=split, seed=seed, **kwargs)
 
 
@@ -192,12 +192,8 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None
     if _looks_like_path(text) or Path(text).expanduser().exists():
         path = Path(text).expanduser()
         loader, location, fixed = _resolve_path(path)
-        return _call(loader, location, fixed.get("name") or _default_name(path), split, seed, kwargs)
+        return _call(loader, location, fixed.get("name"), split, seed, kwargs)
     raise DatasetError(f"unknown dataset {text!r}; known names: {', '.join(dataset_names())}")
-
-
-def _default_name(path: Path) -> str:
-    return path.stem if path.is_file() else path.name
 
 
 def list_datasets(root: str | os.PathLike | None = None, include_synthetic: bool = True) -> list[dict]:

@@ -140,8 +140,11 @@ def _edges(rng: np.random.Generator, target: int, sampler: _RankSampler, homophi
             break
         # Oversample by the observed loss rate so one more round usually suffices.
         extra = _unique_sorted(_draw_edge_keys(rng, int(missing * 1.2) + 64, sampler, homophily, perm))
-        pos = np.searchsorted(keys, extra)
-        is_new = (pos >= keys.size) | (keys[np.minimum(pos, keys.size - 1)] != extra)
+        if keys.size:
+            pos = np.searchsorted(keys, extra)
+            is_new = (pos >= keys.size) | (keys[np.minimum(pos, keys.size - 1)] != extra)
+        else:
+            is_new = np.ones(extra.size, dtype=bool)
         keys = np.sort(np.concatenate([keys, extra[is_new]]), kind="stable")  # merge of two runs
     if keys.size > target:
         keys = np.delete(keys, rng.choice(keys.size, keys.size - target, replace=False))

@@ -22,7 +22,9 @@ class RefreshConfig:
       cached nodes above it. ``staleness``: iterations after which an entry is a miss.
     * ``cached_layers``: hidden layers whose outputs are cached (default: the second-to-last).
     * ``eval_batch_size``: nodes per chunk in exact layer-wise evaluation.
-    * ``features_on_disk``: keep features in a memory-mapped ``.npy`` instead of RAM.
+    * ``features_on_disk``: keep features in a memory-mapped ``.npy`` instead of RAM (written
+      to ``<out>/features.npy``, or a temporary directory without ``--out``).
+    * ``features_path``: memory-map this ``.npy`` (from ``approxgnn prepare``) as the features.
     * ``prefetch``: sample the next batch in a worker thread while this one trains.
     """
 
@@ -36,6 +38,7 @@ class RefreshConfig:
     cached_layers: list[int] | None = None
     eval_batch_size: int = 65536
     features_on_disk: bool = False
+    features_path: str | None = None
     prefetch: bool = True
 
     def __post_init__(self) -> None:
@@ -59,6 +62,8 @@ class RefreshConfig:
             raise ValueError(f"staleness must be >= 1 iteration, got {self.staleness}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.features_path is not None and not str(self.features_path).endswith(".npy"):
+            raise ValueError(f"features_path must name a .npy file, got {self.features_path!r}")
         if self.cached_layers is not None:
             n_hidden = len(self.fanouts) - 1
             for layer in self.cached_layers:

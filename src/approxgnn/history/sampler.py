@@ -81,8 +81,7 @@ def _row_counts(rowptr, targets, fanout):
     return ptr
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _sample_rows(rowptr, col, targets, ptr, key):
+def _sample_rows_py(rowptr, col, targets, ptr, key):
     """Fill ``nbr[ptr[i]:ptr[i+1]]`` with distinct neighbours of ``targets[i]`` (CSR order)."""
     m = targets.shape[0]
     nbr = np.empty(ptr[m], np.int64)
@@ -118,6 +117,18 @@ def _sample_rows(rowptr, col, targets, ptr, key):
         for t in range(k):
             nbr[lo + t] = col[start + nbr[lo + t]]
     return nbr
+
+
+# Small hops run serially: waking threads costs more than the work, and on a busy machine a
+# parallel region waits for its slowest (descheduled) thread.
+_PARALLEL_MIN_TARGETS = 16384
+_sample_rows_par = njit(parallel=True, nogil=True, cache=True)(_sample_rows_py)
+_sample_rows_seq = njit(nogil=True, cache=True)(_sample_rows_py)
+
+
+def _sample_rows(rowptr, col, targets, ptr, key):
+    kernel = _sample_rows_par if len(targets) >= _PARALLEL_MIN_TARGETS else _sample_rows_seq
+    return kernel(rowptr, col, targets, ptr, key)
 
 
 @njit(nogil=True, cache=True)
@@ -164,7 +175,7 @@ def _relabel(targets, nbr, local, node_slot, slot_iter, now, max_age, check):
     return nodes, col_local, n_miss, n_hit
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(nogil=True, cache=True)
 def _block_values(ptr, targets, nodes, col_local, deg, gcn):
     """Per-edge weights (module docstring) and, for GCN, the diagonal ``1/(d_i+1)``."""
     m = targets.shape[0]
@@ -223,7 +234,8 @@ class Block:
     def operator(self, device: torch.device | str = "cpu") -> SparseOperator:
         """As a rectangular :class:`SparseOperator` (``y = off @ x + diag ⊙ x[:m]``)."""
         mat = torch.sparse_csr_tensor(torch.from_numpy(self.rowptr), torch.from_numpy(self.col),
-                                      torch.from_numpy(self.value), (self.num_targets, self.num_sources))
+                                      torch.from_numpy(self.value), (self.num_targets, self.num_sources),
+                                      check_invariants=False)
         diag = None if self.diag is None else torch.from_numpy(self.diag)
         return SparseOperator(mat, diag).to(device)
 

@@ -1,4 +1,9 @@
-"""Atomic checkpoints: write to a temp file, fsync, rename; the previous file survives a crash."""
+"""Atomic checkpoints: write to a temp file, fsync, rename; the previous file survives a crash.
+
+A run directory holds ``checkpoint.pt`` and the one before it, ``checkpoint.prev.pt``. Loading
+takes the newest file that reads back whole, so even a torn ``checkpoint.pt`` (a filesystem
+that lost the rename's ordering) costs one checkpoint interval, not the run.
+"""
 from __future__ import annotations
 
 import io
@@ -11,17 +16,22 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_NAME = "checkpoint.prev.pt"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` by ``data`` so that readers see either the old or the new file, whole."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -29,10 +39,31 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+def save_checkpoint(run_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``run_dir/checkpoint.pt`` atomically, keeping the previous one as ``checkpoint.prev.pt``."""
+    run_dir = Path(run_dir)
     buf = io.BytesIO()
     torch.save(state, buf)
+    path = run_dir / CHECKPOINT_NAME
+    if path.exists():
+        os.replace(path, run_dir / PREVIOUS_NAME)
     atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_latest_checkpoint(run_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """The newest checkpoint in ``run_dir`` that loads, and its path."""
+    run_dir = Path(run_dir)
+    candidates = [p for p in (run_dir / CHECKPOINT_NAME, run_dir / PREVIOUS_NAME) if p.exists()]
+    if not candidates:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}: was the run started with --checkpoint-every N?")
+    errors = []
+    for path in candidates:
+        try:
+            return load_checkpoint(path), path
+        except RuntimeError as e:
+            errors.append(str(e))
+    raise RuntimeError("no readable checkpoint: " + "; ".join(errors))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

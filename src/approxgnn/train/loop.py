@@ -12,6 +12,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CHECKPOINT_NAME, atomic_write_bytes, load_latest_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import TrainConfig
 
 RESULT_NAME = "result.json"
@@ -96,7 +98,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None  # shown in the divergence message
 
     s: dict[str, Any] = {"epoch": 0, "best_val": -math.inf, "best_test": float("nan"), "best_epoch": -1,
                          "best_model": None, "curve": [], "train_time_s": 0.0, "eval_time_s": 0.0,
@@ -130,7 +132,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         bar.set_postfix(_postfix(rec, ev, trainer.engine_stats()), refresh=False)
         if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
-            save_checkpoint(ckpt_path, _checkpoint(trainer, s))
+            save_checkpoint(out, _checkpoint(trainer, s))
             s["checkpoint_time_s"].append(time.perf_counter() - t0)
     bar.close()
 
@@ -160,11 +162,11 @@ def _checkpoint(trainer: Trainer, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_checkpoint(out: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint in run directory ``out``, with a clear error when there is none."""
-    path = Path(out) / CHECKPOINT_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}: was the run started with --checkpoint-every N?")
-    return load_checkpoint(path)
+    """The newest readable checkpoint in run directory ``out``."""
+    state, path = load_latest_checkpoint(out)
+    if path.name != CHECKPOINT_NAME:
+        warnings.warn(f"{Path(out) / CHECKPOINT_NAME} is unreadable; resuming from {path}", stacklevel=2)
+    return state
 
 
 def _postfix(rec: dict[str, float], ev: dict[str, float], stats: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,185 @@
+"""SampledPropagation: exactness at full budget, caching, budget, schedule, checkpoints, trainer."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from approxgnn.graph import CSRGraph, normalize
+from approxgnn.nn import ExactPropagation, build_model
+from approxgnn.ops import SparseOperator
+from approxgnn.rsc import RSCConfig, SampledPropagation
+from approxgnn.train import TrainConfig, run
+
+from helpers import planted_dataset
+
+
+def _setup(model="gcn", n=200, layers=3, hidden=16, seed=0, **rsc):
+    torch.manual_seed(seed)
+    data = planted_dataset(n=n, seed=seed)
+    m = build_model(model, data.num_features, hidden, data.num_classes, layers, dropout=0.0)
+    adj = normalize(CSRGraph.from_edge_index(data.edge_index, data.num_nodes), m.norm)
+    op = SparseOperator.from_adjacency(adj)
+    epochs = rsc.pop("epochs", 20)
+    cfg = RSCConfig(**{"warmup": 1, "tune_interval": 5, "cache_interval": 3, **rsc})
+    prop = SampledPropagation(op, adj.row_norm(), m.spmm_widths(), cfg, epochs=epochs)
+    x = torch.as_tensor(data.x)
+    y = torch.as_tensor(data.y)
+    mask = torch.as_tensor(data.train_mask)
+    return m, prop, ExactPropagation(op), x, y, mask
+
+
+def _grads(model, prop, x, y, mask):
+    model.zero_grad(set_to_none=True)
+    out = model(x, prop)
+    torch.nn.functional.cross_entropy(out[mask], y[mask]).backward()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage", "gcn2"])
+def test_full_budget_gives_exact_gradients(model):
+    m, prop, exact, x, y, mask = _setup(model, budget=1.0)
+    for epoch in range(4):  # warm-up (exact + statistics), then approximate at C = 1
+        prop.on_epoch_start(epoch, 20)
+        got = _grads(m, prop, x, y, mask)
+        ref = _grads(m, exact, x, y, mask)
+        for a, b in zip(got, ref):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert prop.phase == "approx"
+    assert all(s.counters["approx_steps"] == 3 for s in prop.layers.values())
+
+
+def test_sage_layer0_is_not_sampled():
+    m, prop, *_ = _setup("sage")
+    assert set(prop.layers) == {1, 2}
+    assert prop.widths == {1: 16, 2: 16}  # the SpMM width is the *input* width of the layer
+
+
+def test_cache_reuse_skips_resampling_and_budget_holds():
+    m, prop, exact, x, y, mask = _setup("gcn", budget=0.3, cache_interval=3, tune_interval=100)
+    slices = []
+    for epoch in range(11):  # 1 warm-up + 10 approximate steps
+        prop.on_epoch_start(epoch, 20)
+        _grads(m, prop, x, y, mask)
+        slices.append({l: s.slice for l, s in prop.layers.items()})
+        kept = sum(s.slice.nnz * s.width for s in prop.layers.values() if s.slice is not None)
+        assert kept <= 0.3 * prop.nnz * sum(prop.widths.values())
+    for s in prop.layers.values():
+        assert s.counters["resamples"] == 4  # steps 1, 4, 7, 10
+        assert s.counters["cache_hits"] == 6
+    l0 = next(iter(prop.layers))
+    assert slices[1][l0] is slices[2][l0] is slices[3][l0]
+    assert slices[4][l0] is not slices[3][l0]
+    st = prop.stats()
+    assert st["resamples"] == 4 * len(prop.layers) and st["flops_kept"] <= 0.3
+    json.dumps(st)  # result.json must be able to hold it
+
+
+def test_sampled_gradients_differ_then_switch_makes_later_epochs_exact():
+    m, prop, exact, x, y, mask = _setup("gcn", budget=0.1, epochs=10, switch_time=0.5)
+    for epoch in range(10):
+        prop.on_epoch_start(epoch, 10)
+        got = _grads(m, prop, x, y, mask)
+        ref = _grads(m, exact, x, y, mask)
+        same = all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(got, ref))
+        if 1 <= epoch < 5:
+            assert prop.phase == "approx" and not same
+        elif epoch >= 5:
+            assert prop.phase == "exact" and same
+            assert all(s.slice is None for s in prop.layers.values())
+
+
+def test_two_models_share_no_state():
+    m1, p1, _, x, y, mask = _setup("gcn", budget=0.2)
+    m2, p2, *_ = _setup("gcn", budget=0.2)
+    for epoch in range(3):
+        p1.on_epoch_start(epoch, 20)
+        _grads(m1, p1, x, y, mask)
+    assert all(s.counters["approx_steps"] == 2 for s in p1.layers.values())
+    assert all(s.counters["approx_steps"] == 0 and s.slice is None for s in p2.layers.values())
+    assert all(a.generator is not b.generator for a, b in zip(p1.layers.values(), p2.layers.values()))
+
+
+@pytest.mark.parametrize("selection", ["topk", "importance"])
+def test_state_dict_resume_rebuilds_identical_slices(selection):
+    m, prop, _, x, y, mask = _setup("gcn", budget=0.3, selection=selection, cache_interval=4)
+    for epoch in range(4):
+        prop.on_epoch_start(epoch, 20)
+        _grads(m, prop, x, y, mask)
+    state = prop.state_dict()
+    buf = __import__("io").BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)  # checkpoints are loaded this way
+    m2, prop2, *_ = _setup("gcn", budget=0.3, selection=selection, cache_interval=4)
+    m2.load_state_dict(m.state_dict())
+    prop2.load_state_dict(state)
+    for l in prop.layers:
+        assert torch.equal(prop.layers[l].slice.col, prop2.layers[l].slice.col)
+        assert torch.equal(prop.layers[l].slice.value, prop2.layers[l].slice.value)
+    for epoch in range(4, 9):  # a cache hit, then a resample that draws from the restored RNG
+        prop.on_epoch_start(epoch, 20)
+        prop2.on_epoch_start(epoch, 20)
+        for a, b in zip(_grads(m, prop, x, y, mask), _grads(m2, prop2, x, y, mask)):
+            assert torch.equal(a, b)
+    assert prop.stats()["resamples"] == prop2.stats()["resamples"]
+
+
+def test_validation_guard_switches_early():
+    m, prop, _, x, y, mask = _setup("gcn", budget=0.2, val_guard=True, val_patience=2, val_tolerance=0.5)
+    vals = [0.5, 0.6, 0.7, 0.7, 0.69, 0.8]
+    phases = []
+    for epoch, v in enumerate(vals):
+        prop.on_epoch_start(epoch, 20)
+        phases.append(prop.phase)
+        prop.on_epoch_end(epoch, v)
+    # Epochs 3 and 4 bring no improvement (patience 2): exact from epoch 5 on.
+    assert phases == ["warmup", "approx", "approx", "approx", "approx", "exact"]
+    assert prop.stats()["detail"]["guard_epoch"] == 5
+    m, prop, *_ = _setup("gcn", val_guard=True, val_patience=50, val_tolerance=0.05)
+    for epoch, v in enumerate([0.5, 0.8, 0.7]):
+        prop.on_epoch_start(epoch, 20)
+        prop.on_epoch_end(epoch, v)
+    assert prop.schedule.guard_epoch == 3  # fell 0.1 below the best: drop trigger
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"budget": 0.0}, "budget"), ({"budget": 1.5}, "budget"), ({"budget": math.nan}, "budget"),
+    ({"switch_time": -0.1}, "switch_time"), ({"switch_time": 1.2}, "switch_time"),
+    ({"cache_interval": -1}, "cache_interval"), ({"tune_interval": 0}, "tune_interval"),
+    ({"warmup": -2}, "warmup"), ({"allocation": "best"}, "allocation"), ({"selection": "random"}, "selection"),
+])
+def test_bad_config_fails_before_training(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RSCConfig(**kwargs)
+    cfg = RSCConfig()
+    for k, v in kwargs.items():
+        setattr(cfg, k, v)  # mutated after construction: the trainer's config check still catches it
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(engine="rsc", rsc=cfg)
+
+
+def test_cli_rejects_bad_budget_with_usage_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "approxgnn.cli", "train", "--engine", "rsc", "--budget", "1.5",
+                        "--dataset", "synthetic", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert r.returncode == 2 and "budget" in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("model", ["gcn", "sage", "gcn2"])
+def test_trainer_runs_rsc_and_records_stats(tmp_path, model):
+    data = planted_dataset()
+    cfg = TrainConfig(dataset="planted", model=model, engine="rsc", hidden=32, layers=3, epochs=30, lr=0.02,
+                      out=str(tmp_path), progress=False,
+                      rsc=RSCConfig(budget=0.2, warmup=2, tune_interval=10, cache_interval=5))
+    result = run(cfg, data)
+    assert result["test"] > 0.6
+    saved = json.loads((tmp_path / "result.json").read_text())
+    st = saved["engine_stats"]
+    assert st["rsc"] == "exact" and st["detail"]["switch_epoch"] == 24 and st["detail"]["tunes"] == 3
+    layers = st["detail"]["layers"]
+    assert all(v["approx_steps"] == 22 for v in layers.values())
+    kept = sum(v["nnz_kept_frac_mean"] * v["width"] for v in layers.values())
+    assert 0 < kept <= 0.2 * sum(v["width"] for v in layers.values()) + 1e-9
