@@ -56,3 +56,22 @@ def test_config_validation_and_out_dir_guard(tmp_path):
     with pytest.raises(ValueError, match="another run"):
         check_out_dir(tmp_path, resume=False, overwrite=False)
     check_out_dir(tmp_path, resume=False, overwrite=True)
+
+
+def test_memory_check_names_the_fix():
+    from approxgnn.train.memory import check_memory, estimate_bytes
+
+    data = planted_dataset()
+    cfg = TrainConfig(dataset="planted", hidden=16, epochs=1, progress=False)
+    need = sum(estimate_bytes(cfg, data).values())
+    check_memory(cfg, data, available=need + 1)
+    with pytest.raises(MemoryError, match="--engine refresh"):
+        check_memory(cfg, data, available=need - 1)
+    from approxgnn.history import RefreshConfig
+
+    mb = TrainConfig(dataset="planted", engine="sample", layers=2, refresh=RefreshConfig(fanouts=[5, 5], cache_mb=0.0))
+    with pytest.raises(MemoryError, match="--features-on-disk"):
+        check_memory(mb, data, available=1000)
+    mb.refresh.cache_mb = 1.0
+    with pytest.raises(MemoryError, match="--cache-mb"):
+        check_memory(mb, data, available=1000)

@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"approxgnn: data error: {e}", file=sys.stderr)
             return EXIT_FAILURE
         parser.exit(EXIT_USAGE, f"approxgnn: error: {e}\n")
-    except (FileNotFoundError, RuntimeError, TrainingDiverged) as e:
+    except (FileNotFoundError, RuntimeError, MemoryError, TrainingDiverged) as e:
         print(f"approxgnn: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -33,6 +33,8 @@ _LOW_LEVEL_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # includes gzip.BadGzipFile, FileNotFoundError, PermissionError
     OverflowError,
     MemoryError,  # a corrupt header can declare an absurd array size
+    NotImplementedError,  # zipfile: unsupported compression method or zip version
+    RuntimeError,  # zipfile: encrypted member; RecursionError from a deeply nested pickle
     zipfile.BadZipFile,
     zlib.error,
     struct.error,

@@ -1,19 +1,23 @@
 """A restricted unpickler for the Planetoid ``ind.*`` files -- never runs arbitrary pickles.
 
 A pickle can name any importable callable (``os.system``, ``builtins.eval``) and have the
-unpickler call it. The Planetoid files only need numpy arrays, a scipy CSR matrix and a
+unpickler call it. The Planetoid files only need numpy arrays, scipy CSR matrices and a
 ``defaultdict(list)``, so :class:`RestrictedUnpickler` resolves exactly those names and refuses
 every other one with a :class:`DatasetError` before anything is called.
 
-Scipy matrices are not rebuilt from their pickled ``__dict__`` (that would let a file set any
-attribute on a scipy object): the CSR name resolves to :class:`PickledCSR`, an inert record of
-the state, which :func:`csr_to_dense` validates and converts.
+Even the allowed names do not reach numpy or scipy: they resolve to inert records
+(:class:`PickledArray`, :class:`PickledDType`, :class:`PickledCSR`) that only store what the file
+says. :func:`to_array` and :func:`to_dense` then validate those records (numeric dtype, sizes
+that match the shape) and build the arrays with ``np.frombuffer`` and scipy's public
+constructor. This matters: numpy's own ``ndarray.__setstate__`` fed a corrupted state can fail
+with internal errors, which a fuzz test found.
 """
 from __future__ import annotations
 
-import collections
 import io
+import math
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +27,53 @@ import scipy.sparse as sp
 from ._io import fail, reading, require_file
 
 
-class PickledCSR:
-    """Inert stand-in for ``scipy.sparse.csr_matrix`` while unpickling: only stores the state."""
+class _Record:
+    """Base of the inert stand-ins: pickle creates them and hands them their state, nothing more."""
 
-    # pickle creates it with ``__new__`` (no ``__init__``), then calls ``__setstate__``.
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
     def __setstate__(self, state: Any) -> None:
-        self.state = state if isinstance(state, dict) else {}
+        self.state = state
 
 
-# numpy's array-reconstruction helper, found without importing the deprecated ``numpy.core``.
-_NP_RECONSTRUCT = np.ndarray.__reduce__(np.empty(0))[0]
+class PickledDType(_Record):
+    """Stand-in for ``numpy.dtype``: args ``('f4', 0, 1)``, state ``(3, '<', ...)``."""
+
+
+class PickledArray(_Record):
+    """Stand-in for a numpy array: state ``(version, shape, dtype, fortran, raw bytes)``."""
+
+
+class PickledCSR(_Record):
+    """Stand-in for ``scipy.sparse.csr_matrix``: state is its ``__dict__`` (data, indices, ...)."""
+
+
+def _reconstruct(*args: Any) -> PickledArray:
+    """Stand-in for numpy's ``_reconstruct(ndarray, (0,), b'b')``: an empty record."""
+    return PickledArray(*args)
+
+
+def _new_dict(*args: Any) -> dict:
+    """Stand-in for ``collections.defaultdict(list)``: a plain dict (no factory to call later)."""
+    return {}
+
 
 # (module, name) as written in the pickle (Python 2 names included) -> object to use.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
+    ("numpy", "ndarray"): PickledArray,
+    ("numpy", "dtype"): PickledDType,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("scipy.sparse.csr", "csr_matrix"): PickledCSR,
     ("scipy.sparse._csr", "csr_matrix"): PickledCSR,
-    ("collections", "defaultdict"): collections.defaultdict,
+    ("collections", "defaultdict"): _new_dict,
     ("__builtin__", "list"): list,
     ("builtins", "list"): list,
 }
+
+_MAX_DENSE = 1 << 28  # Planetoid matrices hold ~10M entries; a corrupt shape must not allocate GBs
+_DTYPE_CODE = re.compile(r"^[biuf][1248]$")  # bool, signed, unsigned, float of 1-8 bytes
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -73,22 +101,53 @@ def load_restricted(path: Path, what: str) -> Any:
         return RestrictedUnpickler(f, path).load()
 
 
-def csr_to_dense(obj: Any, path: Path) -> np.ndarray:
-    """Validate an unpickled CSR record (or a dense array) and return a dense float32 matrix."""
-    if isinstance(obj, np.ndarray):
-        dense = obj
-    elif isinstance(obj, PickledCSR):
-        st = getattr(obj, "state", {})
+def _dtype(rec: Any, path: Path) -> np.dtype:
+    """A numeric numpy dtype from a :class:`PickledDType` record."""
+    if not isinstance(rec, PickledDType) or not rec.args or not isinstance(rec.args[0], str):
+        raise fail(path, "array dtype is not a plain numeric dtype")
+    code = rec.args[0]
+    state = getattr(rec, "state", None)
+    order = state[1] if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "=", "|") else "="
+    if not _DTYPE_CODE.match(code):
+        raise fail(path, f"unsupported array dtype {code!r} (expected a bool, integer or float type)")
+    return np.dtype(code).newbyteorder(order) if order in "<>" else np.dtype(code)
+
+
+def to_array(rec: Any, path: Path) -> np.ndarray:
+    """A numpy array from a :class:`PickledArray` record, checking dtype and byte count."""
+    state = getattr(rec, "state", None)
+    if not isinstance(rec, PickledArray) or not isinstance(state, tuple) or len(state) != 5:
+        raise fail(path, f"expected a pickled numpy array, found {type(rec).__name__}")
+    _version, shape, dtype_rec, fortran, raw = state
+    if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise fail(path, f"array shape {shape!r} is not a tuple of sizes")
+    dtype = _dtype(dtype_rec, path)
+    if isinstance(raw, str):
+        raw = raw.encode("latin1")  # a Python 2 str, decoded by encoding='latin1'
+    if not isinstance(raw, bytes) or len(raw) != dtype.itemsize * math.prod(shape):
+        raise fail(path, f"array data does not match shape {shape} and dtype {dtype}")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arr.astype(dtype.newbyteorder("="))  # native byte order, writeable copy
+
+
+def to_dense(rec: Any, path: Path) -> np.ndarray:
+    """A dense float32 matrix from a pickled CSR record or a pickled 2-D array."""
+    if isinstance(rec, PickledCSR):
+        st = getattr(rec, "state", None)
+        if not isinstance(st, dict):
+            raise fail(path, "CSR matrix state is not a dict")
         shape = st.get("_shape", st.get("shape"))
-        parts = [st.get(k) for k in ("data", "indices", "indptr")]
-        if shape is None or any(not isinstance(p, np.ndarray) for p in parts):
-            raise fail(path, "CSR matrix state lacks shape/data/indices/indptr")
+        if not isinstance(shape, tuple) or len(shape) != 2 or not all(isinstance(s, int) for s in shape):
+            raise fail(path, f"CSR matrix shape {shape!r} is not a pair of sizes")
+        if not 0 <= shape[0] * shape[1] <= _MAX_DENSE:
+            raise fail(path, f"CSR matrix shape {shape} is implausible for a Planetoid file")
+        parts = [to_array(st.get(k), path) for k in ("data", "indices", "indptr")]
         with reading(path, "CSR matrix"):
-            mat = sp.csr_matrix(tuple(parts), shape=tuple(int(s) for s in shape))
+            mat = sp.csr_matrix(tuple(parts), shape=shape)
             mat.check_format(full_check=True)  # rejects out-of-range column ids, bad indptr
             dense = mat.toarray()
     else:
-        raise fail(path, f"expected a sparse or dense matrix, found {type(obj).__name__}")
-    if dense.ndim != 2 or not (np.issubdtype(dense.dtype, np.number) or dense.dtype == np.bool_):
-        raise fail(path, f"expected a 2-D numeric matrix, found {dense.dtype} of shape {dense.shape}")
+        dense = to_array(rec, path)
+    if dense.ndim != 2:
+        raise fail(path, f"expected a 2-D matrix, found shape {dense.shape}")
     return np.ascontiguousarray(dense, dtype=np.float32)

@@ -85,8 +85,9 @@ def _read_features(path: Path, n: int, width: int | None) -> np.ndarray:
     width = needed if width is None else width
     if needed > width:
         raise fail(path, f"feature index {needed - 1} does not fit num_features={width}")
-    x = np.zeros((n, width), dtype=np.float32)
-    x[np.repeat(rows, lens), cols] = 1.0
+    with reading(path, f"feature matrix [{n}, {width}]"):
+        x = np.zeros((n, width), dtype=np.float32)
+        x[np.repeat(rows, lens), cols] = 1.0
     return x
 
 

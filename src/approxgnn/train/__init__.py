@@ -6,6 +6,7 @@ from typing import Any
 from ..datasets import Dataset, load_dataset
 from .checkpoint import seed_everything
 from .config import ENGINES, FULL_BATCH_ENGINES, TrainConfig
+from .memory import check_memory
 from .loop import Trainer, TrainingDiverged, check_out_dir, fit, read_checkpoint
 
 
@@ -28,6 +29,7 @@ def build_trainer(cfg: TrainConfig, data: Dataset) -> Trainer:
 def run(cfg: TrainConfig, data: Dataset | None = None, *, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load the data (unless given), train, and return the result dict (also written to ``cfg.out``)."""
     data = load_data(cfg) if data is None else data
+    check_memory(cfg, data)
     return fit(build_trainer(cfg, data), resume_state=resume_state)
 
 
