@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from approxgnn.datasets import Dataset, DatasetError, list_datasets, load_dataset
 from approxgnn.datasets import _csv
@@ -420,9 +422,6 @@ def test_list_datasets_reports_errors(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- corruption fuzzing
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _fuzz = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -72,6 +72,7 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--cached-layers", "refresh.cached_layers", {"type": _int_list}),
     ("--eval-batch-size", "refresh.eval_batch_size", {"type": int}),
     ("--features-on-disk", "refresh.features_on_disk", {"action": "store_true"}),
+    ("--features-path", "refresh.features_path", {"help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
     ("--no-prefetch", "refresh.prefetch", {"action": "store_false"}),
 ]
 
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("datasets", help="list the datasets found under the data root")
     ds.add_argument("--data-root")
+
+    pr = sub.add_parser("prepare", help="write a dataset's features to a .npy for --features-path")
+    pr.add_argument("--dataset", required=True, help="name or path, as for `train`")
+    pr.add_argument("--data-root")
+    pr.add_argument("--out", required=True, help="the .npy file to write")
 
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
     b.add_argument("name", help="e.g. spmm → benchmarks/exact_spmm.py, or a script name")
@@ -174,6 +180,20 @@ def cmd_datasets(ns: argparse.Namespace) -> int:
 BENCH_ALIASES = {"spmm": "exact_spmm"}
 
 
+def cmd_prepare(ns: argparse.Namespace) -> int:
+    """Features of any dataset → a float32 ``.npy`` that mini-batch training memory-maps."""
+    from .datasets import load_dataset
+    from .history.features import write_features
+
+    if not ns.out.endswith(".npy"):
+        raise ValueError(f"--out must name a .npy file, got {ns.out!r}")
+    data = load_dataset(ns.dataset, root=ns.data_root)
+    x = write_features(ns.out, data.x)
+    print(f"wrote {ns.out}: {x.shape[0]} x {x.shape[1]} float32 ({x.nbytes / 2**20:.1f} MiB); "
+          f"train with --features-path {ns.out}")
+    return EXIT_OK
+
+
 def cmd_bench(ns: argparse.Namespace) -> int:
     bench_dir = Path(__file__).resolve().parents[2] / "benchmarks"
     script = bench_dir / f"{BENCH_ALIASES.get(ns.name, ns.name)}.py"
@@ -188,7 +208,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    handler = {"train": cmd_train, "demo": cmd_demo, "datasets": cmd_datasets, "bench": cmd_bench}[ns.command]
+    handler = {"train": cmd_train, "demo": cmd_demo, "datasets": cmd_datasets, "bench": cmd_bench,
+               "prepare": cmd_prepare}[ns.command]
     try:
         return handler(ns)
     except ValueError as e:

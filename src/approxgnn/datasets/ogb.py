@@ -34,6 +34,11 @@ def ogb_dir(root: Path, name: str) -> Path:
     return root / name.replace("-", "_")
 
 
+def ogb_name(folder: Path) -> str:
+    """Dataset name of an OGB folder (``ogbn_arxiv`` -> ``ogbn-arxiv``)."""
+    return PREFIX + folder.name.removeprefix("ogbn_").replace("_", "-")
+
+
 def is_ogb_dir(path: Path) -> bool:
     """Whether ``path`` looks like an OGB node-property folder."""
     return (path / "raw" / "edge.csv.gz").is_file()
@@ -103,7 +108,7 @@ def load_ogb(folder: Path, /, *, name: str | None = None, split: int = 0, seed: 
         masks[field] = mask & labelled  # unlabelled nodes never enter a loss or a metric
     num_classes = num_classes_of(y[labelled], label_path)
     return Dataset(
-        name=name or PREFIX + folder.name.removeprefix("ogbn_").replace("_", "-"),
+        name=name or ogb_name(folder),
         x=x,
         y=y,
         edge_index=np.ascontiguousarray(edges.T),

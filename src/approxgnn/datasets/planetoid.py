@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ._csv import read_csv
-from ._io import as_labels, fail
+from ._io import fail
 from ._pickle import load_restricted, to_dense
 from .base import Dataset, DatasetError
 from .splits import index_to_mask
@@ -73,7 +73,7 @@ def load_planetoid(raw_dir: Path, /, *, name: str, split: int = 0, seed: int = 0
     mats = {p: to_dense(obj[p], files[p]) for p in ("x", "tx", "allx")}
     onehot = {p: to_dense(obj[p], files[p]) for p in ("y", "ty", "ally")}
     labels = {p: _one_hot_labels(onehot[p], files[p]) for p in onehot}
-    test_index = as_labels(read_csv(files["test.index"], integer=True, ncols=1)[:, 0], files["test.index"], "test index")
+    test_index = read_csv(files["test.index"], integer=True, ncols=1)[:, 0]  # one node id per line
 
     n_all, n_train, n_test = mats["allx"].shape[0], mats["x"].shape[0], test_index.shape[0]
     for part, rows, expected in (("ally", labels["ally"].shape[0], n_all), ("y", labels["y"].shape[0], n_train),

@@ -26,13 +26,14 @@ from .gnn_benchmark import is_gnn_benchmark_npz, load_gnn_benchmark
 from .heterophilous import NAMES as HETERO_NAMES
 from .heterophilous import is_heterophilous_npz, load_heterophilous
 from .ogb import PREFIX as OGB_PREFIX
-from .ogb import is_ogb_dir, load_ogb, ogb_dir
+from .ogb import is_ogb_dir, load_ogb, ogb_dir, ogb_name
 from .planetoid import load_planetoid
 from .synthetic_graph import synthetic
 from .twitch import NAMES as TWITCH_NAMES
 from .twitch import country_of, load_twitch
 
 Loader = Callable[..., Dataset]
+SYNTHETIC = "synthetic"
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,6 @@ def _build_registry() -> dict[str, Entry]:
     return {e.name: e for e in entries}
 
 
-SYNTHETIC = "synthetic"
-
-
 REGISTRY: dict[str, Entry] = _build_registry()
 
 _SIZE = re.compile(r"^synthetic-(\d+(?:\.\d+)?)([km]?)$")
@@ -97,27 +95,27 @@ def dataset_names() -> list[str]:
     return [*REGISTRY, f"{OGB_PREFIX}<name>", "synthetic-<size> (e.g. synthetic-1m)"]
 
 
-def _resolve_path(path: Path) -> tuple[Loader, Path, dict]:
-    """Pick a loader for a file or folder by looking at what it contains."""
+def _resolve_path(path: Path) -> tuple[Loader, str | None]:
+    """Pick a loader for a file or folder by what it contains; also a name if the path implies one."""
     if path.is_file():
         if path.suffix != ".npz":
             raise fail(path, "unrecognised file: expected an .npz (heterophilous or gnn-benchmark layout)")
         with open_npz(path) as npz:
             keys = list(npz.files)
         if is_gnn_benchmark_npz(keys):
-            return load_gnn_benchmark, path, {}
+            return load_gnn_benchmark, None
         if is_heterophilous_npz(keys):
-            return load_heterophilous, path, {}
+            return load_heterophilous, None
         raise fail(path, f"unrecognised npz layout (keys: {', '.join(sorted(keys))}); expected "
                          "node_features/node_labels/edges/*_masks or adj_*/attr_*/labels")
     if path.is_dir():
         if is_ogb_dir(path):
-            return load_ogb, path, {}
+            return load_ogb, None
         if country_of(path) is not None:
-            return load_twitch, path, {}
+            return load_twitch, None
         graphs = sorted(path.glob("ind.*.graph"))
         if len(graphs) == 1:
-            return load_planetoid, path, {"name": graphs[0].name.split(".")[1]}
+            return load_planetoid, graphs[0].name.split(".")[1]  # Planetoid files carry the name
         raise fail(path, "unrecognised folder: expected an OGB folder (raw/edge.csv.gz), a Twitch country "
                          "folder (<C>_edges.csv) or a Planetoid raw folder (one ind.<name>.graph)")
     raise fail(path, "no such file or directory, and not a known dataset name; "
@@ -181,18 +179,18 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None
         if not location.exists():
             raise DatasetError(f"{key}: not found at {location} (data root {base}; set APPROXGNN_DATA or pass root=)")
         return _call(entry.load, location, key, split, seed, kwargs)
-    if key.startswith(OGB_PREFIX) and not _looks_like_path(text):
-        folder = ogb_dir(base, key)
+    if key.startswith((OGB_PREFIX, "ogbn_")) and not _looks_like_path(text):
+        folder = ogb_dir(base, text.strip())  # keep the case: OGB has ogbn_papers100M
         if not folder.exists():
-            raise DatasetError(f"{key}: not found at {folder} (an OGB node-property folder with raw/ and split/; "
+            raise DatasetError(f"{text}: not found at {folder} (an OGB node-property folder with raw/ and split/; "
                                "nothing is downloaded)")
-        return _call(load_ogb, folder, key, split, seed, kwargs)
+        return _call(load_ogb, folder, ogb_name(folder), split, seed, kwargs)
     if parse_synthetic_name(key) is not None:
         return _generate(key, split, seed, kwargs)
     if _looks_like_path(text) or Path(text).expanduser().exists():
         path = Path(text).expanduser()
-        loader, location, fixed = _resolve_path(path)
-        return _call(loader, location, fixed.get("name"), split, seed, kwargs)
+        loader, name = _resolve_path(path)
+        return _call(loader, path, name, split, seed, kwargs)
     raise DatasetError(f"unknown dataset {text!r}; known names: {', '.join(dataset_names())}")
 
 
@@ -214,7 +212,7 @@ def list_datasets(root: str | os.PathLike | None = None, include_synthetic: bool
     if base.is_dir():
         for folder in sorted(base.glob("ogbn_*")):
             if folder.is_dir():
-                found.append((OGB_PREFIX + folder.name[len("ogbn_"):].replace("_", "-"), load_ogb, folder))
+                found.append((ogb_name(folder), load_ogb, folder))
     out = []
     for name, loader, location in found:
         try:

@@ -57,14 +57,16 @@ def _stratified_order(y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 def _count(size: Size | None, available: int, total: int, name: str, where: str) -> int:
+    """Number of nodes a size asks for: an int as is, a float as a fraction of ``total``."""
     if size is None:
         return available
     if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)):
         raise DatasetError(f"{where}: {name} size must be an int or a float, got {size!r}")
-    k = int(round(float(size) * total)) if isinstance(size, (float, np.floating)) else int(size)
-    if k < 0 or (isinstance(size, (float, np.floating)) and not 0.0 <= size <= 1.0):
+    fraction = isinstance(size, (float, np.floating))
+    if (fraction and not 0.0 <= size <= 1.0) or size < 0:
         raise DatasetError(f"{where}: {name} size must be a count >= 0 or a fraction in [0, 1], got {size}")
-    if isinstance(size, (float, np.floating)) and k == available + 1:
+    k = int(round(float(size) * total)) if fraction else int(size)
+    if fraction and k == available + 1:
         k = available  # fractions that sum to 1 can overshoot by one node through rounding
     if k > available:
         raise DatasetError(f"{where}: {name} split needs {k} nodes but only {available} remain")

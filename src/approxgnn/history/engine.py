@@ -82,28 +82,30 @@ class HistoryEngine:
         for l in self.cache.layers:
             h = recorded.get(l)
             m = batch.num_computed[l]
-            if h is None or m == seeds:
-                continue
-            nodes = batch.layer_nodes[l][seeds:m]
-            rows = h.detach()[seeds:m]
-            if self.policy == "gas":
-                order = torch.arange(len(nodes))
-            else:
-                cand = torch.from_numpy(np.flatnonzero(~self.cache.fresh(l, nodes, now)))
-                g = h.grad[seeds:m] if h.grad is not None else torch.zeros_like(rows)
-                norms = g[cand.to(g.device)].norm(dim=1)
-                order = cand[admission_order(norms, self.rate).cpu()]
-                self.stats["candidates"] += len(cand)
-            sel = order.to(rows.device)
-            self.stats["admitted"] += self.cache.admit(l, nodes[order.numpy()], rows[sel], now)
+            if h is not None and m > seeds:
+                self._admit(l, batch.layer_nodes[l][seeds:m], h, seeds, m, now)
             hit = hits.get(l)
             if self.evict and hit is not None and hit.grad is not None and hit.size(0):
                 drop = eviction_mask(hit.grad.norm(dim=1), self.rate).cpu().numpy()
                 self.stats["evicted"] += self.cache.evict(l, batch.hits(l)[drop])
-            h.grad = None
+            if h is not None:
+                h.grad = None
             if hit is not None:
                 hit.grad = None
         recorded.clear()
+
+    def _admit(self, layer: int, nodes: np.ndarray, h: Tensor, lo: int, hi: int, now: int) -> None:
+        """Admit rows ``lo:hi`` of ``h`` (the non-seed computed nodes ``nodes``) under the policy."""
+        rows = h.detach()[lo:hi]
+        if self.policy == "gas":  # push everything, overwriting older entries
+            order = torch.arange(len(nodes))
+        else:
+            cand = torch.from_numpy(np.flatnonzero(~self.cache.fresh(layer, nodes, now)))
+            g = h.grad[lo:hi] if h.grad is not None else torch.zeros_like(rows)
+            norms = g[cand.to(g.device)].norm(dim=1)
+            order = cand[admission_order(norms, self.rate).cpu()]
+            self.stats["candidates"] += len(cand)
+        self.stats["admitted"] += self.cache.admit(layer, nodes[order.numpy()], rows[order.to(rows.device)], now)
 
     def summary(self) -> dict[str, float]:
         """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy."""

@@ -18,6 +18,7 @@ Pure functions of the statistics: no state, easy to test.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -111,10 +112,16 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
             out[l] = Allocation(k / n[l], k, min(cap, int(cum[l][k])))
         return out
 
+    # Shrink steps m = 0, 1, ... lower the ratio from its start r0 (fraction of non-zero scores)
+    # by `step`, down to r = 0, which still keeps `min_rows` rows (RSC's k rule). Only when every
+    # layer sits there and the budget still is not met may a layer drop to zero rows: the budget
+    # is a hard bound.
+    last = {l: int(math.floor(nonzero[l] / n[l] / step + 1e-9)) for l in stats}
+
     def rows(l: int, m: int) -> int:
-        # m shrink steps below the start ratio; computed from integers to avoid drift.
-        r = nonzero[l] / n[l] - m * step
-        return min(num_rows(n[l], r, min_rows), nonzero[l]) if r > 1e-12 else 0
+        if m > last[l]:
+            return 0
+        return min(num_rows(n[l], max(nonzero[l] / n[l] - m * step, 0.0), min_rows), nonzero[l])
 
     def cost(l: int, k: int) -> float:
         return float(cum[l][k]) * stats[l].width
@@ -123,10 +130,11 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
     k_now = {l: rows(l, 0) for l in stats}
     total = budget_flops(budget, nnz, {l: s.width for l, s in stats.items()})
     spent = sum(cost(l, k_now[l]) for l in stats)
+    allow_zero = False
     while spent > total:
         best, best_key = None, None
         for l in stats:
-            if k_now[l] == 0:
+            if steps[l] >= last[l] + allow_zero or k_now[l] == 0:
                 continue
             k_lo = rows(l, steps[l] + 1)
             f = stats[l].fnorm
@@ -136,7 +144,10 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
             if best_key is None or key < best_key:
                 best, best_key = l, key
         if best is None:
-            break  # every layer is at zero rows
+            if allow_zero:
+                break  # every layer is at zero rows
+            allow_zero = True
+            continue
         steps[best] += 1
         k_now[best] = rows(best, steps[best])
         spent = sum(cost(l, k_now[l]) for l in stats)  # recomputed: no drift from repeated subtraction

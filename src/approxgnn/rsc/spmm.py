@@ -96,9 +96,7 @@ def row_scores(row_norm: Tensor, g: Tensor) -> Tensor:
 
 
 def num_rows(n: int, ratio: float, min_rows: int = 10) -> int:
-    """``k = min(max(int(N·ratio), min_rows), N)`` for ``ratio > 0``; 0 rows for ratio 0."""
-    if ratio <= 0.0:
-        return 0
+    """RSC's row count ``k = min(max(int(N·ratio), min_rows), N)`` (``ratio ≥ 0``)."""
     return min(max(int(n * ratio + 1e-9), min_rows), n)
 
 

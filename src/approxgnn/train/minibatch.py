@@ -201,22 +201,22 @@ class MiniBatchTrainer(Trainer):
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Exact layer-wise inference over full neighbourhoods; no history cache is read."""
+    def infer(self, nodes: np.ndarray | None = None) -> torch.Tensor:
+        """Exact logits ``[len(nodes), C]`` (all nodes by default) by layer-wise inference over
+        full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read."""
         self.model.eval()
         n, num_layers, ebs = self.sampler.graph.num_nodes, self.cfg.layers, self.rc.eval_batch_size
-        masks = self.split_masks
-        eval_nodes = np.flatnonzero(masks["train"] | masks["val"] | masks["test"])
-        dummy = torch.zeros(1, self.store.dim, device=self.device)
         all_nodes = np.arange(n)
-        total = sum(-(-len(all_nodes if l < num_layers - 1 else eval_nodes) // ebs) for l in range(num_layers))
+        nodes = all_nodes if nodes is None else np.asarray(nodes, dtype=np.int64)
+        dummy = torch.zeros(1, self.store.dim, device=self.device)
+        total = sum(-(-len(all_nodes if l < num_layers - 1 else nodes) // ebs) for l in range(num_layers))
         bar = tqdm(total=total, desc="eval", disable=not self.cfg.progress, leave=False, dynamic_ncols=True)
-        h: torch.Tensor | None = None
+        h: torch.Tensor | None = None  # outputs of the layer below, for every node
         for layer in range(num_layers):
-            nodes = all_nodes if layer < num_layers - 1 else eval_nodes
+            targets = all_nodes if layer < num_layers - 1 else nodes
             out: torch.Tensor | None = None
-            for s in range(0, len(nodes), ebs):
-                block, src = self.sampler.full_block(nodes[s : s + ebs])
+            for s in range(0, len(targets), ebs):
+                block, src = self.sampler.full_block(targets[s : s + ebs])
                 if layer == 0:
                     x_in = self.features.gather(src).to(self.device)
                 else:
@@ -227,17 +227,25 @@ class MiniBatchTrainer(Trainer):
                 except LayerOutput as stop:
                     o = stop.h
                 if out is None:
-                    out = torch.empty(len(nodes), o.size(1), device=self.device)
+                    out = torch.empty(len(targets), o.size(1), device=self.device)
                 out[s : s + o.size(0)] = o
                 bar.update()
             h = out
         bar.close()
-        pos = np.full(n, -1, np.int64)
-        pos[eval_nodes] = np.arange(len(eval_nodes))
+        return h
+
+    def evaluate(self) -> dict[str, float]:
+        """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
+        masks = self.split_masks
+        nodes = np.flatnonzero(masks["train"] | masks["val"] | masks["test"])
+        logits = self.infer(nodes)
+        pos = np.full(self.sampler.graph.num_nodes, -1, np.int64)
+        pos[nodes] = np.arange(len(nodes))
         res = {}
         for k, m in masks.items():
-            idx = torch.from_numpy(pos[np.flatnonzero(m)]).to(self.device)
-            res[k] = evaluate_logits(h[idx], self.y[torch.from_numpy(np.flatnonzero(m)).to(self.device)], self.metric)
+            ids = np.flatnonzero(m)
+            res[k] = evaluate_logits(logits[torch.from_numpy(pos[ids]).to(self.device)],
+                                     self.y[torch.from_numpy(ids).to(self.device)], self.metric)
         return res
 
     # ---- figures and state ---------------------------------------------------------------

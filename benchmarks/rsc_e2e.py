@@ -1,0 +1,209 @@
+"""RSC end to end: exact vs RSC training time and test metric, plus the ablation table and plot.
+
+    flock /tmp/approxgnn-bench.lock python benchmarks/rsc_e2e.py --suite main --json rsc_e2e.json
+    flock /tmp/approxgnn-bench.lock python benchmarks/rsc_e2e.py --suite ablation --json rsc_ablation.json
+    python benchmarks/rsc_e2e.py --quick                      # smoke run, a minute
+
+Every run is ``approxgnn.train.run`` (the real trainer: exact evaluation every epoch, best-val
+model selection). ``train_time_s`` is the sum of training-step times (forward, backward,
+optimiser, RSC sampling), excluding evaluation. Each (dataset, model, variant) is repeated over
+``--seeds`` (model initialisation and dropout; the graph and split stay fixed) and reported as
+mean ± std. ``--json`` is rewritten after every run; ``--resume`` skips runs already in it.
+
+Variants: ``exact``; ``rsc`` (defaults: C=0.1, R=10, tune every 10, switch 0.8, warm-up 2,
+top-k, greedy Δ/FLOP); ablations change one knob each (see ``VARIANTS``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # noqa: F401  (puts src/ on the path)
+import torch
+
+from approxgnn.datasets import load_dataset
+from approxgnn.rsc import RSCConfig
+from approxgnn.train import TrainConfig, run
+from approxgnn.train.results import format_table
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+LAYERS = {"gcn": 3, "sage": 3, "gcn2": 4}
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "exact": None,
+    "rsc": {},
+    "importance": {"selection": "importance"},
+    "greedy-delta": {"allocation": "delta"},
+    "greedy-delta/flop": {"allocation": "delta_per_flop"},
+    "uniform": {"allocation": "uniform"},
+    "R=1": {"cache_interval": 1},
+    "R=50": {"cache_interval": 50},
+    "switch=0.6": {"switch_time": 0.6},
+    "switch=1.0": {"switch_time": 1.0},
+    "guard": {"val_guard": True},
+    "guard+switch=1.0": {"val_guard": True, "switch_time": 1.0},
+}
+MAIN = ["exact", "rsc"]
+ABLATION = ["exact", "rsc", "importance", "greedy-delta", "greedy-delta/flop", "uniform", "R=1", "R=50",
+            "switch=0.6", "switch=1.0", "guard", "guard+switch=1.0"]
+
+
+def epochs_for(dataset: str, a: argparse.Namespace) -> int:
+    return a.epochs_large if dataset.startswith("synthetic-") else a.epochs_small
+
+
+def run_one(data, dataset: str, model: str, variant: str, seed: int, epochs: int, a: argparse.Namespace) -> dict:
+    over = VARIANTS[variant]
+    rsc = RSCConfig(**{"budget": a.budget, **(over or {})})
+    cfg = TrainConfig(dataset=dataset, model=model, engine="exact" if over is None else "rsc", layers=LAYERS[model],
+                      hidden=a.hidden, dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=epochs,
+                      seed=seed, device="cpu", progress=False, rsc=rsc)
+    t0 = time.perf_counter()
+    r = run(cfg, data)
+    wall = time.perf_counter() - t0
+    st = r.get("engine_stats") or {}
+    det = st.get("detail", {})
+    layers = det.get("layers", {})
+    width = sum(v["width"] for v in layers.values()) or 1
+    kept = sum((v["nnz_kept_frac_mean"] or 0.0) * v["width"] for v in layers.values()) / width if layers else None
+    return {"dataset": dataset, "model": model, "variant": variant, "seed": seed, "epochs": epochs,
+            "metric": r["metric"], "test": r["test"], "val": r["val"], "best_epoch": r["best_epoch"],
+            "train_time_s": r["train_time_s"], "eval_time_s": r["eval_time_s"], "wall_s": wall,
+            "epoch_time_median_s": r["epoch_time_median_s"],
+            "flops_kept_approx": kept, "sample_s": st.get("sample_s"), "backward_spmm_s": det.get("backward_spmm_s"),
+            "guard_epoch": det.get("guard_epoch"), "switch_epoch": det.get("switch_epoch"),
+            "ratios": st.get("ratios"),
+            "curve": [{"epoch": c["epoch"], "time_s": c["time_s"], "val": c["val"]} for c in r["curve"]]}
+
+
+def _ms(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
+    rows = []
+    keys = sorted({(r["dataset"], r["model"]) for r in runs}, key=lambda k: (k[0], k[1]))
+    for ds, model in keys:
+        by = {v: [r for r in runs if r["dataset"] == ds and r["model"] == model and r["variant"] == v]
+              for v in variants}
+        if not by.get("exact"):
+            continue
+        ex_t, _ = _ms([r["train_time_s"] for r in by["exact"]])
+        ex_m, _ = _ms([r["test"] for r in by["exact"]])
+        for v in variants:
+            rs = by.get(v)
+            if not rs:
+                continue
+            t, ts = _ms([r["train_time_s"] for r in rs])
+            m, msd = _ms([100 * r["test"] for r in rs])
+            kept = [r["flops_kept_approx"] for r in rs if r["flops_kept_approx"] is not None]
+            rows.append({"dataset": ds, "model": model, "variant": v, "metric": rs[0]["metric"], "seeds": len(rs),
+                         "epochs": rs[0]["epochs"], "train_s": f"{t:.2f} ± {ts:.2f}", "speedup": ex_t / t,
+                         "test": f"{m:.2f} ± {msd:.2f}", "delta_pp": m - 100 * ex_m,
+                         "flops_kept": statistics.fmean(kept) if kept else None,
+                         "sample_s": statistics.fmean([r["sample_s"] or 0.0 for r in rs]) if v != "exact" else None})
+    return rows
+
+
+def plot(runs: list[dict], datasets: list[str], model: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4))
+    axes = [axes] if len(datasets) == 1 else axes
+    for ax, ds in zip(axes, datasets):
+        for v, style in (("exact", "-"), ("rsc", "-")):
+            rs = [r for r in runs if r["dataset"] == ds and r["model"] == model and r["variant"] == v]
+            if not rs:
+                continue
+            r = min(rs, key=lambda r: r["seed"])
+            ax.plot([c["time_s"] for c in r["curve"]], [c["val"] for c in r["curve"]], style,
+                    label=f"{v} ({r['train_time_s']:.1f}s, test {100 * r['test']:.1f})")
+            if v == "rsc" and r.get("switch_epoch") is not None and r["switch_epoch"] < len(r["curve"]):
+                sw = r["curve"][r["switch_epoch"]]
+                ax.axvline(sw["time_s"], color="grey", ls=":", lw=1)
+        ax.set_title(f"{ds} / {model} (seed 0)")
+        ax.set_xlabel("training time (s, evaluation excluded)")
+        ax.set_ylabel(f"validation {rs[0]['metric'] if rs else ''}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", choices=["main", "ablation"], default="main")
+    p.add_argument("--quick", action="store_true", help="smoke run: cora + a 20k-node synthetic graph, 1 seed")
+    p.add_argument("--datasets", default=None, help="default: cora,citeseer,tolokers,twitch-de,synthetic-1m "
+                                                      "(main) / cora,tolokers,synthetic-200k (ablation)")
+    p.add_argument("--models", default=None, help="default: gcn,sage,gcn2 (main) / gcn (ablation)")
+    p.add_argument("--variants", default=None, help=f"subset of {list(VARIANTS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs-small", type=int, default=200, help="epochs on the real datasets")
+    p.add_argument("--epochs-large", type=int, default=20, help="epochs on synthetic-<size> graphs")
+    p.add_argument("--budget", type=float, default=0.1)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--data-root", default=str(SHARED) if SHARED.is_dir() else None)
+    p.add_argument("--plot", default=None, help="PNG: validation metric vs training time, exact vs RSC")
+    p.add_argument("--plot-datasets", default="cora,synthetic-1m")
+    p.add_argument("--json")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --json")
+    a = p.parse_args()
+    ablation = a.suite == "ablation"
+    if a.quick:
+        datasets, models, seeds = ["cora", "synthetic-20k"], ["gcn"], [0]
+        a.epochs_small, a.epochs_large = 30, 10
+    else:
+        datasets = (a.datasets or ("cora,tolokers,synthetic-200k" if ablation else
+                                   "cora,citeseer,tolokers,twitch-de,synthetic-1m")).split(",")
+        models = (a.models or ("gcn" if ablation else "gcn,sage,gcn2")).split(",")
+        seeds = [int(s) for s in a.seeds.split(",")]
+    variants = a.variants.split(",") if a.variants else (ABLATION if ablation else MAIN)
+    runs: list[dict] = []
+    if a.resume and a.json and Path(a.json).exists():
+        runs = json.loads(Path(a.json).read_text())["runs"]
+        print(f"resuming: {len(runs)} runs already in {a.json}")
+    done = {(r["dataset"], r["model"], r["variant"], r["seed"]) for r in runs}
+    for ds in datasets:
+        t0 = time.perf_counter()
+        data = load_dataset(ds, root=a.data_root, seed=0)
+        print(f"[{ds}] {data.num_nodes} nodes, {data.num_edges} edges, {data.num_features} features, "
+              f"{data.num_classes} classes, metric {data.metric} (loaded in {time.perf_counter() - t0:.1f}s)",
+              flush=True)
+        for model in models:
+            for seed in seeds:
+                for v in variants:
+                    if (ds, model, v, seed) in done:
+                        continue
+                    r = run_one(data, ds, model, v, seed, epochs_for(ds, a), a)
+                    runs.append(r)
+                    print(f"  {model:5s} {v:18s} seed {seed}: train {r['train_time_s']:7.2f}s "
+                          f"(eval {r['eval_time_s']:.1f}s) test {100 * r['test']:.2f} "
+                          f"kept {r['flops_kept_approx'] if r['flops_kept_approx'] is None else round(r['flops_kept_approx'], 3)} "
+                          f"ratios {r['ratios']}", flush=True)
+                    if a.json:
+                        _common.write_json(a.json, {"suite": a.suite, "args": vars(a), "runs": runs})
+        del data
+    rows = summarise(runs, variants)
+    print(format_table(rows, ["dataset", "model", "variant", "metric", "seeds", "epochs", "train_s", "speedup",
+                              "test", "delta_pp", "flops_kept", "sample_s"]))
+    if a.plot:
+        plot(runs, [d for d in a.plot_datasets.split(",") if any(r["dataset"] == d for r in runs)],
+             models[0], a.plot)
+    if a.json:
+        _common.write_json(a.json, {"suite": a.suite, "args": vars(a), "runs": runs, "summary": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Feature store and cache, history cache (budget, staleness, capacity guard), admission rules."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from approxgnn.graph import CSRGraph
+from approxgnn.history.cache import HistoryCache
+from approxgnn.history.config import RefreshConfig
+from approxgnn.history.engine import HistoryEngine, admission_order, eviction_mask
+from approxgnn.history.features import FeatureCache, FeatureStore, degree_order, write_features
+from approxgnn.history.sampler import NeighborSampler
+
+N, F, D = 50, 4, 6  # nodes, feature width, embedding width
+
+
+def features() -> np.ndarray:
+    return np.arange(N * F, dtype=np.float32).reshape(N, F)
+
+
+def shared(budget_floats: int, staleness: int | None = 5):
+    """A feature cache and a history cache sharing one arena, as the trainer builds them."""
+    store = FeatureStore(features())
+    arena = torch.zeros(budget_floats)
+    fc = FeatureCache(store, np.arange(N)[::-1].copy(), arena)  # node 49 is "highest degree"
+    return store, fc, HistoryCache(N, [0, 1], D, arena, fc, staleness)
+
+
+def test_store_counts_rows_and_bytes_and_memmap_roundtrip(tmp_path):
+    x = features()
+    store = FeatureStore(x)
+    assert torch.equal(store.gather(np.array([3, 1, 3])), torch.from_numpy(x[[3, 1, 3]]))
+    assert store.counters() == {"rows_read": 3, "bytes_read": 3 * F * 4}
+    mm = write_features(tmp_path / "x.npy", x)
+    disk = FeatureStore.open(tmp_path / "x.npy")
+    assert isinstance(mm, np.memmap) and disk.on_disk and not store.on_disk
+    assert torch.equal(disk.gather(np.arange(N)), torch.from_numpy(x))
+
+
+def test_feature_cache_serves_top_rows_without_counting_them():
+    store, fc, _ = shared(budget_floats=10 * F)
+    assert fc.num_valid == 10 and set(fc.order) == set(range(40, 50))
+    before = store.bytes_read
+    out = fc.gather(np.array([49, 0, 45, 1]))
+    assert torch.equal(out, torch.from_numpy(features()[[49, 0, 45, 1]]))
+    assert store.bytes_read - before == 2 * F * 4 and fc.rows_served == 2
+
+
+def test_degree_order_puts_hubs_first():
+    g = CSRGraph.from_edge_index(np.array([[0, 0, 0, 1], [1, 2, 3, 2]]), 5)
+    assert list(degree_order(g.rowptr.numpy())) == [0, 1, 2, 3, 4]
+
+
+def test_embeddings_displace_feature_rows_which_are_never_served_again():
+    store, fc, hc = shared(budget_floats=12 * F)  # 12 feature rows, or 8 embedding rows
+    assert hc.max_slots == 8 and fc.num_valid == 12
+    hc.admit(1, np.array([0, 1, 2]), torch.full((3, D), 1e6), now=1)  # 18 floats: 5 feature rows lost
+    assert fc.num_valid == 7 and hc.bytes_used <= 12 * F * 4
+    out = fc.gather(np.arange(N))  # the arena tail now holds 1e6 garbage for features
+    assert torch.equal(out, torch.from_numpy(features())), "an invalidated feature row was served"
+    assert (fc.slot[fc.order[7:]] == -1).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(budget=st.integers(0, 60), ops=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 12), st.booleans()),
+                                               max_size=12))
+def test_cache_never_exceeds_budget_and_stays_consistent(budget, ops):
+    _, fc, hc = shared(budget_floats=budget, staleness=3)
+    rng = np.random.default_rng(budget)
+    for now, (layer, k, evict) in enumerate(ops, start=1):
+        nodes = rng.choice(N, k, replace=False)
+        if evict:
+            hc.evict(layer, nodes)
+        else:
+            hc.admit(layer, nodes, torch.randn(k, D), now)
+        assert hc.bytes_used <= budget * 4 and hc.claimed <= hc.max_slots
+        assert fc.num_valid * F <= budget - hc.claimed * D
+        for l, ns in hc.node_slot.items():  # node→slot and slot→node agree
+            held = np.flatnonzero(ns >= 0)
+            assert np.array_equal(hc.slot_node[ns[held]], held) and (hc.slot_layer[ns[held]] == l).all()
+        assert hc.entries == sum(int((ns >= 0).sum()) for ns in hc.node_slot.values())
+
+
+def test_staleness_is_exact_per_entry():
+    _, _, hc = shared(budget_floats=40 * D, staleness=5)
+    hc.admit(1, np.array([3]), torch.ones(1, D), now=10)
+    hc.admit(1, np.array([4]), torch.ones(1, D), now=12)
+    assert hc.fresh(1, np.array([3, 4]), 15).tolist() == [True, True]  # age 5 is still fresh
+    assert hc.fresh(1, np.array([3, 4]), 16).tolist() == [False, True]  # age 6 is a miss
+    assert not hc.fresh(0, np.array([3]), 11)[0], "entries are per layer"
+    with pytest.raises(KeyError, match="stale"):
+        hc.read(1, np.array([3]), 16)
+    rows, ages = hc.read(1, np.array([4]), 16)
+    assert ages.tolist() == [4] and torch.equal(rows, torch.ones(1, D))
+    test = hc.prune_test(1, 16)
+    assert test.now == 16 and test.max_age == 5 and test.node_slot[4] >= 0
+
+
+def test_capacity_guard_reuses_stale_then_grows_then_replaces_oldest():
+    _, fc, hc = shared(budget_floats=3 * D, staleness=2)  # room for 3 embeddings
+    hc.admit(1, np.array([0]), torch.zeros(1, D), now=1)
+    hc.admit(1, np.array([1]), torch.zeros(1, D), now=2)
+    assert hc.claimed == 2
+    hc.admit(1, np.array([2]), torch.zeros(1, D), now=4)  # node 0 is stale (age 3): its slot is reused
+    assert hc.claimed == 2 and hc.node_slot[1][0] == -1 and hc.node_slot[1][2] >= 0
+    hc.admit(1, np.array([3]), torch.zeros(1, D), now=4)  # nothing stale: grow into the features
+    assert hc.claimed == 3 and fc.num_valid == 0
+    hc.admit(1, np.array([5, 6]), torch.zeros(2, D), now=4)  # full: replace the two oldest (1, then 2 or 3)
+    assert hc.node_slot[1][1] == -1 and hc.entries == 3
+    assert hc.admit(1, np.arange(10, 20), torch.zeros(10, D), now=5) == 3, "never more than the capacity"
+
+
+def test_state_dict_roundtrip():
+    _, fc, hc = shared(budget_floats=20 * D, staleness=None)
+    hc.admit(0, np.array([1, 2]), torch.randn(2, D), now=3)
+    hc.admit(1, np.array([2, 7]), torch.randn(2, D), now=4)
+    state = hc.state_dict()
+    _, fc2, hc2 = shared(budget_floats=20 * D, staleness=None)
+    hc2.load_state_dict(state)
+    fc2.load_state_dict(fc.state_dict())
+    assert hc2.claimed == hc.claimed and fc2.num_valid == fc.num_valid
+    for l in (0, 1):
+        assert np.array_equal(hc2.node_slot[l], hc.node_slot[l])
+        nodes = np.flatnonzero(hc.node_slot[l] >= 0)
+        assert torch.equal(hc2.read(l, nodes, 100)[0], hc.read(l, nodes, 100)[0])
+
+
+def test_admission_and_eviction_quantiles():
+    g = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0, 0.5, 6.0, 7.0, 8.0, 9.0])
+    order = admission_order(g, 0.5)  # quantile 0.5 = 4.5: admit 0.5, 1, 2, 3, 4 (smallest first)
+    assert g[order].tolist() == [0.5, 1.0, 2.0, 3.0, 4.0]
+    assert len(admission_order(g, 1.0)) == 10
+    assert eviction_mask(g, 0.8).sum() == 2 and g[eviction_mask(g, 0.8)].min() == 8.0
+    assert not eviction_mask(g, 1.0).any()
+
+
+def test_engine_admits_stable_non_seed_candidates_only():
+    rng = np.random.default_rng(0)
+    n = 60
+    src = np.repeat(np.arange(n), 5)
+    graph = CSRGraph.from_edge_index(np.stack([src, rng.integers(0, n, src.size)]), n)
+    batch = NeighborSampler(graph, [4, 3]).sample(np.arange(5), 1)
+    m = batch.num_computed[0]
+    cache = HistoryCache(n, [0], D, torch.zeros(1000 * D), None, staleness=10)
+    already = batch.layer_nodes[0][5]
+    cache.admit(0, np.array([already]), torch.zeros(1, D), now=0)  # a fresh entry: not a candidate
+    engine = HistoryEngine(cache, "refresh", rate=0.5)
+    h = torch.randn(m, D, requires_grad=True)
+    h.grad = torch.zeros(m, D)
+    h.grad[:, 0] = torch.arange(m, dtype=torch.float32)  # ‖∂L/∂h_v‖ grows with the row
+    engine.update(batch, {0: h}, {}, now=1)
+    cand_nodes = batch.layer_nodes[0][6:m]  # rows 0..4 are seeds, row 5 is already cached
+    norms = np.arange(6, m, dtype=np.float64)
+    admitted = cand_nodes[norms <= np.quantile(norms, 0.5)]
+    assert set(np.flatnonzero((cache.node_slot[0] >= 0))) == set(admitted) | {already}
+    assert cache.slot_iter[cache.node_slot[0][already]] == 0, "a fresh entry is not rewritten"
+    assert h.grad is None, "retained gradients are cleared each step"
+    got = cache.read(0, admitted, 2)[0]
+    rows = {v: i for i, v in enumerate(batch.layer_nodes[0])}
+    assert torch.equal(got, h.detach()[[rows[v] for v in admitted]])
+    assert engine.stats["candidates"] == m - 6 and engine.stats["admitted"] == len(admitted)
+
+
+def test_engine_evicts_hits_with_large_gradients():
+    cache = HistoryCache(20, [0], D, torch.zeros(100 * D), None, staleness=10)
+    cache.admit(0, np.arange(10, 20), torch.zeros(10, D), now=0)
+
+    class FakeBatch:  # seeds 0..1, computed 0..1, hits 10..19 at layer 0
+        seeds = np.array([0, 1])
+        num_computed = [2, 2]
+        layer_nodes = [np.concatenate([[0, 1], np.arange(10, 20)]), np.array([0, 1])]
+
+        def hits(self, layer):
+            return self.layer_nodes[0][2:]
+
+    hit = torch.zeros(10, D, requires_grad=True)
+    hit.grad = torch.zeros(10, D)
+    hit.grad[:, 0] = torch.arange(10.0)
+    engine = HistoryEngine(cache, "refresh", rate=0.8, evict=True)
+    engine.update(FakeBatch(), {}, {0: hit}, now=1)
+    assert cache.fresh(0, np.arange(10, 20), 1).tolist() == [True] * 8 + [False] * 2
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"fanouts": [10, 0]}, "fanouts"), ({"fanouts": [-2]}, "fanouts"), ({"batch_size": 0}, "batch_size"),
+    ({"rate": 0.0}, "rate"), ({"rate": 1.5}, "rate"), ({"cache_mb": -1}, "budget"),
+    ({"staleness": 0}, "staleness"), ({"policy": "lru"}, "policy"), ({"cached_layers": [2]}, "hidden layer"),
+    ({"eval_batch_size": 0}, "eval_batch_size"), ({"features_path": "x.csv"}, "npy")])
+def test_bad_config_is_a_clear_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        RefreshConfig(**kw)
+
+
+def test_bad_cache_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="staleness"):
+        HistoryCache(5, [0], D, torch.zeros(10), None, staleness=0)
+    with pytest.raises(ValueError, match="rate"):
+        HistoryEngine(HistoryCache(5, [0], D, torch.zeros(10)), "refresh", rate=0.0)

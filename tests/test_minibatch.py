@@ -1,0 +1,162 @@
+"""Mini-batch trainer: exactness against full batch, evaluation, pruning, determinism, resume, CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from approxgnn.cli import main
+from approxgnn.graph import CSRGraph, normalize
+from approxgnn.history.cache import HistoryCache
+from approxgnn.history.config import RefreshConfig
+from approxgnn.history.engine import HistoryEngine
+from approxgnn.history.features import FeatureStore
+from approxgnn.history.loader import BatchLoader
+from approxgnn.history.propagation import BlockPropagation
+from approxgnn.history.sampler import NeighborSampler
+from approxgnn.nn import ExactPropagation
+from approxgnn.ops import SparseOperator
+from approxgnn.train import TrainConfig, build_trainer, fit, read_checkpoint, run
+
+from helpers import planted_dataset
+
+
+def config(**kw) -> TrainConfig:
+    rc = {"fanouts": [5, 4], "batch_size": 40, "cache_mb": 0.02, "policy": "refresh", "eval_batch_size": 64}
+    rc.update(kw.pop("refresh", {}))
+    base = {"dataset": "planted", "model": "sage", "engine": "refresh", "layers": 2, "hidden": 16, "epochs": 3,
+            "dropout": 0.0, "lr": 0.01, "progress": False}
+    base.update(kw)
+    return TrainConfig(**base, refresh=RefreshConfig(**rc))
+
+
+def full_batch_reference(trainer, data):
+    graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+    op = SparseOperator.from_adjacency(normalize(graph, trainer.model.norm))
+    return torch.as_tensor(data.x), ExactPropagation(op)
+
+
+@pytest.mark.parametrize("model", ["sage", "gcn"])
+def test_all_neighbours_without_cache_is_exactly_full_batch(model):
+    data = planted_dataset(n=200)
+    trainer = build_trainer(config(model=model, layers=3, refresh={"fanouts": [-1, -1, -1], "policy": "none"}), data)
+    x, exact = full_batch_reference(trainer, data)
+    seeds = np.flatnonzero(data.train_mask)
+    batch = trainer.loader.load(seeds, 0, 0)
+    trainer.model.train()
+    out = trainer.model(batch.x, BlockPropagation(batch.ops))
+    F.cross_entropy(out, trainer.y[seeds]).backward()
+    grads = [p.grad.clone() for p in trainer.model.parameters()]
+    trainer.model.zero_grad()
+    ref = trainer.model(x, exact)[torch.from_numpy(seeds)]
+    F.cross_entropy(ref, trainer.y[seeds]).backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    for g, p in zip(grads, trainer.model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
+    # Layer-wise chunked inference (3 chunks per layer) equals the full-batch forward pass.
+    trainer.model.eval()
+    assert torch.allclose(trainer.infer(), trainer.model(x, exact), atol=1e-5)
+
+
+def test_batch_norm_model_runs_on_blocks_and_infers_exactly():
+    data = planted_dataset(n=200)
+    trainer = build_trainer(config(batch_norm=True, dropout=0.1, layers=3, refresh={"fanouts": [4, 3, 2]}), data)
+    fit(trainer)
+    x, exact = full_batch_reference(trainer, data)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(trainer.infer(), trainer.model(x, exact), atol=1e-4)
+
+
+def test_evaluation_never_reads_the_history_cache():
+    data = planted_dataset(n=300)
+    trainer = build_trainer(config(refresh={"cache_mb": 0.05}), data)
+    fit(trainer)
+    cache = trainer.engine.cache
+    assert cache.entries > 0
+    before = trainer.evaluate()
+    lo = cache.max_slots - cache.claimed
+    cache.table[lo:] = float("nan")  # poison every stored embedding
+    cache.read = None  # and make any read attempt fail
+    assert trainer.evaluate() == before
+
+
+def test_pruned_nodes_are_not_gathered():
+    data = planted_dataset(n=300)
+    graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+    sampler = NeighborSampler(graph, [6, 4, 3])
+    seeds = np.arange(20)
+    store = FeatureStore(data.x)
+    plain = BatchLoader(sampler, store, None, torch.device("cpu")).load(seeds, 5, 0)
+    bytes_plain = store.bytes_read
+    assert bytes_plain == len(plain.sample.input_nodes) * store.row_bytes
+    cache = HistoryCache(data.num_nodes, [1], 8, torch.zeros(400 * 8), None, staleness=10)
+    one_hop = plain.sample.layer_nodes[1][len(seeds):]
+    cache.admit(1, one_hop, torch.randn(len(one_hop), 8), now=0)  # every one-hop node is a fresh hit
+    pruned = BatchLoader(sampler, store, HistoryEngine(cache), torch.device("cpu")).load(seeds, 5, 1)
+    read = store.bytes_read - bytes_plain
+    assert set(pruned.sample.hits(1)) == set(one_hop)
+    assert pruned.sample.num_computed[1] == len(seeds) and pruned.hits[1].shape == (len(one_hop), 8)
+    assert read == len(pruned.sample.input_nodes) * store.row_bytes < bytes_plain
+    # Only the seeds' own two-hop tree is gathered: nodes reached only through hits are not.
+    assert len(pruned.sample.input_nodes) < len(plain.sample.input_nodes)
+
+
+def test_training_writes_refresh_figures(tmp_path):
+    data = planted_dataset(n=400)
+    result = run(config(epochs=8, batch_norm=True, out=str(tmp_path), refresh={"cache_mb": 0.05}), data)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    for key in ("test", "train_time_s", "epoch_time_median_s", "feature_bytes_read", "sampled_nodes_per_hop",
+                "hit_rate", "mean_age", "occupancy"):
+        assert key in saved, key
+    assert saved["test"] > 0.6 and result["hit_rate"] > 0
+    assert len(saved["sampled_nodes_per_hop"]) == 3 and saved["feature_bytes_read"] > 0
+    assert {"hit_rate", "mean_age", "occupancy"} <= set(saved["engine_stats"])
+    assert saved["curve"][-1]["feature_bytes_read"] > 0
+
+
+@pytest.mark.parametrize("policy", ["none", "feature", "gas", "refresh"])
+def test_prefetch_changes_nothing_and_runs_repeat(policy):
+    data = planted_dataset(n=300)
+    runs = [run(config(refresh={"policy": policy, "prefetch": p}), data) for p in (True, False, True)]
+    curves = [[(c["loss"], c["val"], c["feature_bytes_read"]) for c in r["curve"]] for r in runs]
+    assert curves[0] == curves[1] == curves[2]
+
+
+def test_resume_is_exact(tmp_path):
+    data = planted_dataset(n=300)
+    straight = run(config(epochs=4, batch_norm=True, dropout=0.2), data)
+    cfg = config(epochs=2, batch_norm=True, dropout=0.2, out=str(tmp_path), checkpoint_every=2)
+    run(cfg, data)
+    state = read_checkpoint(tmp_path)
+    cfg = config(epochs=4, batch_norm=True, dropout=0.2, out=str(tmp_path), checkpoint_every=2)
+    resumed = run(cfg, data, resume_state=state)
+    keys = ("loss", "val", "feature_bytes_read", "hit_rate", "occupancy")
+    assert [[c[k] for k in keys] for c in straight["curve"]] == [[c[k] for k in keys] for c in resumed["curve"]]
+
+
+def test_engine_sample_has_no_history_and_bad_setups_fail_clearly():
+    data = planted_dataset(n=100)
+    trainer = build_trainer(config(engine="sample"), data)
+    assert trainer.engine is None and trainer.policy == "none"
+    with pytest.raises(ValueError, match="fanouts"):
+        config(layers=3)  # two fanouts for three layers
+    with pytest.raises(ValueError, match="mini-batch"):
+        build_trainer(config(model="gcn2"), data)
+    with pytest.raises(ValueError, match="hidden layers"):
+        build_trainer(config(layers=1, refresh={"fanouts": [3]}), data)
+
+
+def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys):
+    path = tmp_path / "cora.npy"
+    assert main(["prepare", "--dataset", "cora", "--out", str(path)]) == 0
+    assert np.load(path, mmap_mode="r").shape == (2708, 1433)
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "cora", "--model", "sage", "--engine", "refresh", "--layers", "2",
+                 "--fanouts", "5,5", "--batch-size", "64", "--cache-mb", "1", "--epochs", "2", "--hidden", "16",
+                 "--features-path", str(path), "--no-progress", "--out", str(out)])
+    assert code == 0
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["feature_store"] == "memmap" and saved["policy"] == "refresh"
+    assert main(["train", "--engine", "refresh", "--batch-size", "0", "--no-progress"]) == 2

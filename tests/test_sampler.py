@@ -1,0 +1,139 @@
+"""Neighbour sampler: valid blocks, fanouts, determinism, pruning, normalisation."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from approxgnn.graph import CSRGraph, gcn_norm, mean_norm
+from approxgnn.history.sampler import NeighborSampler, PruneTest, batch_key
+
+
+def random_graph(n: int = 400, degree: int = 8, seed: int = 0) -> CSRGraph:
+    rng = np.random.default_rng(seed)
+    # A few hubs so that fanouts bind on some rows and not on others.
+    deg = np.where(rng.random(n) < 0.05, degree * 10, degree)
+    src = np.repeat(np.arange(n), deg)
+    return CSRGraph.from_edge_index(np.stack([src, rng.integers(0, n, src.size)]), n)
+
+
+def check_batch(g: CSRGraph, sampler: NeighborSampler, batch) -> None:
+    rowptr, col = g.rowptr.numpy(), g.col.numpy()
+    fanouts = sampler.fanouts
+    for layer, block in enumerate(batch.blocks):
+        src = batch.layer_nodes[layer - 1] if layer else batch.input_nodes
+        tgt = batch.layer_nodes[layer][: batch.num_computed[layer]]
+        assert block.num_targets == len(tgt) and block.num_sources == len(src)
+        assert np.array_equal(src[: len(tgt)], tgt), "targets must be the first sources"
+        assert len(np.unique(src)) == len(src), "a node appears twice in one layer"
+        fanout = fanouts[batch.num_layers - 1 - layer]
+        for i, v in enumerate(tgt):
+            picked = src[block.col[block.rowptr[i]: block.rowptr[i + 1]]]
+            nbrs = col[rowptr[v]: rowptr[v + 1]]
+            assert np.isin(picked, nbrs).all(), "sampled an edge that does not exist"
+            assert len(np.unique(picked)) == len(picked), "duplicate neighbour without replacement"
+            assert len(picked) == (len(nbrs) if fanout == -1 else min(fanout, len(nbrs)))
+
+
+@settings(max_examples=15, deadline=None)
+@given(fanouts=st.lists(st.sampled_from([-1, 1, 2, 3, 7, 40]), min_size=1, max_size=3),
+       batch=st.integers(1, 60), seed=st.integers(0, 2**32))
+def test_sampled_blocks_are_valid(fanouts, batch, seed):
+    g = random_graph()
+    sampler = NeighborSampler(g, fanouts)
+    seeds = np.random.default_rng(seed).choice(g.num_nodes, batch, replace=False)
+    check_batch(g, sampler, sampler.sample(seeds, seed))
+
+
+def test_deterministic_by_key_and_different_across_keys():
+    g = random_graph()
+    sampler = NeighborSampler(g, [5, 3, 2])
+    seeds = np.arange(50)
+    a, b = sampler.sample(seeds, batch_key(0, 1, 2)), sampler.sample(seeds, batch_key(0, 1, 2))
+    c = sampler.sample(seeds, batch_key(0, 1, 3))
+    for x, y in zip(a.blocks, b.blocks):
+        assert np.array_equal(x.col, y.col) and np.array_equal(x.rowptr, y.rowptr)
+    assert np.array_equal(a.input_nodes, b.input_nodes)
+    assert not np.array_equal(a.input_nodes, c.input_nodes)
+    assert batch_key(0, 1, 2) != batch_key(0, 2, 1) != batch_key(1, 1, 2)
+
+
+def test_large_fanout_branch_and_uniformity():
+    # A star: node 0 has 200 neighbours; fanout 50 takes the Fisher-Yates branch, fanout 5 Floyd's.
+    n = 201
+    g = CSRGraph.from_edge_index(np.stack([np.zeros(200, int), np.arange(1, n)]), n)
+    for fanout in (5, 50):
+        counts = np.zeros(n)
+        sampler = NeighborSampler(g, [fanout])
+        for k in range(2000):
+            b = sampler.sample(np.array([0]), k)
+            picked = b.input_nodes[b.blocks[0].col]
+            assert len(np.unique(picked)) == fanout and picked.min() >= 1
+            counts[picked] += 1
+        expected = 2000 * fanout / 200  # 50 or 500 draws per neighbour
+        assert counts[1:].min() > 0.5 * expected and counts[1:].max() < 1.6 * expected
+
+
+def test_full_fanout_blocks_equal_the_normalised_adjacency():
+    g = random_graph(n=120)
+    seeds = np.arange(0, 120, 3)
+    for norm, adj in (("mean", mean_norm(g)), ("gcn", gcn_norm(g))):
+        dense = adj.dense()
+        sampler = NeighborSampler(g, [-1], norm)
+        b = sampler.sample(seeds, 0)
+        op = b.blocks[0].operator()
+        x = torch.randn(b.blocks[0].num_sources, 4)
+        ref = dense[torch.from_numpy(seeds)][:, torch.from_numpy(b.input_nodes)] @ x
+        assert torch.allclose(op.forward(x), ref, atol=1e-5)
+
+
+def test_gcn_block_is_unbiased():
+    g = random_graph(n=100)
+    dense = gcn_norm(g).dense()
+    seeds = np.arange(10)
+    x = torch.randn(100, 3)
+    sampler = NeighborSampler(g, [3], "gcn")
+    acc = torch.zeros(10, 3)
+    reps = 3000
+    for k in range(reps):
+        b = sampler.sample(seeds, k)
+        acc += b.blocks[0].operator().forward(x[torch.from_numpy(b.input_nodes)])
+    assert torch.allclose(acc / reps, dense[:10] @ x, atol=0.08)
+
+
+def test_pruning_skips_fresh_hits_and_only_their_subtrees():
+    g = random_graph(n=300)
+    sampler = NeighborSampler(g, [6, 4, 3])
+    seeds = np.arange(20)
+    key = 7
+    full = sampler.sample(seeds, key)
+    new1 = full.layer_nodes[1][len(seeds):]
+    cached = new1[::2]  # half the one-hop nodes hold a layer-1 entry
+    node_slot = np.full(g.num_nodes, -1, np.int64)
+    node_slot[cached] = np.arange(len(cached))
+    slot_iter = np.full(len(cached), 10, np.int64)
+    slot_iter[0] = 0  # this one is too old at now=10 with max_age=5
+    pruned = sampler.sample(seeds, key, {1: PruneTest(node_slot, slot_iter, now=10, max_age=5)})
+    check_batch(g, sampler, pruned)
+    hits = pruned.hits(1)
+    assert set(hits) == set(cached[1:]), "fresh entries hit, the stale one misses"
+    assert np.array_equal(pruned.layer_nodes[1][: len(seeds)], seeds), "seeds are never hits"
+    computed1 = pruned.layer_nodes[1][: pruned.num_computed[1]]
+    assert not np.isin(hits, computed1).any(), "a hit is not expanded below its layer"
+    assert pruned.nodes_per_hop()[-1] < full.nodes_per_hop()[-1]
+    # The top hop is untouched by pruning.
+    assert np.array_equal(np.sort(pruned.layer_nodes[1]), np.sort(full.layer_nodes[1]))
+
+
+@pytest.mark.parametrize("bad", [[0], [5, -2], []])
+def test_bad_fanouts_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="fanout"):
+        NeighborSampler(random_graph(n=20), bad)
+
+
+def test_bad_seeds_are_clear_errors():
+    sampler = NeighborSampler(random_graph(n=20), [2])
+    with pytest.raises(ValueError, match="seed"):
+        sampler.sample(np.array([25]), 0)
+    with pytest.raises(ValueError, match="seeds"):
+        sampler.sample(np.array([], dtype=np.int64), 0)
