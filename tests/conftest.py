@@ -18,6 +18,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads_for_tests() -> Iterator[None]:
+    """The suite's graphs are tiny: one intra-op thread is faster than two that spin-wait on each
+    other, and keeps the suite quick on a loaded CI machine. Tests check results, never speed."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """Run a test with one torch thread: on a busy 2-core machine, tiny models run ~100x slower
