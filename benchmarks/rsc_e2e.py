@@ -8,7 +8,8 @@ Every run is ``approxgnn.train.run`` (the real trainer: exact evaluation every e
 model selection). ``train_time_s`` is the sum of training-step times (forward, backward,
 optimiser, RSC sampling), excluding evaluation. Each (dataset, model, variant) is repeated over
 ``--seeds`` (model initialisation and dropout; the graph and split stay fixed) and reported as
-mean ± std. ``--json`` is rewritten after every run; ``--resume`` skips runs already in it.
+mean ± std. Before each run the script waits until other processes leave the CPUs nearly idle,
+and records the cores they used during the run (``others_cpu``, see ``rsc_common``). ``--json`` is rewritten after every run; ``--resume`` skips runs already in it.
 
 Variants: ``exact``; ``rsc`` (defaults: C=0.1, R=10, tune every 10, switch 0.8, warm-up 2,
 top-k, greedy Δ/FLOP); ablations change one knob each (see ``VARIANTS``).
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401  (puts src/ on the path)
+import rsc_common
 import torch
 
 from approxgnn.datasets import load_dataset
@@ -61,8 +63,10 @@ def run_one(data, dataset: str, model: str, variant: str, seed: int, epochs: int
     cfg = TrainConfig(dataset=dataset, model=model, engine="exact" if over is None else "rsc", layers=LAYERS[model],
                       hidden=a.hidden, dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=epochs,
                       seed=seed, device="cpu", progress=False, rsc=rsc)
+    rsc_common.wait_quiet(a.max_busy)
     t0 = time.perf_counter()
-    r = run(cfg, data)
+    with rsc_common.others_meter() as meter:
+        r = run(cfg, data)
     wall = time.perf_counter() - t0
     st = r.get("engine_stats") or {}
     det = st.get("detail", {})
@@ -75,8 +79,52 @@ def run_one(data, dataset: str, model: str, variant: str, seed: int, epochs: int
             "epoch_time_median_s": r["epoch_time_median_s"],
             "flops_kept_approx": kept, "sample_s": st.get("sample_s"), "backward_spmm_s": det.get("backward_spmm_s"),
             "guard_epoch": det.get("guard_epoch"), "switch_epoch": det.get("switch_epoch"),
-            "ratios": st.get("ratios"),
+            "ratios": st.get("ratios"), "others_cpu": meter.cores,
             "curve": [{"epoch": c["epoch"], "time_s": c["time_s"], "val": c["val"]} for c in r["curve"]]}
+
+
+def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epochs: int,
+                   a: argparse.Namespace) -> float | None:
+    """Mean ‖∇θ_RSC − ∇θ_exact‖ / ‖∇θ_exact‖ over the approximate steps of one training run.
+
+    A copy of the full-batch training step in which every approximate step also computes the exact
+    gradient with the *same* dropout masks (RNG state replayed); the optimiser then steps with the
+    RSC gradient, as in real training. Untimed: a diagnostic of the approximation quality.
+    """
+    over = VARIANTS[variant]
+    if over is None:
+        return None
+    import torch.nn.functional as F
+
+    from approxgnn.train import build_trainer
+
+    cfg = TrainConfig(dataset=dataset, model=model, engine="rsc", layers=LAYERS[model], hidden=a.hidden,
+                      dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=epochs, seed=seed,
+                      device="cpu", progress=False, rsc=RSCConfig(**{"budget": a.budget, **over}))
+    tr = build_trainer(cfg, data)
+    m = tr.masks["train"]
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+
+    def grads(prop) -> torch.Tensor:
+        tr.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(tr.model(tr.x, prop)[m], tr.y[m]).backward()
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+
+    errs = []
+    for epoch in range(epochs):
+        tr.prop.on_epoch_start(epoch, epochs)
+        tr.model.train()
+        rng = torch.get_rng_state()
+        if tr.prop.phase == "approx" and all(s.alloc is not None for s in tr.prop.layers.values()):
+            exact = grads(tr.eval_prop)
+            torch.set_rng_state(rng)
+            approx = grads(tr.prop)
+            errs.append(float((approx - exact).norm() / exact.norm().clamp_min(1e-30)))
+        else:
+            grads(tr.prop)
+        tr.optimizer.step()
+        tr.prop.on_epoch_end(epoch, float("nan"))
+    return statistics.fmean(errs) if errs else None
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -100,11 +148,14 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
             t, ts = _ms([r["train_time_s"] for r in rs])
             m, msd = _ms([100 * r["test"] for r in rs])
             kept = [r["flops_kept_approx"] for r in rs if r["flops_kept_approx"] is not None]
+            ge = [r["grad_err"] for r in rs if r.get("grad_err") is not None]
             rows.append({"dataset": ds, "model": model, "variant": v, "metric": rs[0]["metric"], "seeds": len(rs),
                          "epochs": rs[0]["epochs"], "train_s": f"{t:.2f} ± {ts:.2f}", "speedup": ex_t / t,
                          "test": f"{m:.2f} ± {msd:.2f}", "delta_pp": m - 100 * ex_m,
                          "flops_kept": statistics.fmean(kept) if kept else None,
-                         "sample_s": statistics.fmean([r["sample_s"] or 0.0 for r in rs]) if v != "exact" else None})
+                         "sample_s": statistics.fmean([r["sample_s"] or 0.0 for r in rs]) if v != "exact" else None,
+                         "grad_err": statistics.fmean(ge) if ge else None,
+                         "others_cpu_max": max(r.get("others_cpu", float("nan")) for r in rs)})
     return rows
 
 
@@ -157,6 +208,10 @@ def main() -> None:
     p.add_argument("--data-root", default=str(SHARED) if SHARED.is_dir() else None)
     p.add_argument("--plot", default=None, help="PNG: validation metric vs training time, exact vs RSC")
     p.add_argument("--plot-datasets", default="cora,synthetic-1m")
+    p.add_argument("--grad-error", action="store_true",
+                   help="also measure the mean relative gradient error of each RSC variant (seed 0, untimed)")
+    p.add_argument("--max-busy", type=float, default=0.25,
+                   help="wait until other processes use fewer cores than this before each run")
     p.add_argument("--json")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --json")
     a = p.parse_args()
@@ -187,17 +242,19 @@ def main() -> None:
                     if (ds, model, v, seed) in done:
                         continue
                     r = run_one(data, ds, model, v, seed, epochs_for(ds, a), a)
+                    if a.grad_error and seed == seeds[0]:
+                        r["grad_err"] = gradient_error(data, ds, model, v, seed, epochs_for(ds, a), a)
                     runs.append(r)
                     print(f"  {model:5s} {v:18s} seed {seed}: train {r['train_time_s']:7.2f}s "
                           f"(eval {r['eval_time_s']:.1f}s) test {100 * r['test']:.2f} "
                           f"kept {r['flops_kept_approx'] if r['flops_kept_approx'] is None else round(r['flops_kept_approx'], 3)} "
-                          f"ratios {r['ratios']}", flush=True)
+                          f"ratios {r['ratios']} others_cpu {r['others_cpu']:.2f}", flush=True)
                     if a.json:
                         _common.write_json(a.json, {"suite": a.suite, "args": vars(a), "runs": runs})
         del data
     rows = summarise(runs, variants)
     print(format_table(rows, ["dataset", "model", "variant", "metric", "seeds", "epochs", "train_s", "speedup",
-                              "test", "delta_pp", "flops_kept", "sample_s"]))
+                              "test", "delta_pp", "flops_kept", "sample_s", "grad_err", "others_cpu_max"]))
     if a.plot:
         plot(runs, [d for d in a.plot_datasets.split(",") if any(r["dataset"] == d for r in runs)],
              models[0], a.plot)

@@ -8,13 +8,16 @@ For every graph × width d × budget C:
 * ``kexact_ms``: the RSC kernel with *every* row kept — same kernel, no sampling (kernel-matched);
 * ``sampled_ms``: the sampled backward with a warm cache (``sampled_backward`` into a reused buffer);
 * ``torch_sampled_ms``: the same slice through ``torch.addmm`` on a CSR tensor (the device-agnostic path);
-* ``resample_ms``: one resample (scores ``‖Â_i‖·‖G_i‖``, sort, top-k within the nnz allowance,
-  transposed-slice build); ``amortised``: speedup counting ``resample_ms / R`` per step;
+* ``resample_ms``: the extra cost of a resample step over a cache hit (scores ``‖Â_i‖·‖G_i‖``, sort,
+  top-k within the nnz allowance, transposed-slice build, EMA statistics); ``amortised``: speedup
+  counting ``resample_ms / R`` per step;
+* ``others_cpu``: cores other processes used during the measurement (see ``rsc_common``);
 * ``rows_kept``/``nnz_kept``: fractions of rows and of off-diagonal non-zeros kept;
 * ``rel_err``: ``‖approx − exact‖_F / ‖exact‖_F``.
 
-The budget is allocated by the same greedy code the engine uses (a single layer here, so the
-allocation reduces to "top rows by score until C·nnz non-zeros"). ``G`` is a Gaussian gradient
+Timed through the engine's own per-layer object (:class:`approxgnn.rsc.LayerSampler`), with the
+budget allocated by the engine's greedy code (a single layer here, so the allocation reduces to
+"top rows by score until C·nnz non-zeros"). ``G`` is a Gaussian gradient
 on every row (no free zero rows). Every time is the median of ``--repeats`` runs after a warm-up.
 """
 from __future__ import annotations
@@ -23,14 +26,17 @@ import argparse
 import time
 
 import _common  # noqa: F401  (puts src/ on the path)
+import rsc_common
 import torch
 
 from approxgnn.datasets import synthetic
 from approxgnn.graph import CSRGraph, gcn_norm
 from approxgnn.ops import SparseOperator
 from approxgnn.rsc import kernels
-from approxgnn.rsc.budget import LayerStats, allocate_budget
-from approxgnn.rsc.spmm import CSR, build_slice, row_scores, sampled_backward, select_topk
+from approxgnn.rsc import LayerSampler, RSCConfig
+from approxgnn.rsc.budget import allocate_budget
+from approxgnn.rsc.schedule import APPROX, WARMUP
+from approxgnn.rsc.spmm import CSR, build_slice, sampled_backward
 from approxgnn.train.results import format_table
 
 GRAPHS = {"500k": (500_000, 20.0), "2m": (2_000_000, 20.0)}
@@ -42,7 +48,7 @@ def _ms(fn, repeats: int) -> float:
 
 
 def bench_graph(name: str, nodes: int, degree: float, dims: list[int], budgets: list[float], repeats: int,
-                cache_interval: int) -> list[dict]:
+                cache_interval: int, a_max_busy: float) -> list[dict]:
     t0 = time.perf_counter()
     data = synthetic(num_nodes=nodes, avg_degree=degree, num_features=1, seed=0)
     adj = gcn_norm(CSRGraph.from_edge_index(data.edge_index, data.num_nodes))
@@ -58,24 +64,37 @@ def bench_graph(name: str, nodes: int, degree: float, dims: list[int], budgets: 
     for d in dims:
         g = torch.randn(n, d, generator=torch.Generator().manual_seed(d))
         exact_out = op.backward(g)
-        exact_ms = _ms(lambda: op.backward(g), repeats)
         full = build_slice(csr, torch.arange(n))
-        buf = torch.empty_like(g)
-        kexact_ms = _ms(lambda: sampled_backward(full, g, op.diag, buf), repeats)
-        del full
+        kbuf = torch.empty_like(g)
+        rsc_common.wait_quiet(a_max_busy)
+        with rsc_common.others_meter() as m_exact:
+            exact_ms = _ms(lambda: op.backward(g), repeats)
+            kexact_ms = _ms(lambda: sampled_backward(full, g, op.diag, kbuf), repeats)
+        del full, kbuf
         print(f"[{name} d={d}] exact {exact_ms:.0f} ms, kernel-matched exact {kexact_ms:.0f} ms", flush=True)
         for c in budgets:
-            def resample():
-                s, order = torch.sort(row_scores(row_norm, g), descending=True)
-                cum = torch.zeros(n + 1, dtype=torch.int64)
-                torch.cumsum(deg[order], 0, out=cum[1:])
-                alloc = allocate_budget({0: LayerStats(s, cum, 1.0, d)}, nnz, c)[0]
-                return build_slice(csr, select_topk(s, order, deg, alloc.rows, alloc.max_nnz))
+            rsc_common.wait_quiet(a_max_busy)
+            meter = rsc_common.others_meter()
+            m = meter.__enter__()
+            # The engine's own per-layer object: WARMUP gathers the statistics (one exact step),
+            # the greedy allocates C (one layer here: top rows by score until C·nnz non-zeros),
+            # then APPROX steps either resample or hit the cache (R is made huge to control it).
+            smp = LayerSampler(0, d, op, csr, deg, row_norm, RSCConfig(budget=c, cache_interval=10**9), seed=0)
+            smp.mode = WARMUP
+            smp.backward(g)
+            smp.set_allocation(allocate_budget({0: smp.stats}, nnz, c)[0])
+            smp.mode = APPROX
 
-            slc = resample()
-            resample_ms = _ms(resample, max(3, repeats // 2))
-            sampled_ms = _ms(lambda: sampled_backward(slc, g, op.diag, buf), repeats)
-            approx = sampled_backward(slc, g, op.diag, buf).clone()
+            def resample():
+                smp.slice = None
+                smp.backward(g)
+
+            resample_total_ms = _ms(resample, max(3, repeats // 2))
+            sampled_ms = _ms(lambda: smp.backward(g), repeats)  # cache hit: the product only
+            resample_ms = max(resample_total_ms - sampled_ms, 0.0)
+            slc = smp.slice
+            buf = smp.backward(g)
+            rel = float(torch.sub(buf, exact_out, out=buf).norm() / exact_out.norm())  # in place: no extra N×d
             tm = torch.sparse_csr_tensor(slc.rowptr, slc.col, slc.value, (n, n))
 
             def torch_path():  # the device-agnostic path: diagonal into the buffer, then CSR addmm
@@ -83,20 +102,20 @@ def bench_graph(name: str, nodes: int, degree: float, dims: list[int], budgets: 
                 torch.addmm(buf, tm, g, out=buf)
 
             torch_ms = _ms(torch_path, repeats)
-            rel = float((approx - exact_out).norm() / exact_out.norm())
+            meter.__exit__(None, None, None)
             row = {"graph": name, "nodes": n, "nnz": nnz, "d": d, "C": c,
                    "rows_kept": slc.rows / n, "nnz_kept": slc.nnz / nnz,
                    "exact_ms": exact_ms, "kexact_ms": kexact_ms, "sampled_ms": sampled_ms,
                    "torch_sampled_ms": torch_ms, "resample_ms": resample_ms,
                    "speedup": exact_ms / sampled_ms, "speedup_kernel_matched": kexact_ms / sampled_ms,
                    "amortised": exact_ms / (sampled_ms + resample_ms / cache_interval),
-                   "rel_err": rel}
+                   "rel_err": rel, "others_cpu": max(m.cores, m_exact.cores)}
             rows.append(row)
             print(f"  C={c}: rows {row['rows_kept']:.3f} nnz {row['nnz_kept']:.3f} sampled {sampled_ms:.1f} ms "
                   f"(torch {torch_ms:.1f}) resample {resample_ms:.0f} ms speedup {row['speedup']:.1f}x "
                   f"amortised {row['amortised']:.1f}x err {rel:.3f}", flush=True)
-            del slc, tm, approx
-        del g, exact_out, buf
+            del slc, tm, smp, buf
+        del g, exact_out
     return rows
 
 
@@ -108,6 +127,8 @@ def main() -> None:
     p.add_argument("--budgets", default="0.05,0.1,0.3,0.5")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--cache-interval", type=int, default=10, help="R used for the amortised speedup")
+    p.add_argument("--max-busy", type=float, default=0.25,
+                   help="wait until other processes use fewer cores than this before each measurement")
     p.add_argument("--json")
     a = p.parse_args()
     graphs = QUICK_GRAPHS if a.quick else {k: GRAPHS[k] for k in (a.graphs.split(",") if a.graphs else GRAPHS)}
@@ -118,9 +139,9 @@ def main() -> None:
     print(f"threads: torch {torch.get_num_threads()}, numba kernels: {kernels.use_numba(torch.empty(0))}")
     rows = []
     for name, (nodes, degree) in graphs.items():
-        rows += bench_graph(name, nodes, degree, dims, budgets, repeats, a.cache_interval)
+        rows += bench_graph(name, nodes, degree, dims, budgets, repeats, a.cache_interval, a.max_busy)
     cols = ["graph", "d", "C", "rows_kept", "nnz_kept", "exact_ms", "kexact_ms", "sampled_ms", "torch_sampled_ms",
-            "resample_ms", "speedup", "speedup_kernel_matched", "amortised", "rel_err"]
+            "resample_ms", "speedup", "speedup_kernel_matched", "amortised", "rel_err", "others_cpu"]
     print(format_table(rows, cols))
     _common.write_json(a.json, {"repeats": repeats, "cache_interval": a.cache_interval, "rows": rows})
 

@@ -105,7 +105,7 @@ def test_pruned_nodes_are_not_gathered():
 
 def test_training_writes_refresh_figures(tmp_path):
     data = planted_dataset(n=400)
-    result = run(config(epochs=8, batch_norm=True, out=str(tmp_path), refresh={"cache_mb": 0.05}), data)
+    result = run(config(epochs=8, batch_norm=True, out=str(tmp_path), refresh={"cache_mb": 0.01}), data)
     saved = json.loads((tmp_path / "result.json").read_text())
     for key in ("test", "train_time_s", "epoch_time_median_s", "feature_bytes_read", "sampled_nodes_per_hop",
                 "hit_rate", "mean_age", "occupancy"):
@@ -159,4 +159,6 @@ def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys):
     assert code == 0
     saved = json.loads((out / "result.json").read_text())
     assert saved["feature_store"] == "memmap" and saved["policy"] == "refresh"
-    assert main(["train", "--engine", "refresh", "--batch-size", "0", "--no-progress"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--engine", "refresh", "--batch-size", "0", "--no-progress"])
+    assert exit_.value.code == 2 and "batch_size must be positive" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import torch
 from approxgnn.graph import CSRGraph, normalize
 from approxgnn.nn import ExactPropagation, build_model
 from approxgnn.ops import SparseOperator
-from approxgnn.rsc import RSCConfig, SampledPropagation
+from approxgnn.rsc import RSCConfig, SampledPropagation, kernels
 from approxgnn.train import TrainConfig, run
 
 from helpers import planted_dataset
@@ -39,7 +39,10 @@ def _grads(model, prop, x, y, mask):
 
 
 @pytest.mark.parametrize("model", ["gcn", "sage", "gcn2"])
-def test_full_budget_gives_exact_gradients(model):
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_full_budget_gives_exact_gradients(model, backend, monkeypatch):
+    if backend == "torch":  # the device-agnostic path (what CUDA tensors take)
+        monkeypatch.setattr(kernels, "use_numba", lambda t: False)
     m, prop, exact, x, y, mask = _setup(model, budget=1.0)
     for epoch in range(4):  # warm-up (exact + statistics), then approximate at C = 1
         prop.on_epoch_start(epoch, 20)
@@ -149,6 +152,7 @@ def test_validation_guard_switches_early():
     ({"budget": 0.0}, "budget"), ({"budget": 1.5}, "budget"), ({"budget": math.nan}, "budget"),
     ({"switch_time": -0.1}, "switch_time"), ({"switch_time": 1.2}, "switch_time"),
     ({"cache_interval": -1}, "cache_interval"), ({"tune_interval": 0}, "tune_interval"),
+    ({"tune_interval": -3}, "tune_interval"), ({"cache_interval": 2.5}, "integer"), ({"budget": "0.1"}, "number"),
     ({"warmup": -2}, "warmup"), ({"allocation": "best"}, "allocation"), ({"selection": "random"}, "selection"),
 ])
 def test_bad_config_fails_before_training(kwargs, match):
@@ -169,9 +173,9 @@ def test_cli_rejects_bad_budget_with_usage_error(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["gcn", "sage", "gcn2"])
-def test_trainer_runs_rsc_and_records_stats(tmp_path, model):
+def test_trainer_runs_rsc_and_records_stats(tmp_path, model, one_torch_thread):
     data = planted_dataset()
-    cfg = TrainConfig(dataset="planted", model=model, engine="rsc", hidden=32, layers=3, epochs=30, lr=0.02,
+    cfg = TrainConfig(dataset="planted", model=model, engine="rsc", hidden=16, layers=3, epochs=30, lr=0.02,
                       out=str(tmp_path), progress=False,
                       rsc=RSCConfig(budget=0.2, warmup=2, tune_interval=10, cache_interval=5))
     result = run(cfg, data)

@@ -1,26 +1,36 @@
-"""``approxgnn`` command line: train, demo, datasets, bench.
+"""``approxgnn`` command line: train, demo, datasets, bench, prepare.
 
-Exit codes: 0 success, 2 usage error (bad flag values, unknown names, an occupied ``--out``),
-1 run failure (unreadable data, diverged training, ...). Flag values are checked before any work.
+Exit codes: 0 success; 2 usage error (an invalid flag value, an unknown model/engine/dataset, an
+``--out`` that holds another run, ``--resume`` of a directory without a checkpoint); 1 run failure
+(unreadable or malformed data, diverged training, not enough memory, ...); 130 interrupted.
+
+Every usage error is found before any data is read, in two steps: argparse checks each flag value
+as it parses it (``_checked``: the value alone must pass its config dataclass's validation, so the
+ranges live in one place and the message names the flag), then the command's ``prepare_*``
+function builds the whole configuration and checks ``--out``, ``--resume`` and the dataset name,
+returning the job to run. Only then does the job run; an error raised while it runs -- a
+ValueError included -- is a run failure (exit 1), never a usage error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import runpy
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
-from .datasets import DatasetError, list_datasets
+from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
 from .history.config import POLICIES, RefreshConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, SELECTIONS, RSCConfig
-from .train import ENGINES, TrainConfig, TrainingDiverged, check_out_dir, read_checkpoint, run
+from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.results import format_table
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESULT_COLUMNS = ["dataset", "model", "engine", "metric", "val", "test", "best_epoch", "train_time_s",
                   "epoch_time_median_s"]
 
@@ -32,6 +42,30 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _real(text: str) -> float:
+    """A finite float (``nan`` would slip through every ``x < bound`` check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 # (flag, dest in TrainConfig / sub-config, argparse kwargs). Defaults live in the dataclasses only.
 _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dataset", "dataset", {"help": "name (see `approxgnn datasets`) or path to a .npz / OGB directory"}),
@@ -41,56 +75,98 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--engine", "engine", {"choices": list(ENGINES)}),
     ("--layers", "layers", {"type": int}),
     ("--hidden", "hidden", {"type": int}),
-    ("--dropout", "dropout", {"type": float}),
+    ("--dropout", "dropout", {"type": _real}),
     ("--batch-norm", "batch_norm", {"action": "store_true"}),
-    ("--lr", "lr", {"type": float}),
-    ("--weight-decay", "weight_decay", {"type": float}),
+    ("--lr", "lr", {"type": _real}),
+    ("--weight-decay", "weight_decay", {"type": _real}),
     ("--epochs", "epochs", {"type": int}),
     ("--seed", "seed", {"type": int}),
-    ("--device", "device", {"help": "auto, cpu, cuda, cuda:1, ..."}),
+    ("--device", "device", {"type": str, "help": "auto, cpu, cuda, cuda:1, ..."}),
     ("--out", "out", {"help": "run directory: result.json and checkpoints"}),
     ("--checkpoint-every", "checkpoint_every", {"type": int, "help": "epochs between checkpoints (0: none)"}),
     ("--no-progress", "progress", {"action": "store_false"}),
     # RSC
-    ("--budget", "rsc.budget", {"type": float, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
+    ("--budget", "rsc.budget", {"type": _real, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
     ("--cache-interval", "rsc.cache_interval", {"type": int, "help": "RSC: iterations a sample is reused"}),
     ("--tune-interval", "rsc.tune_interval", {"type": int, "help": "RSC: epochs between budget re-allocations"}),
-    ("--switch-time", "rsc.switch_time", {"type": float, "help": "RSC: fraction of epochs before going exact"}),
+    ("--switch-time", "rsc.switch_time", {"type": _real, "help": "RSC: fraction of epochs before going exact"}),
     ("--allocation", "rsc.allocation", {"choices": ALLOCATIONS}),
     ("--selection", "rsc.selection", {"choices": SELECTIONS}),
-    ("--step", "rsc.step", {"type": float, "help": "RSC: greedy step"}),
+    ("--step", "rsc.step", {"type": _real, "help": "RSC: greedy step"}),
     ("--warmup", "rsc.warmup", {"type": int, "help": "RSC: exact epochs before the first allocation"}),
     ("--val-guard", "rsc.val_guard", {"action": "store_true", "help": "RSC: go exact early when validation stalls"}),
     # mini-batch / ReFresh
     ("--fanouts", "refresh.fanouts", {"type": _int_list, "help": "neighbours per hop, e.g. 15,10,5 (-1: all)"}),
     ("--batch-size", "refresh.batch_size", {"type": int}),
-    ("--cache-mb", "refresh.cache_mb", {"type": float, "help": "byte budget shared by feature and history caches"}),
+    ("--cache-mb", "refresh.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
     ("--policy", "refresh.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),
-    ("--rate", "refresh.rate", {"type": float, "help": "gradient-norm quantile admitted, in (0, 1]"}),
+    ("--rate", "refresh.rate", {"type": _real, "help": "gradient-norm quantile admitted, in (0, 1]"}),
     ("--evict", "refresh.evict", {"action": "store_true"}),
     ("--staleness", "refresh.staleness", {"type": int, "help": "iterations after which a cached embedding is stale"}),
     ("--cached-layers", "refresh.cached_layers", {"type": _int_list}),
     ("--eval-batch-size", "refresh.eval_batch_size", {"type": int}),
     ("--features-on-disk", "refresh.features_on_disk", {"action": "store_true"}),
-    ("--features-path", "refresh.features_path", {"help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
+    ("--features-path", "refresh.features_path",
+     {"type": str, "help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
     ("--no-prefetch", "refresh.prefetch", {"action": "store_false"}),
 ]
 
 
+# Flags whose valid values depend on another flag: checked when the whole config is built.
+_CROSS_FIELD = {"refresh.cached_layers"}
+
+
+def _checked(parse: Callable[[str], Any], dest: str) -> Callable[[str], Any]:
+    """argparse ``type`` for the flag stored at ``dest``: parse the text, then validate the value
+    alone through the config dataclass that owns it (every other field at its default). argparse
+    reports a failure as ``argument --flag: <the dataclass's message, with the valid range>``."""
+    group, _, key = dest.rpartition(".")
+    owner = {"": TrainConfig, "rsc": RSCConfig, "refresh": RefreshConfig}[group]
+
+    def convert(text: str) -> Any:
+        value = parse(text)
+        try:
+            owner(**{key: value})
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value
+
+    convert.__name__ = getattr(parse, "__name__", "value")  # argparse: "invalid int value: 'x'"
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, pointing to ``--help`` on an error instead of printing the (long) usage."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(self.prog, message)
+
+
+def _usage_error(prog: str, message: str) -> NoReturn:
+    """Print a usage error and exit 2 (as argparse does, by SystemExit)."""
+    print(f"{prog}: error: {message}\n(see '{prog} --help')", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="approxgnn", description="Train GNNs faster by computing less.")
+    p = _Parser(prog="approxgnn", description="Train GNNs faster by computing less.",
+                epilog="exit status: 0 success, 1 run failure (bad data, diverged training, ...), "
+                       "2 usage error (checked before any data is read), 130 interrupted")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model", argument_default=argparse.SUPPRESS)
     for flag, dest, kw in _TRAIN_FLAGS:
+        if "type" in kw and dest not in _CROSS_FIELD:
+            kw = {**kw, "type": _checked(kw["type"], dest)}
         t.add_argument(flag, dest=dest, **kw)
     t.add_argument("--config", dest="config_file", help="JSON file of TrainConfig fields (flags override it)")
-    t.add_argument("--resume", dest="resume", help="continue the run in this directory from its checkpoint")
+    t.add_argument("--resume", dest="resume", help="continue the run in this directory from its checkpoint "
+                                                   "(with its recorded configuration; only --no-progress may be added)")
     t.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace a finished run in --out")
 
     d = sub.add_parser("demo", help="exact vs approximate engines on a generated graph")
-    d.add_argument("--epochs", type=int, default=60)
-    d.add_argument("--nodes", type=int, default=50_000)
+    d.add_argument("--epochs", type=_at_least(1), default=60)
+    d.add_argument("--nodes", type=_at_least(100), default=50_000)
 
     ds = sub.add_parser("datasets", help="list the datasets found under the data root")
     ds.add_argument("--data-root")
@@ -106,15 +182,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sub_config(cls: type, values: Any, where: str | None, group: str | None = None) -> Any:
+    """``cls(**values)``; unknown keys, wrong types and invalid values become ValueErrors that say
+    ``where`` the values came from (the ``--config`` file) and which ``group`` (``rsc``, ...)."""
+    prefix = f"{where}: " if where else ""
+    section = f" in '{group}'" if group else ""
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix}expected a JSON object{section}, got {type(values).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{prefix}unknown key(s) {unknown}{section}; valid: {', '.join(known)}")
+    try:
+        return cls(**values)
+    except TypeError as e:  # e.g. "budget": "high" -- compared with a number
+        raise ValueError(f"{prefix}a value{section} has the wrong type ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{prefix}{e}") from None
+
+
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    """Dataclass defaults, then ``--config`` file, then the flags actually given."""
+    """Dataclass defaults, then ``--config`` file, then the flags actually given (ValueError if invalid)."""
     base: dict[str, Any] = {}
+    where = None
     if getattr(ns, "config_file", None):
+        where = f"--config {ns.config_file} (with the flags)"
         try:
             base = json.loads(Path(ns.config_file).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"--config {ns.config_file}: {e}") from None
-        base = base.get("config", base)  # also accept a result.json
+        if isinstance(base, dict):
+            base = base.get("config", base)  # also accept a result.json
+        if not isinstance(base, dict):
+            raise ValueError(f"--config {ns.config_file}: expected a JSON object of TrainConfig fields")
     top = {f.name for f in fields(TrainConfig)}
     for _, dest, _ in _TRAIN_FLAGS:
         if not hasattr(ns, dest):
@@ -122,108 +222,174 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         value = getattr(ns, dest)
         if "." in dest:
             group, key = dest.split(".")
-            base.setdefault(group, {})[key] = value
+            if not isinstance(base.setdefault(group, {}), dict):
+                raise ValueError(f"{where}: '{group}' must be a JSON object")
+            base[group][key] = value
         elif dest in top:
             base[dest] = value
-    rsc = RSCConfig(**base.pop("rsc", {}))
-    refresh = RefreshConfig(**base.pop("refresh", {}))
-    return TrainConfig(**base, rsc=rsc, refresh=refresh)
+    rsc = _sub_config(RSCConfig, base.pop("rsc", {}), where, "rsc")
+    refresh = _sub_config(RefreshConfig, base.pop("refresh", {}), where, "refresh")
+    return _sub_config(TrainConfig, {**base, "rsc": rsc, "refresh": refresh}, where)
 
 
-def cmd_train(ns: argparse.Namespace) -> int:
+Job = Callable[[], int]
+
+
+def _given_flags(ns: argparse.Namespace) -> list[str]:
+    """The ``train`` flags present on the command line (its parser's defaults are suppressed)."""
+    flag_of = {dest: flag for flag, dest, _ in _TRAIN_FLAGS}
+    flag_of.update(config_file="--config", resume="--resume", overwrite="--overwrite")
+    return [flag_of[k] for k in vars(ns) if k in flag_of]
+
+
+def prepare_train(ns: argparse.Namespace) -> Job:
     resume_state = None
     if getattr(ns, "resume", None):
-        resume_state = read_checkpoint(ns.resume)
-        cfg = TrainConfig.from_dict(resume_state["config"])
+        extra = [f for f in _given_flags(ns) if f not in ("--resume", "--no-progress")]
+        if extra:
+            raise ValueError(f"--resume continues a run with its recorded configuration; drop {', '.join(extra)} "
+                             "(only --no-progress may be added)")
+        try:
+            resume_state = read_checkpoint(ns.resume)
+        except FileNotFoundError as e:
+            raise ValueError(f"--resume {ns.resume}: {e}") from None
+        try:
+            cfg = TrainConfig.from_dict(resume_state["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise RuntimeError(f"the checkpoint in {ns.resume} holds no valid configuration: {e}") from None
         cfg.out = ns.resume
         if hasattr(ns, "progress"):
             cfg.progress = ns.progress
     else:
         cfg = config_from_args(ns)
         check_out_dir(cfg.out, resume=False, overwrite=getattr(ns, "overwrite", False))
-    result = run(cfg, resume_state=resume_state)
-    print(format_table([result], RESULT_COLUMNS))
-    if cfg.out:
-        print(f"result: {Path(cfg.out) / 'result.json'}")
-    return EXIT_OK
+    check_dataset_name(cfg.dataset)
+
+    def job() -> int:
+        result = run(cfg, resume_state=resume_state)
+        print(format_table([result], RESULT_COLUMNS))
+        if cfg.out:
+            print(f"result: {Path(cfg.out) / 'result.json'}")
+        return EXIT_OK
+
+    return job
 
 
-def cmd_demo(ns: argparse.Namespace) -> int:
-    from .datasets import synthetic
+def prepare_demo(ns: argparse.Namespace) -> Job:
+    def job() -> int:
+        from .datasets import synthetic
 
-    data = synthetic(num_nodes=ns.nodes, seed=0)
-    print(f"demo graph: synthetic power-law, {data.num_nodes} nodes, {data.num_edges} edges, "
-          f"{data.num_features} features, {data.num_classes} classes")
-    rows = []
-    for engine in ("exact", "rsc"):
-        cfg = TrainConfig(dataset="synthetic", model="gcn", engine=engine, layers=3, hidden=128, epochs=ns.epochs,
-                          dropout=0.3, rsc=RSCConfig(budget=0.1))
-        r = run(cfg, data)
-        rows.append(r)
-    base = rows[0]["train_time_s"]
-    for r in rows:
-        r["speedup"] = base / r["train_time_s"]
-    print(format_table(rows, RESULT_COLUMNS + ["speedup"]))
-    return EXIT_OK
+        data = synthetic(num_nodes=ns.nodes, seed=0)
+        print(f"demo graph: synthetic power-law, {data.num_nodes} nodes, {data.num_edges} edges, "
+              f"{data.num_features} features, {data.num_classes} classes")
+        rows = []
+        for engine in ("exact", "rsc"):
+            cfg = TrainConfig(dataset="synthetic", model="gcn", engine=engine, layers=3, hidden=128, epochs=ns.epochs,
+                              dropout=0.3, rsc=RSCConfig(budget=0.1))
+            rows.append(run(cfg, data))
+        base = rows[0]["train_time_s"]
+        for r in rows:
+            r["speedup"] = base / r["train_time_s"]
+        print(format_table(rows, RESULT_COLUMNS + ["speedup"]))
+        return EXIT_OK
+
+    return job
 
 
-def cmd_datasets(ns: argparse.Namespace) -> int:
-    rows = list_datasets(ns.data_root)
-    if not rows:
-        print("no datasets found; set --data-root or APPROXGNN_DATA")
-        return EXIT_FAILURE
-    cols = ["name", "nodes", "edges", "features", "classes", "metric", "train/val/test", "error"]
-    print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
-    return EXIT_OK
+def prepare_datasets(ns: argparse.Namespace) -> Job:
+    def job() -> int:
+        rows = list_datasets(ns.data_root)
+        if not rows:
+            print("no datasets found; set --data-root or APPROXGNN_DATA")
+            return EXIT_FAILURE
+        cols = ["name", "nodes", "edges", "features", "classes", "metric", "train/val/test", "error"]
+        print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
+        return EXIT_OK
+
+    return job
 
 
 BENCH_ALIASES = {"spmm": "exact_spmm"}
 
 
-def cmd_prepare(ns: argparse.Namespace) -> int:
+def prepare_prepare(ns: argparse.Namespace) -> Job:
     """Features of any dataset → a float32 ``.npy`` that mini-batch training memory-maps."""
-    from .datasets import load_dataset
-    from .history.features import write_features
-
     if not ns.out.endswith(".npy"):
         raise ValueError(f"--out must name a .npy file, got {ns.out!r}")
-    data = load_dataset(ns.dataset, root=ns.data_root)
-    x = write_features(ns.out, data.x)
-    print(f"wrote {ns.out}: {x.shape[0]} x {x.shape[1]} float32 ({x.nbytes / 2**20:.1f} MiB); "
-          f"train with --features-path {ns.out}")
-    return EXIT_OK
+    check_dataset_name(ns.dataset)
+
+    def job() -> int:
+        from .datasets import load_dataset
+        from .history.features import write_features
+
+        data = load_dataset(ns.dataset, root=ns.data_root)
+        x = write_features(ns.out, data.x)
+        print(f"wrote {ns.out}: {x.shape[0]} x {x.shape[1]} float32 ({x.nbytes / 2**20:.1f} MiB); "
+              f"train with --features-path {ns.out}")
+        return EXIT_OK
+
+    return job
 
 
-def cmd_bench(ns: argparse.Namespace) -> int:
+def prepare_bench(ns: argparse.Namespace) -> Job:
     bench_dir = Path(__file__).resolve().parents[2] / "benchmarks"
     script = bench_dir / f"{BENCH_ALIASES.get(ns.name, ns.name)}.py"
     if not script.exists():
         have = sorted(p.stem for p in bench_dir.glob("*.py") if not p.stem.startswith("_")) if bench_dir.exists() else []
-        raise ValueError(f"no benchmark {ns.name!r} at {script}; available: {have or 'none (benchmarks ship with the source checkout)'}")
-    sys.argv = [str(script), *ns.args]
-    runpy.run_path(str(script), run_name="__main__")
-    return EXIT_OK
+        raise ValueError(f"no benchmark {ns.name!r} at {script}; available: "
+                         f"{', '.join(have) or 'none (benchmarks ship with the source checkout)'}")
+
+    def job() -> int:
+        sys.argv = [str(script), *ns.args]
+        runpy.run_path(str(script), run_name="__main__")
+        return EXIT_OK
+
+    return job
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Job]] = {
+    "train": prepare_train, "demo": prepare_demo, "datasets": prepare_datasets, "prepare": prepare_prepare,
+    "bench": prepare_bench,
+}
+
+
+def _failure(e: BaseException) -> int:
+    kind = "data error" if isinstance(e, DatasetError) else type(e).__name__
+    print(f"approxgnn: {kind}: {e}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    handler = {"train": cmd_train, "demo": cmd_demo, "datasets": cmd_datasets, "bench": cmd_bench,
-               "prepare": cmd_prepare}[ns.command]
+    """Run the command line; return its exit status (0 success, 1 run failure, 130 interrupted).
+
+    A usage error exits through ``SystemExit(2)``, as argparse itself does (and ``--help`` through
+    ``SystemExit(0)``), before any data is read. The ``approxgnn`` script passes both on as the
+    process exit status.
+    """
+    ns = build_parser().parse_args(argv)  # each flag value is validated here
+    prog = f"approxgnn {ns.command}"
+    # Phase 1 -- usage: the whole configuration, --out, --resume, the dataset name. Reads no data.
     try:
-        return handler(ns)
+        job = COMMANDS[ns.command](ns)
+    except UnknownDatasetError as e:
+        _usage_error(prog, str(e))
+    except DatasetError as e:  # a file exists but is unreadable
+        return _failure(e)
     except ValueError as e:
-        if isinstance(e, DatasetError):
-            print(f"approxgnn: data error: {e}", file=sys.stderr)
-            return EXIT_FAILURE
-        parser.exit(EXIT_USAGE, f"approxgnn: error: {e}\n")
-    except (FileNotFoundError, RuntimeError, MemoryError, TrainingDiverged) as e:
-        print(f"approxgnn: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+        _usage_error(prog, str(e))
+    except (RuntimeError, OSError) as e:  # e.g. a checkpoint that exists but is torn
+        return _failure(e)
     except KeyboardInterrupt:
         print("approxgnn: interrupted", file=sys.stderr)
-        return 130
-    return EXIT_OK
+        return EXIT_INTERRUPTED
+    # Phase 2 -- the run: whatever fails now is a run failure, a ValueError included.
+    try:
+        return job()
+    except (ValueError, RuntimeError, MemoryError, OSError) as e:  # DatasetError, TrainingDiverged among them
+        return _failure(e)
+    except KeyboardInterrupt:
+        print("approxgnn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,14 +11,16 @@ ever downloaded. Every missing or malformed file raises :class:`DatasetError` na
 """
 from __future__ import annotations
 
-from .base import Dataset, DatasetError, data_root
-from .registry import REGISTRY, dataset_names, list_datasets, load_dataset
+from .base import Dataset, DatasetError, UnknownDatasetError, data_root
+from .registry import REGISTRY, check_dataset_name, dataset_names, list_datasets, load_dataset
 from .synthetic_graph import synthetic
 
 __all__ = [
     "Dataset",
     "DatasetError",
     "REGISTRY",
+    "UnknownDatasetError",
+    "check_dataset_name",
     "data_root",
     "dataset_names",
     "list_datasets",

@@ -7,10 +7,12 @@ json, gzip or zipfile.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -40,6 +42,8 @@ _LOW_LEVEL_ERRORS: tuple[type[BaseException], ...] = (
     struct.error,
     pickle.UnpicklingError,
     json.JSONDecodeError,
+    csv.Error,  # e.g. an unclosed quote that makes a field longer than csv.field_size_limit()
+    tokenize.TokenError,  # numpy parses an .npy header with tokenize: unbalanced brackets raise this
 )
 
 
@@ -95,32 +99,41 @@ def open_npz(path: Path) -> np.lib.npyio.NpzFile:
         return np.load(path, allow_pickle=False)
 
 
+def _ids_as_int64(arr: np.ndarray, path: Path, field: str, what: str) -> np.ndarray:
+    """Integer ids (``what``: "class ids", "node ids") from an int, bool or integral-float array.
+
+    Floats must be finite, whole and within int64: a plain cast would turn NaN, inf or 1e30
+    into arbitrary (often negative) ids and an error message about the wrong problem.
+    """
+    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise fail(path, f"{field} must hold integer {what}, got dtype {arr.dtype}")
+    if arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all() and np.abs(arr).max() < 2.0**63):
+        raise fail(path, f"{field} must hold integer {what}, found non-integral, NaN/inf or out-of-range values")
+    return arr.astype(np.int64)
+
+
 def as_labels(values: np.ndarray, path: Path, field: str) -> np.ndarray:
     """Coerce a 1-D label array to int64, rejecting non-integral or negative values."""
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise fail(path, f"{field} must be 1-D [N], got shape {arr.shape}")
-    if arr.dtype == np.bool_:
-        return arr.astype(np.int64)
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all() or not (arr == np.round(arr)).all():
-            raise fail(path, f"{field} must hold integer class ids, found non-integral values")
-    elif not np.issubdtype(arr.dtype, np.integer):
-        raise fail(path, f"{field} must be integer class ids, got dtype {arr.dtype}")
-    out = arr.astype(np.int64)
+    out = _ids_as_int64(arr, path, field, "class ids")
     if out.size and out.min() < 0:
         raise fail(path, f"{field} holds a negative class id ({out.min()})")
     return out
 
 
 def as_features(values: np.ndarray, path: Path, field: str) -> np.ndarray:
-    """Coerce a feature matrix to C-contiguous float32 [N, F] (finiteness is checked by Dataset)."""
+    """Coerce a real feature matrix to C-contiguous float32 [N, F] (finiteness is checked by Dataset)."""
     arr = np.asarray(values)
     if arr.ndim != 2:
         raise fail(path, f"{field} must be 2-D [N, F], got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise fail(path, f"{field} must be numeric, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.dtype.kind not in "biuf":  # complex would silently lose its imaginary part
+        raise fail(path, f"{field} must be real numbers, got dtype {arr.dtype}")
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which Dataset.validate reports
+        return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def as_edge_index(pairs: np.ndarray, path: Path, field: str) -> np.ndarray:
@@ -128,17 +141,34 @@ def as_edge_index(pairs: np.ndarray, path: Path, field: str) -> np.ndarray:
     arr = np.asarray(pairs)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise fail(path, f"{field} must have shape [E, 2], got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating) or not (arr == np.round(arr)).all():
-            raise fail(path, f"{field} must hold integer node ids, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr.T, dtype=np.int64)
+    return np.ascontiguousarray(_ids_as_int64(arr, path, field, "node ids").T)
 
 
 def num_classes_of(y: np.ndarray, path: Path) -> int:
-    """Number of classes implied by labels ``y`` (max id + 1); an empty label set is an error."""
+    """Number of classes implied by labels ``y`` (max id + 1); an empty label set is an error.
+
+    A class id of at least ``len(y)`` would mean more classes than labelled nodes: a corrupt
+    label, which would otherwise become a model with that many outputs.
+    """
     if y.size == 0:
         raise fail(path, "empty graph: no labelled nodes")
-    return int(y.max()) + 1
+    top = int(y.max())
+    if top >= y.size:
+        raise fail(path, f"labels: class id {top} is implausible for {y.size} labelled nodes (more classes than nodes)")
+    return top + 1
+
+
+# Dense matrices whose size a file *declares* (a CSR shape, a largest feature index) are capped,
+# so that one corrupt number cannot make a loader allocate and scan many GiB: 2^30 float32 entries
+# is 4 GiB, far above any such dataset (the largest gnn-benchmark feature matrix has 0.3e9).
+MAX_DENSE_ENTRIES = 1 << 30
+
+
+def check_dense_size(path: Path, field: str, rows: int, cols: int) -> None:
+    """Refuse a declared dense ``[rows, cols]`` matrix larger than :data:`MAX_DENSE_ENTRIES`."""
+    if rows * cols > MAX_DENSE_ENTRIES:
+        raise fail(path, f"{field}: a dense [{rows}, {cols}] matrix is implausibly large "
+                         f"(over {MAX_DENSE_ENTRIES} entries); is the file corrupt?")
 
 
 def metric_for(num_classes: int) -> str:

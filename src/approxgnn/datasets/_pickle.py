@@ -5,6 +5,15 @@ unpickler call it. The Planetoid files only need numpy arrays, scipy CSR matrice
 ``defaultdict(list)``, so :class:`RestrictedUnpickler` resolves exactly those names and refuses
 every other one with a :class:`DatasetError` before anything is called.
 
+``find_class`` is not the only way a pickle can reach a global: the EXT1/EXT2/EXT4 opcodes look
+names up in :mod:`copyreg`'s process-wide extension registry, and a code already resolved once
+(by any ordinary unpickler in the process) comes from a cache without ``find_class`` being
+asked. :func:`load_restricted` therefore scans the opcodes first and refuses those, and the
+persistent-id ones, before unpickling. The same scan bounds the memo indices: the C unpickler
+sizes its memo table by the largest index it is given, so five corrupted bytes
+(``LONG_BINPUT 0x7fffffff``) would otherwise make it allocate and clear gigabytes (a fuzz test
+found a 100M-entry memo, 1.7 s and 800 MB, from one deleted byte run).
+
 Even the allowed names do not reach numpy or scipy: they resolve to inert records
 (:class:`PickledArray`, :class:`PickledDType`, :class:`PickledCSR`) that only store what the file
 says. :func:`to_array` and :func:`to_dense` then validate those records (numeric dtype, sizes
@@ -17,7 +26,9 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import pickletools
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +105,25 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+# Opcodes that resolve an object without RestrictedUnpickler.find_class: refused outright.
+_FORBIDDEN_OPCODES = frozenset({"EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"})
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
 def load_restricted(path: Path, what: str) -> Any:
     """Unpickle ``path`` with :class:`RestrictedUnpickler`; any failure is a DatasetError."""
     require_file(path, what)
-    with reading(path, f"pickle ({what})"), open(path, "rb") as f:
-        return RestrictedUnpickler(f, path).load()
+    # A corrupt STRING opcode can hold invalid escapes, which both parsers warn about.
+    with reading(path, f"pickle ({what})"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = path.read_bytes()  # Planetoid files are small; a declared length never over-reads
+        for opcode, arg, pos in pickletools.genops(data):
+            if opcode.name in _FORBIDDEN_OPCODES:
+                raise fail(path, f"refusing pickle opcode {opcode.name} at byte {pos}: it resolves objects "
+                                 "outside the allowed numpy/scipy/dict types")
+            if opcode.name in _MEMO_PUTS and arg > len(data):  # picklers number memo entries from 0
+                raise fail(path, f"pickle memo index {arg} at byte {pos} is implausible for a {len(data)}-byte file")
+        return RestrictedUnpickler(io.BytesIO(data), path).load()
 
 
 def _dtype(rec: Any, path: Path) -> np.dtype:
@@ -131,7 +156,7 @@ def to_array(rec: Any, path: Path) -> np.ndarray:
 
 
 def to_dense(rec: Any, path: Path) -> np.ndarray:
-    """A dense float32 matrix from a pickled CSR record or a pickled 2-D array."""
+    """A dense, finite float32 matrix from a pickled CSR record or a pickled 2-D array."""
     if isinstance(rec, PickledCSR):
         st = getattr(rec, "state", None)
         if not isinstance(st, dict):
@@ -150,4 +175,7 @@ def to_dense(rec: Any, path: Path) -> np.ndarray:
         dense = to_array(rec, path)
     if dense.ndim != 2:
         raise fail(path, f"expected a 2-D matrix, found shape {dense.shape}")
-    return np.ascontiguousarray(dense, dtype=np.float32)
+    out = np.ascontiguousarray(dense, dtype=np.float32)
+    if not np.isfinite(out).all():  # features and one-hot labels alike
+        raise fail(path, "matrix holds NaN or inf (or values beyond the float32 range)")
+    return out

@@ -12,6 +12,13 @@ class DatasetError(ValueError):
     """A dataset file is missing or malformed. The message names the file and what was expected."""
 
 
+class UnknownDatasetError(DatasetError):
+    """The name, path or loader option names no dataset: a usage error (the CLI exits 2), not bad data.
+
+    The message lists the valid names or options.
+    """
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """Resolve the data root: explicit argument, else ``$APPROXGNN_DATA``, else ``~/.approxgnn/data``."""
     if root is not None:
@@ -34,6 +41,9 @@ class Dataset:
       * ``train_mask``/``val_mask``/``test_mask``: ``[N]`` bool
 
     ``metric`` is the headline metric of the task: ``"acc"`` or ``"auc"`` (binary ROC-AUC).
+    ``source`` says where the data came from; ``files`` optionally maps a field (``x``, ``y``,
+    ``edge_index``, ``masks``) to the file it was read from, so that a validation error names
+    that file rather than the whole dataset.
     """
 
     name: str
@@ -47,6 +57,7 @@ class Dataset:
     metric: str = "acc"
     source: str = ""
     meta: dict = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,46 +75,46 @@ class Dataset:
         return int(self.edge_index.shape[1])
 
     def validate(self) -> None:
-        """Check shapes, ranges and finiteness; raise :class:`DatasetError` naming the field."""
-        where = self.source or self.name
+        """Check shapes, ranges and finiteness; raise :class:`DatasetError` naming the file and field."""
 
-        def fail(msg: str) -> None:
+        def fail(msg: str, of: str | None = None) -> None:
+            where = self.files.get(of or "") or self.source or self.name
             raise DatasetError(f"{where}: {msg}")
 
         if self.x.ndim != 2:
-            fail(f"features must be 2-D [N, F], got shape {self.x.shape}")
+            fail(f"features must be 2-D [N, F], got shape {self.x.shape}", "x")
         if self.y.ndim != 1:
-            fail(f"labels must be 1-D [N], got shape {self.y.shape}")
+            fail(f"labels must be 1-D [N], got shape {self.y.shape}", "y")
         n = self.y.shape[0]
         if n == 0:
-            fail("empty graph: no nodes")
+            fail("empty graph: no nodes", "y")
         if self.x.shape[0] != n:
-            fail(f"label/feature length mismatch: {n} labels but {self.x.shape[0]} feature rows")
+            fail(f"label/feature length mismatch: {n} labels but {self.x.shape[0]} feature rows", "x")
         if self.edge_index.ndim != 2 or self.edge_index.shape[0] != 2:
-            fail(f"edge_index must have shape [2, E], got {self.edge_index.shape}")
+            fail(f"edge_index must have shape [2, E], got {self.edge_index.shape}", "edge_index")
         if not np.issubdtype(self.edge_index.dtype, np.integer):
-            fail(f"edge_index must be integer, got {self.edge_index.dtype}")
+            fail(f"edge_index must be integer, got {self.edge_index.dtype}", "edge_index")
         if self.edge_index.size:
             lo, hi = int(self.edge_index.min()), int(self.edge_index.max())
             if lo < 0:
-                fail(f"edge_index holds a negative node id ({lo})")
+                fail(f"edge_index holds a negative node id ({lo})", "edge_index")
             if hi >= n:
-                fail(f"edge_index holds node id {hi} outside the node range [0, {n})")
+                fail(f"edge_index holds node id {hi} outside the node range [0, {n})", "edge_index")
         if self.num_classes < 1:
-            fail(f"num_classes must be >= 1, got {self.num_classes}")
+            fail(f"num_classes must be >= 1, got {self.num_classes}", "y")
         if n and (self.y.min() < 0 or self.y.max() >= self.num_classes):
-            fail(f"labels out of range [0, {self.num_classes}): min {self.y.min()}, max {self.y.max()}")
+            fail(f"labels out of range [0, {self.num_classes}): min {self.y.min()}, max {self.y.max()}", "y")
         for mname in ("train_mask", "val_mask", "test_mask"):
             m = getattr(self, mname)
             if m.dtype != np.bool_ or m.shape != (n,):
-                fail(f"{mname} must be bool of shape ({n},), got {m.dtype} {m.shape}")
+                fail(f"{mname} must be bool of shape ({n},), got {m.dtype} {m.shape}", "masks")
         if not self.train_mask.any():
-            fail("train_mask selects no node")
+            fail("train_mask selects no node", "masks")
         # Memmapped features may exceed RAM: check them in chunks rather than all at once.
         chunk = max(1, (1 << 26) // max(1, self.x.shape[1] * 4))
         for s in range(0, n, chunk):
             if not np.isfinite(self.x[s : s + chunk]).all():
-                fail("features contain NaN or inf")
+                fail("features contain NaN or inf", "x")
         if self.metric not in ("acc", "auc"):
             fail(f"metric must be 'acc' or 'auc', got {self.metric!r}")
         if self.metric == "auc" and self.num_classes != 2:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ._io import as_features, as_labels, fail, metric_for, npz_array, num_classes_of, open_npz, reading
+from ._io import (as_features, as_labels, check_dense_size, fail, metric_for, npz_array, num_classes_of, open_npz,
+                  reading)
 from .base import Dataset
 from .splits import Size, split_rng, stratified_split
 
@@ -28,9 +29,18 @@ def is_gnn_benchmark_npz(keys: list[str]) -> bool:
 def _csr(npz: np.lib.npyio.NpzFile, prefix: str, path: Path) -> sp.csr_matrix:
     """Rebuild the CSR matrix stored under ``<prefix>_*`` or ``<prefix>_matrix.*`` and check it."""
     sep = "_" if f"{prefix}_indptr" in npz.files else "_matrix."
-    parts = [npz_array(npz, f"{prefix}{sep}{k}", path) for k in ("data", "indices", "indptr", "shape")]
+    keys = [f"{prefix}{sep}{k}" for k in ("data", "indices", "indptr", "shape")]
+    data, indices, indptr, shape = (npz_array(npz, k, path) for k in keys)
+    # scipy's constructor accepts some of these (e.g. string data) and fails only later, on use.
+    if data.dtype.kind not in "biuf":
+        raise fail(path, f"{keys[0]} must be numeric, got dtype {data.dtype}")
+    for key, arr in zip(keys[1:], (indices, indptr, shape)):
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise fail(path, f"{key} must be a 1-D integer array, got {arr.dtype} of shape {arr.shape}")
+    if shape.shape != (2,):
+        raise fail(path, f"{keys[3]} must hold two sizes, got {shape.tolist()}")
     with reading(path, f"CSR matrix '{prefix}'"):
-        mat = sp.csr_matrix(tuple(parts[:3]), shape=tuple(int(s) for s in parts[3]))
+        mat = sp.csr_matrix((data, indices, indptr), shape=(int(shape[0]), int(shape[1])))
         mat.check_format(full_check=True)  # out-of-range ids and bad indptr become errors here
     return mat
 
@@ -56,8 +66,10 @@ def load_gnn_benchmark(
         if "attr_matrix" in npz.files:
             x = as_features(npz_array(npz, "attr_matrix", path), path, "attr_matrix")
         else:
+            attr = _csr(npz, "attr", path)
+            check_dense_size(path, "attr_shape", *attr.shape)
             with reading(path, "CSR matrix 'attr'"):
-                x = as_features(_csr(npz, "attr", path).toarray(), path, "attr")
+                x = as_features(attr.toarray(), path, "attr")
         y = as_labels(npz_array(npz, "labels", path), path, "labels")
     if adj.shape != (y.shape[0], y.shape[0]):
         raise fail(path, f"adjacency shape {adj.shape} does not match {y.shape[0]} labels")

@@ -95,7 +95,8 @@ def load_ogb(folder: Path, /, *, name: str | None = None, split: int = 0, seed: 
     if x.shape[0] != n:
         raise fail(feat_path, f"has {x.shape[0]} rows, expected one per node ({n})")
     y, labelled = _labels(label_path, n)
-    edges = read_csv(raw / "edge.csv.gz", integer=True, ncols=2)
+    edge_path = raw / "edge.csv.gz"
+    edges = read_csv(edge_path, integer=True, ncols=2)
 
     masks, dropped = {}, 0
     for field, stem in SPLIT_FILES.items():
@@ -116,6 +117,7 @@ def load_ogb(folder: Path, /, *, name: str | None = None, split: int = 0, seed: 
         num_classes=num_classes,
         metric=metric_for(num_classes),
         source=str(folder),
+        files={"x": str(feat_path), "y": str(label_path), "edge_index": str(edge_path), "masks": str(split_dir)},
         meta={
             "format": "ogb-nodeproppred",
             "split": split_dir.name,

@@ -16,6 +16,7 @@ Features are kept raw (binary bag of words). Kipf & Welling row-normalise them b
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,16 @@ def _one_hot_labels(mat: np.ndarray, path: Path) -> np.ndarray:
     if mat.ndim != 2 or mat.shape[1] < 1:
         raise fail(path, f"expected a one-hot label matrix [N, C], got shape {mat.shape}")
     return mat.argmax(axis=1).astype(np.int64)
+
+
+def _same_widths(mats: dict[str, np.ndarray], files: dict[str, Path], what: str) -> None:
+    """Fail unless the matrices have one column count; the message names the odd file and all widths."""
+    widths = {p: m.shape[1] for p, m in mats.items()}
+    common = Counter(widths.values()).most_common(1)[0][0]
+    odd = [p for p, w in widths.items() if w != common]
+    if odd:
+        listing = ", ".join(f"{files[p].name} {w}" for p, w in widths.items())
+        raise fail(files[odd[0]], f"{what} widths differ: {listing}")
 
 
 def _graph_edges(graph: object, path: Path) -> np.ndarray:
@@ -76,27 +87,27 @@ def load_planetoid(raw_dir: Path, /, *, name: str, split: int = 0, seed: int = 0
     test_index = read_csv(files["test.index"], integer=True, ncols=1)[:, 0]  # one node id per line
 
     n_all, n_train, n_test = mats["allx"].shape[0], mats["x"].shape[0], test_index.shape[0]
-    for part, rows, expected in (("ally", labels["ally"].shape[0], n_all), ("y", labels["y"].shape[0], n_train),
-                                 ("tx", mats["tx"].shape[0], n_test), ("ty", labels["ty"].shape[0], n_test)):
+    for part, rows, ref, expected in (("ally", labels["ally"].shape[0], "allx", n_all),
+                                      ("y", labels["y"].shape[0], "x", n_train),
+                                      ("tx", mats["tx"].shape[0], "test.index", n_test),
+                                      ("ty", labels["ty"].shape[0], "test.index", n_test)):
         if rows != expected:
-            raise fail(files[part], f"has {rows} rows, expected {expected} to match the other parts")
-    widths = {mats[p].shape[1] for p in ("x", "tx", "allx")}
-    if len(widths) != 1:
-        raise fail(files["tx"], f"feature widths of x/tx/allx differ: {sorted(widths)}")
-    classes = {onehot[p].shape[1] for p in onehot}
-    if len(classes) != 1:
-        raise fail(files["ty"], f"label widths of y/ty/ally differ: {sorted(classes)}")
+            raise fail(files[part], f"has {rows} rows, but {files[ref].name} has {expected}; they must match")
+    _same_widths(mats, files, "feature")
+    _same_widths(onehot, files, "label (class)")
     # Test ids follow the allx nodes; CiteSeer leaves a few gaps (15 in 1000), never more gaps
     # than test nodes -- which also keeps a corrupt id from allocating a huge feature matrix.
     if n_test == 0 or test_index.min() < n_all or test_index.max() >= n_all + 2 * n_test \
             or np.unique(test_index).size != n_test:
         raise fail(files["test.index"], f"test ids must be distinct and lie in [len(allx), len(allx) + 2 * len(tx)) "
                                         f"= [{n_all}, {n_all + 2 * n_test})")
+    if n_train == 0:
+        raise fail(files["x"], "has no rows: the public split takes its training nodes from it")
     if n_train + NUM_VAL > n_all:
         raise fail(files["allx"], f"has {n_all} rows, too few for {n_train} train + {NUM_VAL} val nodes")
 
     n = int(test_index.max()) + 1  # CiteSeer: ids missing from test.index stay zero rows
-    x = np.zeros((n, widths.pop()), dtype=np.float32)
+    x = np.zeros((n, mats["allx"].shape[1]), dtype=np.float32)
     y = np.zeros(n, dtype=np.int64)
     x[:n_all], y[:n_all] = mats["allx"], labels["ally"]
     x[test_index], y[test_index] = mats["tx"], labels["ty"]
@@ -110,9 +121,10 @@ def load_planetoid(raw_dir: Path, /, *, name: str, split: int = 0, seed: int = 0
         train_mask=index_to_mask(np.arange(n_train), n),
         val_mask=index_to_mask(np.arange(n_train, n_train + NUM_VAL), n),
         test_mask=index_to_mask(test_index, n),
-        num_classes=classes.pop(),
+        num_classes=onehot["ally"].shape[1],
         metric="acc",
         source=str(raw_dir / f"ind.{name}.*"),
+        files={"edge_index": str(files["graph"])},
         meta={"format": "planetoid", "split": "public", "padded_nodes": int(n - n_all - n_test)},
     )
 

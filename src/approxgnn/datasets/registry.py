@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._io import fail, open_npz
-from .base import Dataset, DatasetError, data_root
+from .base import Dataset, DatasetError, UnknownDatasetError, data_root
 from .gnn_benchmark import NAMES as GNNB_NAMES
 from .gnn_benchmark import is_gnn_benchmark_npz, load_gnn_benchmark
 from .heterophilous import NAMES as HETERO_NAMES
@@ -118,8 +118,8 @@ def _resolve_path(path: Path) -> tuple[Loader, str | None]:
             return load_planetoid, graphs[0].name.split(".")[1]  # Planetoid files carry the name
         raise fail(path, "unrecognised folder: expected an OGB folder (raw/edge.csv.gz), a Twitch country "
                          "folder (<C>_edges.csv) or a Planetoid raw folder (one ind.<name>.graph)")
-    raise fail(path, "no such file or directory, and not a known dataset name; "
-                     f"known names: {', '.join(dataset_names())}")
+    raise UnknownDatasetError(f"{path}: no such file or directory, and not a known dataset name; "
+                              f"known names: {', '.join(dataset_names())}")
 
 
 def _looks_like_path(text: str) -> bool:
@@ -133,7 +133,7 @@ def _check_options(func: Callable[..., Dataset], name: str, kwargs: dict) -> Non
                 if p.kind in kinds and k not in ("name", "split", "seed")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise DatasetError(f"{name}: unknown option(s) {unknown}; accepted: {', '.join(accepted) or 'none'}")
+        raise UnknownDatasetError(f"{name}: unknown option(s) {unknown}; accepted: {', '.join(accepted) or 'none'}")
 
 
 def _call(loader: Loader, location: Path, name: str | None, split: int, seed: int, kwargs: dict) -> Dataset:
@@ -158,6 +158,32 @@ def _normalise(name: str) -> str:
     return key
 
 
+def _kind(text: str) -> str | None:
+    """How a dataset argument is resolved: ``registered``, ``ogb``, ``synthetic``, ``path`` or None."""
+    key = _normalise(text)
+    if key in REGISTRY:
+        return "registered"
+    if key.startswith((OGB_PREFIX, "ogbn_")) and not _looks_like_path(text):
+        return "ogb"
+    if parse_synthetic_name(key) is not None:
+        return "synthetic"
+    if _looks_like_path(text) or Path(text).expanduser().exists():
+        return "path"
+    return None
+
+
+def check_dataset_name(name_or_path: str | os.PathLike) -> None:
+    """Raise :class:`UnknownDatasetError` (listing the known names) unless ``name_or_path`` is a
+    registered name, a name pattern or an existing path. Reads no file: a quick usage check."""
+    text = os.fspath(name_or_path)
+    kind = _kind(text)
+    if kind is None:
+        raise UnknownDatasetError(f"unknown dataset {text!r}; known names: {', '.join(dataset_names())}")
+    if kind == "path" and not Path(text).expanduser().exists():
+        raise UnknownDatasetError(f"{text}: no such file or directory, and not a known dataset name; "
+                                  f"known names: {', '.join(dataset_names())}")
+
+
 def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, split: int = 0,
                  seed: int = 0, **kwargs: object) -> Dataset:
     """Load a dataset by registered name, name pattern or path (see the module docstring).
@@ -166,12 +192,14 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None
     seeds another random split (gnn-benchmark, Twitch, synthetic); datasets with one official
     split (Planetoid, OGB) accept only 0. Extra keyword arguments go to the loader (e.g.
     ``num_test=None`` for gnn-benchmark, ``num_nodes=...`` for synthetic); unknown ones raise.
-    Every failure is a :class:`DatasetError` naming the file and what was expected.
+    Every failure is a :class:`DatasetError` naming the file and what was expected; an unknown
+    name, missing path or unknown option is the subclass :class:`UnknownDatasetError`.
     """
     text = os.fspath(name_or_path)
     key = _normalise(text)
     base = data_root(root)
-    if key in REGISTRY:
+    kind = _kind(text)
+    if kind == "registered":
         entry = REGISTRY[key]
         if entry.locate is None or entry.load is None:
             return _generate(key, split, seed, kwargs)
@@ -179,19 +207,19 @@ def load_dataset(name_or_path: str | os.PathLike, root: str | os.PathLike | None
         if not location.exists():
             raise DatasetError(f"{key}: not found at {location} (data root {base}; set APPROXGNN_DATA or pass root=)")
         return _call(entry.load, location, key, split, seed, kwargs)
-    if key.startswith((OGB_PREFIX, "ogbn_")) and not _looks_like_path(text):
+    if kind == "ogb":
         folder = ogb_dir(base, text.strip())  # keep the case: OGB has ogbn_papers100M
         if not folder.exists():
             raise DatasetError(f"{text}: not found at {folder} (an OGB node-property folder with raw/ and split/; "
                                "nothing is downloaded)")
         return _call(load_ogb, folder, ogb_name(folder), split, seed, kwargs)
-    if parse_synthetic_name(key) is not None:
+    if kind == "synthetic":
         return _generate(key, split, seed, kwargs)
-    if _looks_like_path(text) or Path(text).expanduser().exists():
+    if kind == "path":
         path = Path(text).expanduser()
         loader, name = _resolve_path(path)
         return _call(loader, path, name, split, seed, kwargs)
-    raise DatasetError(f"unknown dataset {text!r}; known names: {', '.join(dataset_names())}")
+    raise UnknownDatasetError(f"unknown dataset {text!r}; known names: {', '.join(dataset_names())}")
 
 
 def list_datasets(root: str | os.PathLike | None = None, include_synthetic: bool = True) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ._csv import read_csv
-from ._io import fail, reading, require_dir, require_file
+from ._io import check_dense_size, fail, reading, require_dir, require_file
 from .base import Dataset
 from .splits import Size, split_rng, stratified_split
 
@@ -82,9 +82,18 @@ def _read_features(path: Path, n: int, width: int | None) -> np.ndarray:
     if cols.size and cols.min() < 0:
         raise fail(path, f"negative feature index {cols.min()}")
     needed = int(cols.max()) + 1 if cols.size else 1
-    width = needed if width is None else width
+    if width is None:
+        # MUSAE feature ids lie in 0..3169 with small gaps (at most 13 between used ids). A stray
+        # huge index -- e.g. two numbers run together -- would silently widen the dense matrix to
+        # gigabytes of zero columns, so an index far beyond all others is refused.
+        top = np.unique(cols)[-2:]
+        if top.size == 2 and top[1] > 2 * top[0] + 64:
+            raise fail(path, f"feature index {top[1]} is an outlier (the next largest is {top[0]}); "
+                             "pass num_features to accept it")
+        width = needed
     if needed > width:
         raise fail(path, f"feature index {needed - 1} does not fit num_features={width}")
+    check_dense_size(path, "feature indices", n, width)
     with reading(path, f"feature matrix [{n}, {width}]"):
         x = np.zeros((n, width), dtype=np.float32)
         x[np.repeat(rows, lens), cols] = 1.0
@@ -123,5 +132,6 @@ def load_twitch(
         num_classes=2,
         metric="auc",
         source=str(folder / f"{country}_edges.csv"),
+        files={"x": str(folder / f"{country}.json"), "y": str(folder / f"{country}_target.csv")},
         meta={"format": "musae-twitch", "country": country, "split": f"random stratified (seed={seed}, split={split})"},
     )

@@ -13,8 +13,10 @@ Entry ``(l, v)`` written at iteration ``w`` is *fresh* at iteration ``t`` when
 iterations ``w+1 … w+staleness`` and is a miss afterwards — exact per-entry ages.
 
 Capacity guard, when an admission needs slots: reuse the node's own (stale) slot, then free or
-stale slots, then claim new rows (displacing feature rows), and only then replace the oldest
-entries. An admission never asks for more slots than exist.
+stale slots, then claim new rows (displacing feature rows), and only then replace valid entries:
+the oldest ones, or — given a per-node ``weight`` such as the degree, which is proportional to
+how often a sampler reaches the node — those with the fewest expected hits before they expire
+(``weight × remaining life``), and only for newcomers worth more than what they displace.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ class HistoryCache:
     """
 
     def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
-                 feature_cache: FeatureCache | None = None, staleness: int | None = 200) -> None:
+                 feature_cache: FeatureCache | None = None, staleness: int | None = 200,
+                 weight: np.ndarray | None = None) -> None:
         if dim < 1:
             raise ValueError(f"embedding width must be >= 1, got {dim}")
         if staleness is not None and staleness < 1:
@@ -46,6 +49,7 @@ class HistoryCache:
         self.layers, self.dim, self.staleness = list(layers), dim, staleness
         self.max_age = (1 << 62) if staleness is None else int(staleness)
         self.feature_cache = feature_cache
+        self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
         self.max_slots = arena.numel() // dim
         self._base = arena.numel() - self.max_slots * dim  # float offset of physical row 0
         self.table = arena[self._base:].view(self.max_slots, dim)
@@ -77,17 +81,25 @@ class HistoryCache:
     # ---- writing -------------------------------------------------------------------------
     def admit(self, layer: int, nodes: np.ndarray, values: Tensor, now: int) -> int:
         """Write ``values [k, dim]`` as the layer-``layer`` entries of ``nodes`` (distinct, in
-        priority order: only the first ``max_slots`` fit). Returns the number written."""
+        priority order). Returns the number written: with the table full, the capacity guard
+        may turn some away."""
         k = min(len(nodes), self.max_slots)
         if k == 0:
             return 0
         nodes = np.asarray(nodes[:k], dtype=np.int64)
         node_slot = self.node_slot[layer]
-        slots = node_slot[nodes].copy()
+        slots = node_slot[nodes].copy()  # a node's own (stale) slot is rewritten in place
         need = np.flatnonzero(slots < 0)
         if len(need):
-            slots[need] = self._take_slots(len(need), keep=slots[slots >= 0], now=now)
-        # Unmap whoever held a reassigned slot (a stale or the oldest entry of another node).
+            got = self._free_slots(len(need), keep=slots[slots >= 0], now=now)
+            slots[need[: len(got)]] = got
+            rest = need[len(got):]
+            if len(rest):  # table full
+                victims, chosen = self._victims(nodes[rest], taken=slots[slots >= 0], now=now)
+                slots[rest[chosen]] = victims
+        ok = np.flatnonzero(slots >= 0)
+        nodes, slots = nodes[ok], slots[ok]
+        # Unmap whoever held a reassigned slot (a stale, free-d or replaced entry of another node).
         old_layer, old_node = self.slot_layer[slots], self.slot_node[slots]
         moved = (old_node >= 0) & ((old_node != nodes) | (old_layer != layer))
         for l in np.unique(old_layer[moved]):
@@ -95,8 +107,9 @@ class HistoryCache:
             self.node_slot[int(l)][old_node[sel]] = -1
         self.slot_node[slots], self.slot_layer[slots], self.slot_iter[slots] = nodes, layer, now
         node_slot[nodes] = slots
-        self.table[torch.from_numpy(slots).to(self.table.device)] = values[:k].detach().to(self.table)
-        return k
+        rows = values[: k].detach()[torch.from_numpy(ok).to(values.device)]
+        self.table[torch.from_numpy(slots).to(self.table.device)] = rows.to(self.table)
+        return len(nodes)
 
     def evict(self, layer: int, nodes: np.ndarray) -> int:
         """Drop the layer-``layer`` entries of ``nodes`` (slots stay claimed and become free)."""
@@ -106,26 +119,40 @@ class HistoryCache:
         self.node_slot[layer][nodes] = -1
         return len(s)
 
-    def _take_slots(self, n: int, keep: np.ndarray, now: int) -> np.ndarray:
-        """``n`` slots, by the capacity guard's order (module docstring); never one in ``keep``."""
+    def _free_slots(self, n: int, keep: np.ndarray, now: int) -> np.ndarray:
+        """Up to ``n`` slots that cost no valid entry: empty or stale ones, then new rows claimed
+        from the feature region. Never one in ``keep``."""
         lo = self.max_slots - self.claimed
         claimed = np.arange(lo, self.max_slots)
         reusable = claimed[(self.slot_node[lo:] < 0) | (now - self.slot_iter[lo:] > self.max_age)]
-        reusable = np.setdiff1d(reusable, keep, assume_unique=True)
-        out = [reusable[:n]]
-        n -= len(out[0])
-        if n > 0:  # grow into the feature region
-            grow = min(n, lo)
-            if grow:
-                self._claim(grow)
-                out.append(np.arange(lo - grow, lo))
-                n -= grow
-        if n > 0:  # table full: replace the oldest entries
-            taken = np.concatenate([keep, *out])
-            cand = np.setdiff1d(claimed, taken, assume_unique=True)
-            order = np.argpartition(self.slot_iter[cand], n - 1)[:n] if n < len(cand) else np.arange(len(cand))
-            out.append(cand[order])
-        return np.concatenate(out)
+        out = np.setdiff1d(reusable, keep, assume_unique=True)[:n]
+        grow = min(n - len(out), lo)
+        if grow > 0:
+            self._claim(grow)
+            out = np.concatenate([out, np.arange(lo - grow, lo)])
+        return out
+
+    def _victims(self, incoming: np.ndarray, taken: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
+        """Valid entries to replace for ``incoming`` nodes, and which of those get a slot.
+
+        Without ``weight``: the oldest entries, for all of them. With ``weight`` (e.g. degree: a
+        node's expected hits per iteration), an entry is worth ``weight × remaining life`` and an
+        incoming node ``weight × staleness``; the most valuable newcomers replace the least
+        valuable entries while they are worth more.
+        """
+        lo = self.max_slots - self.claimed
+        cand = np.setdiff1d(np.arange(lo, self.max_slots), taken, assume_unique=True)
+        r = min(len(incoming), len(cand))
+        if self.weight is None:
+            order = np.argpartition(self.slot_iter[cand], r - 1)[:r] if r < len(cand) else np.arange(len(cand))
+            return cand[order], np.arange(r)
+        life = (self.max_age - (now - self.slot_iter[cand]) + 1).astype(np.float64)
+        v_old = self.weight[self.slot_node[cand]] * life
+        v_new = self.weight[incoming] * float(self.max_age + 1)
+        worst = np.argsort(v_old, kind="stable")[:r]
+        best = np.argsort(-v_new, kind="stable")[:r]
+        c = int(np.sum(v_new[best] > v_old[worst]))  # both sorted: a prefix wins
+        return cand[worst[:c]], best[:c]
 
     def _claim(self, rows: int) -> None:
         self.claimed += rows

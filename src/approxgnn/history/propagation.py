@@ -59,23 +59,30 @@ class LayerOutput(Exception):
 
 
 class LayerwisePropagation(Propagation):
-    """Evaluate layer ``layer`` only, on a full-neighbourhood block ``op`` whose sources' input
-    rows are ``x_in``. Call the model on ``x_in`` when ``layer == 0``, else on any one-row input
-    of the model's input width; catch :class:`LayerOutput` for hidden layers (the last layer's
-    output is the model's return value)."""
+    """Evaluate layer ``layer`` only, on a full-neighbourhood block ``op`` over input rows ``x_in``.
 
-    def __init__(self, layer: int, op: SparseOperator, x_in: Tensor) -> None:
-        self.layer, self.op, self.x_in = layer, op, x_in
+    Call the model on ``x_in`` when ``layer == 0``, else on any one-row input of the model's input
+    width; catch :class:`LayerOutput` for hidden layers (the last layer's output is the model's
+    return value). ``target_rows``: where the targets sit in ``x_in`` (default: the first ``m``
+    rows, as in a relabelled block); the diagonal term then reads those rows.
+    """
+
+    def __init__(self, layer: int, op: SparseOperator, x_in: Tensor, target_rows: Tensor | None = None) -> None:
+        self.layer, self.x_in, self.rows = layer, x_in, target_rows
+        self.op, self.diag = (op, None) if target_rows is None else (SparseOperator(op.matrix), op.diag)
 
     def __call__(self, x: Tensor, layer: int) -> Tensor:
         if layer < self.layer:
             return x[:1]  # a layer below: run on the dummy row, result unused
-        return spmm(self.op, x)
+        out = spmm(self.op, x)
+        if self.diag is not None:
+            out = out + self.diag * x[self.rows]
+        return out
 
     def targets(self, x: Tensor, layer: int) -> Tensor:
         if layer < self.layer:
             return x[:1]
-        return x[: self.op.shape[0]]
+        return x[: self.op.shape[0]] if self.rows is None else x[self.rows]
 
     def hidden(self, h: Tensor, layer: int) -> Tensor:
         if layer == self.layer - 1:

@@ -200,6 +200,53 @@ def _block_values(ptr, targets, nodes, col_local, deg, gcn):
     return val, diag
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _full_rows(rowptr, col, targets, col_map, deg, gcn):
+    """Every neighbour of every target, columns renamed by ``col_map`` (global id → row of the
+    input matrix), with the block values of the module docstring (``k_i = d_i``)."""
+    m = targets.shape[0]
+    ptr = np.empty(m + 1, np.int64)
+    ptr[0] = 0
+    for i in range(m):
+        ptr[i + 1] = ptr[i] + rowptr[targets[i] + 1] - rowptr[targets[i]]
+    cols = np.empty(ptr[m], np.int64)
+    val = np.empty(ptr[m], np.float32)
+    diag = np.empty(m if gcn else 0, np.float32)
+    for i in prange(m):
+        v = targets[i]
+        start, d = rowptr[v], ptr[i + 1] - ptr[i]
+        for j in range(d):
+            u = col[start + j]
+            cols[ptr[i] + j] = col_map[u]
+            val[ptr[i] + j] = 1.0 / np.sqrt((d + 1.0) * (deg[u] + 1.0)) if gcn else 1.0 / d
+        if gcn:
+            diag[i] = 1.0 / (d + 1.0)
+    return ptr, cols, val, diag
+
+
+@njit(nogil=True, cache=True)
+def _closed_neighbourhood(rowptr, col, nodes, mark):
+    """Sorted ``nodes ∪ N(nodes)``; ``mark`` is an all-False scratch of size N, restored."""
+    count = 0
+    for v in nodes:
+        if not mark[v]:
+            mark[v] = True
+            count += 1
+        for e in range(rowptr[v], rowptr[v + 1]):
+            u = col[e]
+            if not mark[u]:
+                mark[u] = True
+                count += 1
+    out = np.empty(count, np.int64)
+    k = 0
+    for u in range(mark.shape[0]):
+        if mark[u]:
+            out[k] = u
+            k += 1
+            mark[u] = False
+    return out
+
+
 class PruneTest(NamedTuple):
     """Fresh-hit test of one cached layer, read by the sampler kernel.
 
@@ -338,6 +385,21 @@ class NeighborSampler:
         with self._lock:
             block, nodes, _ = self._hop(np.ascontiguousarray(targets, dtype=np.int64), -1, 0, None)
         return block, nodes
+
+    def rows_block(self, targets: np.ndarray, col_map: np.ndarray, num_cols: int) -> Block:
+        """Every neighbour of ``targets`` as a ``len(targets) × num_cols`` block whose columns are
+        ``col_map[neighbour]`` (rows of an input matrix that holds all of them): exact inference
+        without copying the sources. Here the targets are *not* the first sources."""
+        targets = np.ascontiguousarray(targets, dtype=np.int64)
+        gcn = self.norm == "gcn"
+        ptr, cols, val, diag = _full_rows(self.rowptr, self.col, targets, col_map, self.deg, gcn)
+        return Block(ptr, cols, val, diag if gcn else None, len(targets), num_cols)
+
+    def closed_neighbourhood(self, nodes: np.ndarray) -> np.ndarray:
+        """Sorted ids of ``nodes`` and all their neighbours (the receptive field of one layer)."""
+        with self._lock:
+            return _closed_neighbourhood(self.rowptr, self.col, np.ascontiguousarray(nodes, dtype=np.int64),
+                                         np.zeros(self.graph.num_nodes, np.bool_))
 
     def _hop(self, targets: np.ndarray, fanout: int, key: int, test: PruneTest | None):
         ptr = _row_counts(self.rowptr, targets, fanout)

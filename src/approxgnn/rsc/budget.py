@@ -11,7 +11,9 @@ Greedy allocation (RSC), step ``δ`` (0.02):
    and saves ``ΔFLOPs_l``. Shrink the layer with the smallest
    ``Δ_l`` (``mode="delta"``, the official rule) or smallest ``Δ_l / ΔFLOPs_l``
    (``mode="delta_per_flop"``).
-3. Stop when within budget or no layer can shrink.
+3. Stop when within budget or no layer can shrink. Then (beyond the paper) give the budget left
+   over by the last 2 % step back to that layer as extra non-zeros, so the budget is hit, not
+   undershot by up to a whole chunk.
 
 ``mode="uniform"`` instead gives every layer the same FLOPs fraction ``C`` of its own product.
 Pure functions of the statistics: no state, easy to test.
@@ -131,6 +133,7 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
     total = budget_flops(budget, nnz, {l: s.width for l, s in stats.items()})
     spent = sum(cost(l, k_now[l]) for l in stats)
     allow_zero = False
+    last_shrunk = None
     while spent > total:
         best, best_key = None, None
         for l in stats:
@@ -151,4 +154,14 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
         steps[best] += 1
         k_now[best] = rows(best, steps[best])
         spent = sum(cost(l, k_now[l]) for l in stats)  # recomputed: no drift from repeated subtraction
-    return {l: Allocation(k_now[l] / n[l], k_now[l], int(cum[l][k_now[l]])) for l in stats}
+        last_shrunk = best
+    out = {l: Allocation(k_now[l] / n[l], k_now[l], int(cum[l][k_now[l]])) for l in stats}
+    if last_shrunk is not None and spent < total:
+        # Refill (beyond the paper): a 2 % chunk of rows can hold many non-zeros on a power-law
+        # graph, so the last shrink may undershoot the budget by a lot. Hand the slack back to
+        # that layer as extra non-zeros (its row cap returns to the previous step's).
+        l = last_shrunk
+        k_prev = rows(l, steps[l] - 1)
+        extra = int((total - spent) // stats[l].width)
+        out[l] = Allocation(k_prev / n[l], k_prev, min(int(cum[l][k_prev]), int(cum[l][k_now[l]]) + extra))
+    return out

@@ -11,16 +11,20 @@ SELECTIONS = ("topk", "importance")
 class RSCConfig:
     """Knobs of randomized sparse computation.
 
-    * ``budget`` C ∈ (0, 1]: fraction of backward-SpMM FLOPs kept, ``C·nnz(Â_off)·Σ_l d_l``.
+    * ``budget`` C ∈ (0, 1]: fraction of backward-SpMM FLOPs kept, ``C·nnz(Â_off)·Σ_l d_l``
+      (``d_l`` the real SpMM width of layer ``l``).
     * ``cache_interval`` R: iterations a sampled index set and its transposed slice are reused.
     * ``tune_interval``: epochs between greedy re-allocations; ``warmup``: exact epochs that
       gather statistics before the first allocation.
     * ``switch_time`` ∈ [0, 1]: fraction of epochs run approximately before going exact.
     * ``allocation``: ``delta`` (official argmin Δ), ``delta_per_flop`` (Δ per FLOP saved) or
-      ``uniform`` (same ratio in every layer); ``selection``: ``topk`` or ``importance``.
+      ``uniform`` (the same FLOPs fraction C in every layer); ``selection``: ``topk`` or ``importance``.
     * ``step``: greedy shrink step; ``ema``: weight of the newest statistics.
-    * ``val_guard``: go exact early when the validation metric falls more than ``val_tolerance``
-      below its best for ``val_patience`` epochs.
+    * ``val_guard`` (beyond the paper): while approximating, go exact from the next epoch when the
+      validation metric has not improved for ``val_patience`` epochs (a stall) or falls more than
+      ``val_tolerance`` below the best seen so far (a drop).
+
+    Every value is checked here, at construction, so a bad one fails before any data is loaded.
     """
 
     budget: float = 0.1
@@ -40,6 +44,14 @@ class RSCConfig:
         self.validate()
 
     def validate(self) -> None:
+        for name in ("budget", "switch_time", "step", "ema", "val_tolerance"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"rsc {name} must be a number, got {v!r}")
+        for name in ("cache_interval", "tune_interval", "warmup", "val_patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"rsc {name} must be an integer, got {v!r}")
         if not 0.0 < self.budget <= 1.0:
             raise ValueError(f"rsc budget must be in (0, 1], got {self.budget}")
         if not 0.0 <= self.switch_time <= 1.0:

@@ -30,8 +30,8 @@ from . import kernels
 from .budget import Allocation, LayerStats, allocate_budget, budget_flops
 from .config import RSCConfig
 from .schedule import APPROX, EXACT, WARMUP, Schedule
-from .spmm import CSR, SampledSlice, SampledSpMM, build_slice, row_scores, sampled_backward, select_importance, \
-    select_topk
+from .spmm import CSR, SampledSlice, SampledSpMM, build_slice, cumulative_nnz, row_scores, sampled_backward, \
+    select_importance, select_topk
 
 _COUNTERS = ("resamples", "cache_hits", "approx_steps", "exact_steps", "nnz_kept_sum")
 _TIMERS = ("sample_time_s", "spmm_time_s")
@@ -67,7 +67,7 @@ class LayerSampler:
         if self.mode == WARMUP:
             t0 = time.perf_counter()
             sorted_scores, order = self._score(g)
-            self._observe(sorted_scores, order, out)
+            self._observe(sorted_scores, cumulative_nnz(order, self.degree), out)
             self.timers["sample_time_s"] += time.perf_counter() - t0
         return out
 
@@ -76,7 +76,8 @@ class LayerSampler:
         resample = self.slice is None or self.age >= self.cfg.cache_interval
         if resample:
             sorted_scores, order = self._score(g)
-            self.slice = self._select(g, sorted_scores, order)
+            cum = cumulative_nnz(order, self.degree)
+            self.slice = self._select(sorted_scores, order, cum)
             self.age = 0
             self.counters["resamples"] += 1
         else:
@@ -85,7 +86,7 @@ class LayerSampler:
         out = sampled_backward(self.slice, g, self.op.diag, self._buffer(g))
         t2 = time.perf_counter()
         if resample:  # statistics only at resamples: the sort is already paid for there
-            self._observe(sorted_scores, order, out)
+            self._observe(sorted_scores, cum, out)
         self.age += 1
         self.counters["approx_steps"] += 1
         self.counters["nnz_kept_sum"] += self.slice.nnz
@@ -97,18 +98,16 @@ class LayerSampler:
     def _score(self, g: Tensor) -> tuple[Tensor, Tensor]:
         return torch.sort(row_scores(self.row_norm, g), descending=True)
 
-    def _select(self, g: Tensor, sorted_scores: Tensor, order: Tensor) -> SampledSlice:
+    def _select(self, sorted_scores: Tensor, order: Tensor, cum: Tensor) -> SampledSlice:
         a = self.alloc
         assert a is not None
         if self.cfg.selection == "importance":
             scores = torch.empty_like(sorted_scores).scatter_(0, order, sorted_scores)
-            rows, scale = select_importance(scores, self.degree, a.rows, a.max_nnz, self.generator)
+            rows, scale = select_importance(scores, self.degree, a.max_nnz, self.generator)
             return build_slice(self.adj, rows, scale)
-        return build_slice(self.adj, select_topk(sorted_scores, order, self.degree, a.rows, a.max_nnz))
+        return build_slice(self.adj, select_topk(sorted_scores, order, self.degree, a.max_nnz, cum=cum))
 
-    def _observe(self, sorted_scores: Tensor, order: Tensor, out: Tensor) -> None:
-        cum = torch.zeros(order.numel() + 1, dtype=torch.int64, device=order.device)
-        torch.cumsum(self.degree[order], 0, out=cum[1:])
+    def _observe(self, sorted_scores: Tensor, cum: Tensor, out: Tensor) -> None:
         fnorm = float(torch.linalg.vector_norm(out))
         if self.stats is None:
             self.stats = LayerStats(sorted_scores.float().clone(), cum, fnorm, self.width)
@@ -173,6 +172,14 @@ class LayerSampler:
         self.counters.update({k: int(v) for k, v in s["counters"].items()})
         self.timers.update({k: float(v) for k, v in s["timers"].items()})
         self.generator.set_state(s["generator"])
+
+
+def _ratio(s: LayerSampler) -> str:
+    """Fraction of rows kept by the current sample (else the allocated ratio; '-' before any)."""
+    n = s.adj.num_rows
+    if s.slice is not None and n:
+        return f"{s.slice.rows / n:.2f}"
+    return "-" if s.alloc is None else f"{s.alloc.ratio:.2f}"
 
 
 class SampledPropagation(Propagation):
@@ -264,7 +271,7 @@ class SampledPropagation(Propagation):
         sched = self.schedule
         return {
             "rsc": self.phase,
-            "ratios": ",".join("-" if s.alloc is None else f"{s.alloc.ratio:.2f}" for s in self.layers.values()),
+            "ratios": ",".join(_ratio(s) for s in self.layers.values()),
             "flops_kept": kept / total if total else 1.0,
             "sample_s": sum(s.timers["sample_time_s"] for s in self.layers.values()),
             "resamples": sum(s.counters["resamples"] for s in self.layers.values()),

@@ -100,36 +100,54 @@ def num_rows(n: int, ratio: float, min_rows: int = 10) -> int:
     return min(max(int(n * ratio + 1e-9), min_rows), n)
 
 
-def select_topk(sorted_scores: Tensor, order: Tensor, degree: Tensor, max_rows: int, max_nnz: int) -> Tensor:
-    """Top rows by score, at most ``max_rows`` rows and ``max_nnz`` non-zeros, returned sorted.
+def cumulative_nnz(order: Tensor, degree: Tensor) -> Tensor:
+    """``cum[k]`` = non-zeros of rows ``order[:k]``, int64 ``[N+1]``."""
+    cum = torch.zeros(order.numel() + 1, dtype=torch.int64, device=order.device)
+    torch.cumsum(degree[order], 0, out=cum[1:])
+    return cum
 
-    ``sorted_scores``/``order``: the scores sorted descending and the row ids in that order.
-    Zero scores are never kept. The nnz cap is what makes the FLOPs budget a hard bound even when
-    the score order moved since the budget was allocated.
+
+def select_topk(sorted_scores: Tensor, order: Tensor, degree: Tensor, max_nnz: int, max_rows: int | None = None,
+                cum: Tensor | None = None) -> Tensor:
+    """Rows in decreasing score order while their non-zeros fit in ``max_nnz``; returned sorted.
+
+    ``sorted_scores``/``order``: the scores sorted descending and the row ids in that order;
+    ``cum``: :func:`cumulative_nnz` of ``order`` if already at hand. Zero scores are never kept.
+    The FLOPs allowance, not a row count, is what is hit: on power-law graphs the order moves
+    between low-degree rows and hubs during training, and a row count fixed at allocation time
+    would then keep far fewer (or more) non-zeros than budgeted. ``max_rows`` optionally caps
+    the row count as well (RSC's ``k``).
     """
-    k = min(max_rows, int((sorted_scores > 0).sum()))
+    k = int((sorted_scores > 0).sum())
+    if max_rows is not None:
+        k = min(k, max_rows)
     if k == 0:
         return order[:0]
-    cum = torch.cumsum(degree[order[:k]], 0)
-    k = min(k, int(torch.searchsorted(cum, torch.tensor([max_nnz], device=cum.device), right=True)))
+    if cum is None:
+        cum = cumulative_nnz(order[:k], degree)
+    limit = torch.tensor([max_nnz], dtype=cum.dtype, device=cum.device)
+    k = min(k, int(torch.searchsorted(cum[1:k + 1], limit, right=True)))
     return torch.sort(order[:k]).values
 
 
-def select_importance(scores: Tensor, degree: Tensor, max_rows: int, max_nnz: int,
+def select_importance(scores: Tensor, degree: Tensor, max_nnz: int,
                       generator: torch.Generator) -> tuple[Tensor, Tensor]:
     r"""Unbiased importance sampling (ablation): draw rows with ``p_i ∝ score_i`` with replacement and
     weight row i by ``c_i / (k p_i)`` (``c_i`` draws of it among ``k``).
 
-    Up to ``4·max_rows`` draws are made; ``k`` is the longest prefix of draws whose *distinct* rows
-    stay within ``max_nnz`` non-zeros, so the FLOPs budget holds exactly (the data-dependent
-    stopping makes the estimator unbiased only up to that truncation). Returns sorted rows and scales.
+    About twice the draws that fill ``max_nnz`` are made (expected non-zeros per draw
+    ``Σ p_i deg_i``); ``k`` is the longest prefix of draws whose *distinct* rows stay within
+    ``max_nnz`` non-zeros, so the FLOPs budget holds exactly (the data-dependent stopping makes
+    the estimator unbiased only up to that truncation). Returns sorted rows and their scales.
     """
     total = scores.sum()
-    if max_rows == 0 or not bool(total > 0):
-        e = scores.new_zeros(0, dtype=torch.int64)
-        return e, scores.new_zeros(0)
+    empty = scores.new_zeros(0, dtype=torch.int64), scores.new_zeros(0)
+    if max_nnz <= 0 or not bool(total > 0):
+        return empty
     p = scores / total
-    draws = torch.multinomial(p, 4 * max_rows, replacement=True, generator=generator)
+    per_draw = float((p * degree.to(p.dtype)).sum())
+    n_draws = min(int(2 * max_nnz / max(per_draw, 1e-12)) + 16, 4 * scores.numel() + 16)
+    draws = torch.multinomial(p, n_draws, replacement=True, generator=generator)
     # Cost of the prefix = non-zeros of the distinct rows seen so far.
     uniq, inv = torch.unique(draws, return_inverse=True)
     first = torch.full((uniq.numel(),), draws.numel(), dtype=torch.int64, device=draws.device)
@@ -139,8 +157,7 @@ def select_importance(scores: Tensor, degree: Tensor, max_rows: int, max_nnz: in
     cum = torch.cumsum(new_cost, 0)
     k = int(torch.searchsorted(cum, torch.tensor([max_nnz], device=cum.device, dtype=cum.dtype), right=True))
     if k == 0:
-        e = scores.new_zeros(0, dtype=torch.int64)
-        return e, scores.new_zeros(0)
+        return empty
     rows, counts = torch.unique(draws[:k], return_counts=True)  # sorted
     scale = counts.to(p.dtype) / (k * p[rows])
     return rows, scale

@@ -44,15 +44,27 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose one of {list(ENGINES)}")
+        if self.split < 0:
+            raise ValueError(f"split must be >= 0, got {self.split}")
+        if not 0 <= self.seed < 2**32:  # numpy's global seed takes [0, 2**32)
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be 'auto' or a torch device such as cpu, cuda, cuda:1; "
+                                 f"got {self.device!r}") from None
         if self.layers < 1:
             raise ValueError(f"layers must be >= 1, got {self.layers}")
         if self.hidden < 1:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
+        if not self.lr > 0:  # written so that NaN fails too
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
+        if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")

@@ -38,7 +38,7 @@ def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: tor
     Returns the total gradient norm.
     """
     if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss became {float(loss)}")
+        raise TrainingDiverged(f"loss became {float(loss.detach())}")
     loss.backward()
     grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
     norm = torch.stack(grads).norm() if grads else torch.zeros(())

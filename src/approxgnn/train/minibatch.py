@@ -203,25 +203,41 @@ class MiniBatchTrainer(Trainer):
     @torch.no_grad()
     def infer(self, nodes: np.ndarray | None = None) -> torch.Tensor:
         """Exact logits ``[len(nodes), C]`` (all nodes by default) by layer-wise inference over
-        full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read."""
+        full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read.
+
+        Layer ``l`` is computed only for the nodes the layers above read (the receptive field of
+        ``nodes``: ``R_{L-1} = nodes``, ``R_{l-1} = R_l ∪ N(R_l)``), each node once. A model that
+        aggregates before its linear maps (SAGE, ``norm == "mean"``) reads the whole input matrix
+        through blocks with mapped columns; one that transforms first (GCN) gets each chunk's
+        sources copied out, so that it transforms only those.
+        """
         self.model.eval()
         n, num_layers, ebs = self.sampler.graph.num_nodes, self.cfg.layers, self.rc.eval_batch_size
-        all_nodes = np.arange(n)
-        nodes = all_nodes if nodes is None else np.asarray(nodes, dtype=np.int64)
+        nodes = np.arange(n) if nodes is None else np.asarray(nodes, dtype=np.int64)
+        needed = [nodes]
+        for _ in range(num_layers - 1):
+            needed.insert(0, self.sampler.closed_neighbourhood(needed[0]))
+        mapped = self.model.norm == "mean"
         dummy = torch.zeros(1, self.store.dim, device=self.device)
-        total = sum(-(-len(all_nodes if l < num_layers - 1 else nodes) // ebs) for l in range(num_layers))
-        bar = tqdm(total=total, desc="eval", disable=not self.cfg.progress, leave=False, dynamic_ncols=True)
-        h: torch.Tensor | None = None  # outputs of the layer below, for every node
-        for layer in range(num_layers):
-            targets = all_nodes if layer < num_layers - 1 else nodes
+        bar = tqdm(total=sum(-(-len(r) // ebs) for r in needed), desc="eval", disable=not self.cfg.progress,
+                   leave=False, dynamic_ncols=True)
+        h: torch.Tensor | None = None  # outputs of the layer below; row pos[v] holds node v
+        pos = np.arange(n)  # layer 0 reads the features: row v is node v
+        for layer, targets in enumerate(needed):
+            if mapped and layer == 0:
+                h = self.store.full().to(self.device)
             out: torch.Tensor | None = None
             for s in range(0, len(targets), ebs):
-                block, src = self.sampler.full_block(targets[s : s + ebs])
-                if layer == 0:
-                    x_in = self.features.gather(src).to(self.device)
+                chunk = targets[s : s + ebs]
+                if mapped:
+                    x_in = h
+                    op = self.sampler.rows_block(chunk, pos, len(h)).operator(self.device)
+                    prop = LayerwisePropagation(layer, op, x_in, torch.from_numpy(pos[chunk]).to(self.device))
                 else:
-                    x_in = h[torch.from_numpy(src).to(self.device)]
-                prop = LayerwisePropagation(layer, block.operator(self.device), x_in)
+                    block, src = self.sampler.full_block(chunk)
+                    x_in = self.features.gather(src).to(self.device) if layer == 0 else \
+                        h[torch.from_numpy(pos[src]).to(self.device)]
+                    prop = LayerwisePropagation(layer, block.operator(self.device), x_in)
                 try:
                     o = self.model(x_in if layer == 0 else dummy, prop)
                 except LayerOutput as stop:
@@ -231,6 +247,8 @@ class MiniBatchTrainer(Trainer):
                 out[s : s + o.size(0)] = o
                 bar.update()
             h = out
+            pos = np.full(n, -1, np.int64)
+            pos[targets] = np.arange(len(targets))
         bar.close()
         return h
 
