@@ -111,6 +111,18 @@ def test_capacity_guard_reuses_stale_then_grows_then_replaces_oldest():
     assert hc.admit(1, np.arange(10, 20), torch.zeros(10, D), now=5) == 3, "never more than the capacity"
 
 
+def test_weighted_capacity_guard_keeps_the_entries_worth_most_hits():
+    weight = np.ones(N)
+    weight[[1, 2, 3]] = [10.0, 1.0, 5.0]
+    weight[[7, 8]] = [4.0, 0.5]
+    hc = HistoryCache(N, [1], D, torch.zeros(3 * D), None, staleness=10, weight=weight)
+    hc.admit(1, np.array([1, 2, 3]), torch.zeros(3, D), now=0)  # full
+    # At now=1: node 2 is worth 1×10 hits; newcomer 7 is worth 4×11, newcomer 8 only 0.5×11.
+    assert hc.admit(1, np.array([8, 7]), torch.ones(2, D), now=1) == 1
+    held = set(np.flatnonzero(hc.node_slot[1] >= 0))
+    assert held == {1, 3, 7}, "7 replaced the least valuable entry; 8 was turned away"
+
+
 def test_state_dict_roundtrip():
     _, fc, hc = shared(budget_floats=20 * D, staleness=None)
     hc.admit(0, np.array([1, 2]), torch.randn(2, D), now=3)

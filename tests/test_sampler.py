@@ -87,6 +87,24 @@ def test_full_fanout_blocks_equal_the_normalised_adjacency():
         assert torch.allclose(op.forward(x), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["mean", "gcn"])
+def test_rows_block_with_mapped_columns_equals_the_adjacency_rows(norm):
+    from approxgnn.history.propagation import LayerwisePropagation
+
+    g = random_graph(n=90)
+    dense = (mean_norm(g) if norm == "mean" else gcn_norm(g)).dense()
+    sampler = NeighborSampler(g, [-1], norm)
+    keep = np.arange(0, 90, 2)  # the input matrix holds only some nodes, in its own row order
+    order = np.random.default_rng(0).permutation(90)
+    pos = np.empty(90, np.int64)
+    pos[order] = np.arange(90)
+    x = torch.randn(90, 3)
+    block = sampler.rows_block(keep, pos, 90)
+    prop = LayerwisePropagation(0, block.operator(), x, torch.from_numpy(pos[keep]))
+    assert torch.allclose(prop(x, 0), dense[torch.from_numpy(keep)] @ x[torch.from_numpy(pos)], atol=1e-5)
+    assert torch.equal(prop.targets(x, 0), x[torch.from_numpy(pos[keep])])
+
+
 def test_gcn_block_is_unbiased():
     g = random_graph(n=100)
     dense = gcn_norm(g).dense()

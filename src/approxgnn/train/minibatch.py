@@ -116,7 +116,9 @@ class MiniBatchTrainer(Trainer):
         if self.cfg.layers < 2 or not layers:
             raise ValueError(f"policy {self.policy!r} caches hidden layers; a {self.cfg.layers}-layer model has none")
         staleness = self.rc.staleness if self.policy == "refresh" else None
-        cache = HistoryCache(num_nodes, sorted(set(layers)), self.cfg.hidden, arena, self.feature_cache, staleness)
+        # Capacity guard by degree: a uniform sampler reaches a node about in proportion to it.
+        cache = HistoryCache(num_nodes, sorted(set(layers)), self.cfg.hidden, arena, self.feature_cache, staleness,
+                             weight=np.diff(self.sampler.rowptr))
         self.engine = HistoryEngine(cache, self.policy, self.rc.rate, self.rc.evict)
 
     # ---- training ------------------------------------------------------------------------
