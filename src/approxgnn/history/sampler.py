@@ -19,6 +19,10 @@ Randomness is a counter-based hash of ``(key, hop, node)`` (splitmix64), so a ba
 function of its key — independent of thread scheduling — and a resumed run redraws it exactly.
 Use :func:`batch_key` to derive the key from ``(seed, epoch, batch)``.
 
+For exact layer-wise inference, :meth:`NeighborSampler.closed_neighbourhood` gives a layer's
+receptive field and :meth:`NeighborSampler.full_block` / :meth:`NeighborSampler.rows_block` give
+full-neighbourhood blocks (relabelled, or with columns mapped into an existing input matrix).
+
 Block values (the normalisation of a *sampled* row):
 
 * ``mean`` (SAGE): ``1 / k_i`` over the ``k_i`` sampled neighbours (0 for an isolated node).

@@ -14,8 +14,9 @@ load (sample with pruning, gather, serve hits; one batch ahead in a worker threa
 of the training nodes drawn from ``(seed, epoch)`` and its sample from ``(seed, epoch, b)``, so
 a resumed run redraws every batch exactly.
 
-Evaluation never reads the history cache: layer ``l``'s output is computed for every node, in
-chunks of ``eval_batch_size`` targets, from layer ``l−1``'s outputs over full neighbourhoods.
+Evaluation never reads the history cache: layer ``l``'s output is computed, in chunks of
+``eval_batch_size`` targets, for every node of the evaluated nodes' receptive field, from layer
+``l−1``'s outputs over full neighbourhoods (exact layer-wise inference, as PyG/DGL/GAS do it).
 """
 from __future__ import annotations
 
@@ -226,12 +227,15 @@ class MiniBatchTrainer(Trainer):
         h: torch.Tensor | None = None  # outputs of the layer below; row pos[v] holds node v
         pos = np.arange(n)  # layer 0 reads the features: row v is node v
         for layer, targets in enumerate(needed):
-            if mapped and layer == 0:
-                h = self.store.full().to(self.device)
+            # Layer 0 reads the feature store in place on the CPU; on an accelerator it gathers
+            # each chunk's rows instead of copying every feature over.
+            by_rows = mapped and (layer > 0 or self.device.type == "cpu")
+            if by_rows and layer == 0:
+                h = self.store.full()
             out: torch.Tensor | None = None
             for s in range(0, len(targets), ebs):
                 chunk = targets[s : s + ebs]
-                if mapped:
+                if by_rows:
                     x_in = h
                     op = self.sampler.rows_block(chunk, pos, len(h)).operator(self.device)
                     prop = LayerwisePropagation(layer, op, x_in, torch.from_numpy(pos[chunk]).to(self.device))
