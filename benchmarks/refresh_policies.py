@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import gc
+import json
 import os
 import statistics
 import time
@@ -193,6 +194,25 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     print(f"wrote {path}")
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The summary and profile tables as Markdown (what RESULTS.md shows)."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    def table(lines: list[dict[str, Any]]) -> str:
+        cols = list(lines[0])
+        out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(cell(l[c]) for c in cols) + " |" for l in lines]
+        return "\n".join(out)
+
+    return table(summarise(rows)) + "\n\nTime per epoch by phase (s, medians):\n\n" + table(profile_table(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="synthetic-2m,tolokers,twitch-de,cora,citeseer")
@@ -212,7 +232,13 @@ def main() -> None:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--json")
     p.add_argument("--plot")
+    p.add_argument("--markdown", help="write the tables as Markdown to this file")
+    p.add_argument("--from-json", nargs="+", help="re-render tables/plot from earlier --json files; no training")
     a = p.parse_args()
+    if a.from_json:
+        rows = [r for f in a.from_json for r in json.loads(Path(f).read_text())["runs"]]
+        report(rows, a)
+        return
     if a.quick:
         a.datasets, a.seeds = "synthetic-quick", "0"
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -227,15 +253,22 @@ def main() -> None:
                 rows.append(one_run(name, pol, seed, data, a))
         del data
         gc.collect()
+    report(rows, a)
+    if a.json:
+        _common.write_json(a.json, {"args": vars(a), "presets": PRESETS, "common": COMMON,
+                                    "summary": summarise(rows), "profile": profile_table(rows), "runs": rows})
+
+
+def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
     summary = summarise(rows)
     print(format_table(summary, list(summary[0])))
     prof = profile_table(rows)
     print(format_table(prof, list(prof[0])))
     if a.plot:
         plot(rows, a.plot)
-    if a.json:
-        _common.write_json(a.json, {"args": vars(a), "presets": PRESETS, "common": COMMON, "summary": summary,
-                                    "profile": prof, "runs": rows})
+    if a.markdown:
+        Path(a.markdown).write_text(markdown(rows) + "\n")
+        print(f"wrote {a.markdown}")
 
 
 if __name__ == "__main__":
