@@ -74,3 +74,31 @@ def others_meter() -> Iterator[OthersMeter]:
     finally:
         b1, _, o1, w1 = *_cpu_jiffies(), _own_cpu(), time.monotonic()
         m.cores = max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-9)
+
+
+LOCK = "/tmp/approxgnn-bench.lock"
+
+
+@contextmanager
+def bench_lock(path: str | None = LOCK) -> Iterator[None]:
+    """Hold the shared benchmark lock (the one ``flock /tmp/approxgnn-bench.lock`` takes) while a
+    timed section runs, so long suites release it between runs instead of for hours.
+
+    Do not also wrap the script in ``flock`` on the same file: the inner lock would wait forever.
+    ``path=None`` disables locking.
+    """
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        t0 = time.monotonic()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        waited = time.monotonic() - t0
+        if waited > 5:
+            print(f"  (waited {waited:.0f}s for {path})", flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
