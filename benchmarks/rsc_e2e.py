@@ -222,7 +222,7 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--data-root", default=str(SHARED) if SHARED.is_dir() else None)
     p.add_argument("--plot", default=None, help="PNG: validation metric vs training time, exact vs RSC")
-    p.add_argument("--plot-datasets", default="cora,synthetic-1m")
+    p.add_argument("--plot-datasets", default="tolokers,synthetic-1m")
     p.add_argument("--grad-error", action="store_true",
                    help="also measure the mean relative gradient error of each RSC variant (seed 0, untimed)")
     p.add_argument("--max-busy", type=float, default=0.25,
@@ -248,6 +248,8 @@ def main() -> None:
         print(f"resuming: {len(runs)} runs already in {a.json}")
     done = {(r["dataset"], r["model"], r["variant"], r["seed"]) for r in runs}
     for ds in datasets:
+        if all((ds, m, v, sd) in done for m in models for sd in seeds for v in variants):
+            continue  # everything for this dataset is already in --json
         t0 = time.perf_counter()
         data = load_dataset(ds, root=a.data_root, seed=0)
         print(f"[{ds}] {data.num_nodes} nodes, {data.num_edges} edges, {data.num_features} features, "

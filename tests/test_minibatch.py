@@ -148,12 +148,12 @@ def test_engine_sample_has_no_history_and_bad_setups_fail_clearly():
         build_trainer(config(layers=1, refresh={"fanouts": [3]}), data)
 
 
-def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys):
+def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys, shared_data):
     path = tmp_path / "cora.npy"
-    assert main(["prepare", "--dataset", "cora", "--out", str(path)]) == 0
+    assert main(["prepare", "--dataset", "cora", "--data-root", str(shared_data), "--out", str(path)]) == 0
     assert np.load(path, mmap_mode="r").shape == (2708, 1433)
     out = tmp_path / "run"
-    code = main(["train", "--dataset", "cora", "--model", "sage", "--engine", "refresh", "--layers", "2",
+    code = main(["train", "--dataset", "cora", "--data-root", str(shared_data), "--model", "sage", "--engine", "refresh", "--layers", "2",
                  "--fanouts", "5,5", "--batch-size", "64", "--cache-mb", "1", "--epochs", "2", "--hidden", "16",
                  "--features-path", str(path), "--no-progress", "--out", str(out)])
     assert code == 0

@@ -187,3 +187,28 @@ def test_trainer_runs_rsc_and_records_stats(tmp_path, model, one_torch_thread):
     assert all(v["approx_steps"] == 22 for v in layers.values())
     kept = sum(v["nnz_kept_frac_mean"] * v["width"] for v in layers.values())
     assert 0 < kept <= 0.2 * sum(v["width"] for v in layers.values()) + 1e-9
+
+
+def test_interrupted_run_resumes_identically(tmp_path, one_torch_thread):
+    from approxgnn.train import build_trainer, fit, read_checkpoint
+
+    data = planted_dataset(n=150)
+    rsc = RSCConfig(budget=0.2, warmup=1, tune_interval=3, cache_interval=4)
+
+    def cfg(out):
+        return TrainConfig(dataset="planted", model="gcn", engine="rsc", hidden=8, layers=3, epochs=12,
+                           checkpoint_every=5, out=str(out), progress=False, rsc=rsc)
+
+    full = fit(build_trainer(cfg(tmp_path / "a"), data))
+
+    class Crash(Exception):
+        pass
+
+    tr = build_trainer(cfg(tmp_path / "b"), data)
+    step = tr.train_epoch
+    tr.train_epoch = lambda e: (_ for _ in ()).throw(Crash()) if e == 7 else step(e)  # dies after the epoch-5 checkpoint
+    with pytest.raises(Crash):
+        fit(tr)
+    resumed = fit(build_trainer(cfg(tmp_path / "b"), data), resume_state=read_checkpoint(tmp_path / "b"))
+    assert [c["loss"] for c in resumed["curve"]] == [c["loss"] for c in full["curve"]]
+    assert resumed["engine_stats"]["resamples"] == full["engine_stats"]["resamples"]
