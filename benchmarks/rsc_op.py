@@ -1,6 +1,9 @@
 """RSC op benchmark: one backward SpMM, sampled (cache warm) vs our exact, on synthetic power-law graphs.
 
-    flock /tmp/approxgnn-bench.lock python benchmarks/rsc_op.py [--quick] [--json out.json]
+    python benchmarks/rsc_op.py [--quick] [--json out.json]
+
+It takes the shared benchmark lock ``/tmp/approxgnn-bench.lock`` itself around each timed block
+(and waits for the machine to be quiet first); do not wrap it in ``flock``.
 
 For every graph × width d × budget C:
 
@@ -47,8 +50,39 @@ def _ms(fn, repeats: int) -> float:
     return _common.median(_common.time_runs(fn, repeats, 1)) * 1e3
 
 
+def _time_budget(op, csr, deg, row_norm, g, exact_out, d: int, c: float, repeats: int) -> dict:
+    """Time one budget through the engine's own per-layer object: WARMUP gathers the statistics
+    (one exact step), the greedy allocates C (one layer here: top rows by score until C·nnz
+    non-zeros), then APPROX steps either resample or hit the cache (R is made huge to control it)."""
+    n, nnz = g.size(0), csr.nnz
+    smp = LayerSampler(0, d, op, csr, deg, row_norm, RSCConfig(budget=c, cache_interval=10**9), seed=0)
+    smp.mode = WARMUP
+    smp.backward(g)
+    smp.set_allocation(allocate_budget({0: smp.stats}, nnz, c)[0])
+    smp.mode = APPROX
+
+    def resample():
+        smp.slice = None
+        smp.backward(g)
+
+    resample_total_ms = _ms(resample, max(3, repeats // 2))
+    sampled_ms = _ms(lambda: smp.backward(g), repeats)  # cache hit: the product only
+    slc = smp.slice
+    buf = smp.backward(g)
+    rel = float(torch.sub(buf, exact_out, out=buf).norm() / exact_out.norm())  # in place: no extra N×d
+    tm = torch.sparse_csr_tensor(slc.rowptr, slc.col, slc.value, (n, n))
+
+    def torch_path():  # the device-agnostic path: diagonal into the buffer, then CSR addmm
+        torch.mul(g, op.diag, out=buf)
+        torch.addmm(buf, tm, g, out=buf)
+
+    torch_ms = _ms(torch_path, repeats)
+    return {"slice": slc, "sampled_ms": sampled_ms, "resample_ms": max(resample_total_ms - sampled_ms, 0.0),
+            "torch_ms": torch_ms, "rel": rel}
+
+
 def bench_graph(name: str, nodes: int, degree: float, dims: list[int], budgets: list[float], repeats: int,
-                cache_interval: int, a_max_busy: float) -> list[dict]:
+                cache_interval: int, a_max_busy: float, lock: str | None) -> list[dict]:
     t0 = time.perf_counter()
     data = synthetic(num_nodes=nodes, avg_degree=degree, num_features=1, seed=0)
     adj = gcn_norm(CSRGraph.from_edge_index(data.edge_index, data.num_nodes))
@@ -66,43 +100,16 @@ def bench_graph(name: str, nodes: int, degree: float, dims: list[int], budgets: 
         exact_out = op.backward(g)
         full = build_slice(csr, torch.arange(n))
         kbuf = torch.empty_like(g)
-        rsc_common.wait_quiet(a_max_busy)
-        with rsc_common.others_meter() as m_exact:
+        with rsc_common.quiet_lock(lock, a_max_busy), rsc_common.others_meter() as m_exact:
             exact_ms = _ms(lambda: op.backward(g), repeats)
             kexact_ms = _ms(lambda: sampled_backward(full, g, op.diag, kbuf), repeats)
         del full, kbuf
         print(f"[{name} d={d}] exact {exact_ms:.0f} ms, kernel-matched exact {kexact_ms:.0f} ms", flush=True)
         for c in budgets:
-            rsc_common.wait_quiet(a_max_busy)
-            meter = rsc_common.others_meter()
-            m = meter.__enter__()
-            # The engine's own per-layer object: WARMUP gathers the statistics (one exact step),
-            # the greedy allocates C (one layer here: top rows by score until C·nnz non-zeros),
-            # then APPROX steps either resample or hit the cache (R is made huge to control it).
-            smp = LayerSampler(0, d, op, csr, deg, row_norm, RSCConfig(budget=c, cache_interval=10**9), seed=0)
-            smp.mode = WARMUP
-            smp.backward(g)
-            smp.set_allocation(allocate_budget({0: smp.stats}, nnz, c)[0])
-            smp.mode = APPROX
-
-            def resample():
-                smp.slice = None
-                smp.backward(g)
-
-            resample_total_ms = _ms(resample, max(3, repeats // 2))
-            sampled_ms = _ms(lambda: smp.backward(g), repeats)  # cache hit: the product only
-            resample_ms = max(resample_total_ms - sampled_ms, 0.0)
-            slc = smp.slice
-            buf = smp.backward(g)
-            rel = float(torch.sub(buf, exact_out, out=buf).norm() / exact_out.norm())  # in place: no extra N×d
-            tm = torch.sparse_csr_tensor(slc.rowptr, slc.col, slc.value, (n, n))
-
-            def torch_path():  # the device-agnostic path: diagonal into the buffer, then CSR addmm
-                torch.mul(g, op.diag, out=buf)
-                torch.addmm(buf, tm, g, out=buf)
-
-            torch_ms = _ms(torch_path, repeats)
-            meter.__exit__(None, None, None)
+            with rsc_common.quiet_lock(lock, a_max_busy), rsc_common.others_meter() as m:
+                t = _time_budget(op, csr, deg, row_norm, g, exact_out, d, c, repeats)
+            slc = t["slice"]
+            sampled_ms, resample_ms, torch_ms, rel = t["sampled_ms"], t["resample_ms"], t["torch_ms"], t["rel"]
             row = {"graph": name, "nodes": n, "nnz": nnz, "d": d, "C": c,
                    "rows_kept": slc.rows / n, "nnz_kept": slc.nnz / nnz,
                    "exact_ms": exact_ms, "kexact_ms": kexact_ms, "sampled_ms": sampled_ms,
@@ -114,7 +121,7 @@ def bench_graph(name: str, nodes: int, degree: float, dims: list[int], budgets: 
             print(f"  C={c}: rows {row['rows_kept']:.3f} nnz {row['nnz_kept']:.3f} sampled {sampled_ms:.1f} ms "
                   f"(torch {torch_ms:.1f}) resample {resample_ms:.0f} ms speedup {row['speedup']:.1f}x "
                   f"amortised {row['amortised']:.1f}x err {rel:.3f}", flush=True)
-            del slc, tm, smp, buf
+            del slc, t
         del g, exact_out
     return rows
 
@@ -129,6 +136,7 @@ def main() -> None:
     p.add_argument("--cache-interval", type=int, default=10, help="R used for the amortised speedup")
     p.add_argument("--max-busy", type=float, default=0.25,
                    help="wait until other processes use fewer cores than this before each measurement")
+    p.add_argument("--lock", default=rsc_common.LOCK, help="benchmark lock ('' for none); do not also wrap in flock")
     p.add_argument("--json")
     a = p.parse_args()
     graphs = QUICK_GRAPHS if a.quick else {k: GRAPHS[k] for k in (a.graphs.split(",") if a.graphs else GRAPHS)}
@@ -139,7 +147,7 @@ def main() -> None:
     print(f"threads: torch {torch.get_num_threads()}, numba kernels: {kernels.use_numba(torch.empty(0))}")
     rows = []
     for name, (nodes, degree) in graphs.items():
-        rows += bench_graph(name, nodes, degree, dims, budgets, repeats, a.cache_interval, a.max_busy)
+        rows += bench_graph(name, nodes, degree, dims, budgets, repeats, a.cache_interval, a.max_busy, a.lock)
     cols = ["graph", "d", "C", "rows_kept", "nnz_kept", "exact_ms", "kexact_ms", "sampled_ms", "torch_sampled_ms",
             "resample_ms", "speedup", "speedup_kernel_matched", "amortised", "rel_err", "others_cpu"]
     print(format_table(rows, cols))

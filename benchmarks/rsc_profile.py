@@ -1,6 +1,8 @@
 """Where an end-to-end training step spends its time, exact vs RSC (torch.profiler, CPU).
 
-    flock /tmp/approxgnn-bench.lock python benchmarks/rsc_profile.py --dataset synthetic-1m --model gcn
+    python benchmarks/rsc_profile.py --dataset synthetic-1m --model gcn --json rsc_profile_gcn.json
+
+(takes the shared benchmark lock itself around each profiled section; do not wrap it in ``flock``)
 
 Builds the real trainer, runs the exact warm-up until RSC approximates with a warm cache, then
 profiles ``--epochs`` training steps (default 10 = one resample period, so sampling cost is
@@ -66,6 +68,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="synthetic-50k, 3 profiled steps")
     p.add_argument("--max-busy", type=float, default=0.25,
                    help="wait until other processes use fewer cores than this before profiling")
+    p.add_argument("--lock", default=rsc_common.LOCK, help="benchmark lock ('' for none); do not also wrap in flock")
     p.add_argument("--json")
     a = p.parse_args()
     if a.quick:
@@ -82,10 +85,10 @@ def main() -> None:
         tr = build_trainer(cfg, data)
         for e in range(warm + 1):  # exact warm-up, then the first approximate step (a resample)
             tr.train_epoch(e)
-        rsc_common.wait_quiet(a.max_busy)
-        t0 = time.perf_counter()
-        with rsc_common.others_meter() as meter, profile(activities=[ProfilerActivity.CPU]) as prof:
-            steps = [tr.train_epoch(e)["step_time_s"] for e in range(warm + 1, warm + 1 + a.epochs)]
+        with rsc_common.quiet_lock(a.lock, a.max_busy):
+            t0 = time.perf_counter()
+            with rsc_common.others_meter() as meter, profile(activities=[ProfilerActivity.CPU]) as prof:
+                steps = [tr.train_epoch(e)["step_time_s"] for e in range(warm + 1, warm + 1 + a.epochs)]
         wall = time.perf_counter() - t0
         step_s = sum(steps)
         cat = {k: v / a.epochs for k, v in categorise(prof, step_s).items()}
