@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import dropout
 from .propagation import Propagation
 
 
@@ -41,7 +42,7 @@ class _Stack(nn.Module):
         return prop.hidden(h, layer)
 
     def _drop(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.dropout, self.training)
+        return dropout(x, self.dropout, self.training)
 
     def reset_parameters(self) -> None:
         for m in self.modules():
