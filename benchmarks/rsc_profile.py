@@ -49,7 +49,7 @@ def categorise(prof, step_s: float) -> dict[str, float]:
             cat["spmm_bwd"] += total
         elif name in ("aten::linear", EVAL + "AddmmBackward0", EVAL + "MmBackward0"):
             cat["linear"] += total
-        elif name in ("aten::dropout", EVAL + "MulBackward0"):
+        elif name in ("aten::dropout", "_HashDropout", EVAL + "_HashDropoutBackward", EVAL + "MulBackward0"):
             cat["dropout"] += total
     cat["other"] = max(step_s - sum(cat.values()), 0.0)
     return cat
