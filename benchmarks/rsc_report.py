@@ -44,9 +44,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def e2e_table(d: dict, variants: list[str] | None = None) -> str:
     runs = d["runs"]
     variants = variants or sorted({r["variant"] for r in runs} - {"exact"}, key=lambda v: (v != "rsc", v))
-    out = ["| dataset | model | variant | metric | exact train s | RSC train s | speedup | exact test | RSC test "
+    out = ["| dataset | model | variant | metric | seeds | exact train s | RSC train s | speedup | exact test | RSC test "
            "| Δ test (pp) | FLOPs kept | grad. error | others' CPU (max) |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keys = []
     for r in runs:
         k = (r["dataset"], r["model"])
@@ -56,18 +56,21 @@ def e2e_table(d: dict, variants: list[str] | None = None) -> str:
         ex = [r for r in runs if r["dataset"] == ds and r["model"] == model and r["variant"] == "exact"]
         if not ex:
             continue
-        et, ets = _mean_std([r["train_time_s"] for r in ex])
-        em, ems = _mean_std([100 * r["test"] for r in ex])
         for v in variants:
             rs = [r for r in runs if r["dataset"] == ds and r["model"] == model and r["variant"] == v]
             if not rs:
                 continue
+            # Compare with the exact runs of the same seeds only (a variant may cover fewer).
+            seeds = {r["seed"] for r in rs}
+            ex_s = [r for r in ex if r["seed"] in seeds] or ex
+            et, ets = _mean_std([r["train_time_s"] for r in ex_s])
+            em, ems = _mean_std([100 * r["test"] for r in ex_s])
             t, ts = _mean_std([r["train_time_s"] for r in rs])
             m, ms = _mean_std([100 * r["test"] for r in rs])
             kept = [r["flops_kept_approx"] for r in rs if r.get("flops_kept_approx") is not None]
             ge = [r["grad_err"] for r in rs if r.get("grad_err") is not None]
-            busy = max([r.get("others_cpu", 0.0) for r in rs + ex])
-            out.append(f"| {ds} | {model} | {v} | {rs[0]['metric']} | {et:.1f} ± {ets:.1f} | {t:.1f} ± {ts:.1f} | "
+            busy = max([r.get("others_cpu", 0.0) for r in rs + ex_s])
+            out.append(f"| {ds} | {model} | {v} | {rs[0]['metric']} | {len(rs)} | {et:.1f} ± {ets:.1f} | {t:.1f} ± {ts:.1f} | "
                        f"**{et / t:.2f}x** | {em:.2f} ± {ems:.2f} | {m:.2f} ± {ms:.2f} | {m - em:+.2f} | "
                        f"{_f(statistics.fmean(kept), 1, True) + '%' if kept else '–'} | "
                        f"{_f(statistics.fmean(ge), 2) if ge else '–'} | {busy:.2f} |")
