@@ -99,7 +99,7 @@ def main() -> None:
     if a.op:
         print(op_table(_load(a.op)), end="\n\n")
     if a.e2e:
-        print(e2e_table(_load(a.e2e), ["rsc"]), end="\n\n")
+        print(e2e_table(_load(a.e2e)), end="\n\n")
     if a.ablation:
         print(e2e_table(_load(a.ablation)), end="\n\n")
     if a.profile:
