@@ -14,7 +14,7 @@ def test_identity_when_off():
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_keep_fraction_and_scale(p):
     torch.manual_seed(0)
-    x = torch.ones(400, 1001)  # 400_400 elements, not a multiple of the 4-lane group size... plus a tail
+    x = torch.ones(400, 1001)
     y = dropout(x, p)
     kept = y != 0
     assert abs(kept.float().mean().item() - (1 - p)) < 0.005  # 5 σ at n = 4e5 is < 0.004
@@ -23,13 +23,11 @@ def test_keep_fraction_and_scale(p):
 
 
 def test_tail_elements_are_masked():
+    # 5 elements = one full group of 4 hashed lanes plus a tail group of 1.
     torch.manual_seed(1)
-    y = dropout(torch.ones(2000, 3), 0.5)  # 6000 = 1500 groups of 4; and one with a tail:
-    z = dropout(torch.ones(4001), 0.5)
-    assert 0.4 < (y != 0).float().mean() < 0.6
-    assert (z[-1:] == 0).any() or (z[-1:] == 2).all()
-    tails = torch.stack([dropout(torch.ones(5), 0.5)[4] for _ in range(200)])
-    assert 0 < (tails == 0).sum() < 200  # the tail lane is random, not fixed
+    tails = torch.stack([dropout(torch.ones(5), 0.5)[4] for _ in range(400)])
+    assert set(tails.tolist()) == {0.0, 2.0}
+    assert 150 < int((tails == 0).sum()) < 250  # the tail lane is random and fair, not fixed
 
 
 def test_backward_reuses_the_forward_mask():
