@@ -230,7 +230,8 @@ def main() -> None:
     p.add_argument("--lock", help="flock this file around each timed run (e.g. /tmp/approxgnn-bench.lock)")
     p.add_argument("--quick", action="store_true", help="smoke test: a 50k-node graph, one seed")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--json")
+    p.add_argument("--json", help="written after every run")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --json and skip them")
     p.add_argument("--plot")
     p.add_argument("--markdown", help="write the tables as Markdown to this file")
     p.add_argument("--from-json", nargs="+", help="re-render tables/plot from earlier --json files; no training")
@@ -243,17 +244,30 @@ def main() -> None:
         a.datasets, a.seeds = "synthetic-quick", "0"
     seeds = [int(s) for s in a.seeds.split(",")]
     rows: list[dict[str, Any]] = []
+    if a.resume and a.json and Path(a.json).exists():
+        rows = json.loads(Path(a.json).read_text())["runs"]
+        print(f"resuming: {len(rows)} runs already in {a.json}")
+    done = {(r["dataset"], r["policy"], r["seed"]) for r in rows}
+    policies = a.policies.split(",")
     for name in a.datasets.split(","):
+        if all((name, pol, seed) in done for seed in seeds for pol in policies):
+            continue
         t0 = time.perf_counter()
         data = load(name, Path(a.data_dir), a.data_root)
         print(f"{name}: {data.num_nodes} nodes, {data.num_edges} edges, {data.num_features} features, "
               f"train {int(data.train_mask.sum())} (loaded in {time.perf_counter() - t0:.0f}s)", flush=True)
         for seed in seeds:
-            for pol in a.policies.split(","):
-                rows.append(one_run(name, pol, seed, data, a))
+            for pol in policies:
+                if (name, pol, seed) not in done:
+                    rows.append(one_run(name, pol, seed, data, a))
+                    save(rows, a)  # after every run, so a cut-off sweep keeps what it measured
         del data
         gc.collect()
     report(rows, a)
+    save(rows, a)
+
+
+def save(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
     if a.json:
         _common.write_json(a.json, {"args": vars(a), "presets": PRESETS, "common": COMMON,
                                     "summary": summarise(rows), "profile": profile_table(rows), "runs": rows})
