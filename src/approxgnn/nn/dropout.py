@@ -3,8 +3,9 @@
 ``F.dropout`` on CPU draws one Bernoulli float per element: on a 2-core machine that is 3.8 s
 for a 1M×256 activation, more than the layer's SpMM. Here each element keeps its value iff
 16 bits of ``splitmix64(seed, index // 4)`` are at least ``round(p · 2^16)``, computed in a
-parallel numba loop (~30x cheaper). The backward recomputes the same mask from the seed instead
-of saving it, so no ``N×d`` mask tensor lives between forward and backward.
+parallel numba loop: forward+backward ~5x cheaper (``benchmarks/dropout.py``). The backward
+recomputes the same mask from the seed instead of saving it, so no ``N×d`` mask tensor lives
+between forward and backward.
 
 The seed is drawn from torch's default generator, so ``torch.manual_seed`` and the RNG state
 kept in checkpoints still make runs repeatable. Non-CPU tensors use ``F.dropout`` (fast on GPU).
