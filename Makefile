@@ -24,9 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-# Optional: PyG (pure Python) for the peer columns of the benchmarks.
+# Optional: PyG for the peer columns of the benchmarks. torch-scatter and torch-sparse (PyG's
+# sampler backend) have no wheels here: they compile from source, several minutes each.
 peer: $(STAMP)
 	$(PY) -m pip install -q torch_geometric
+	$(PY) -m pip install -q --no-build-isolation torch-scatter torch-sparse
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -146,7 +146,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "saved_vs_feature_cache": (b_bytes - by) / f_saved if f_saved and f_saved > 0 else None,
                     "hit_rate": _med(rs, "hit_rate"), "mean_age": _med(rs, "mean_age"),
                     "test_%": f"{statistics.mean(tests):.2f} ± {statistics.pstdev(tests):.2f}",
-                    "Δtest_pp": statistics.mean(tests) - 100 * b_test, "seeds": len(rs)}
+                    # rounded: a policy that reproduces the baseline exactly differs only by float noise
+                    "Δtest_pp": f"{statistics.mean(tests) - 100 * b_test:+.2f}", "seeds": len(rs)}
             out.append(line)
     return out
 
