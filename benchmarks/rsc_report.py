@@ -47,11 +47,11 @@ def e2e_table(d: dict, variants: list[str] | None = None) -> str:
     out = ["| dataset | model | variant | metric | seeds | exact train s | RSC train s | speedup | exact test | RSC test "
            "| Δ test (pp) | FLOPs kept | grad. error | others' CPU (max) |",
            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    keys = []
-    for r in runs:
-        k = (r["dataset"], r["model"])
-        if k not in keys:
-            keys.append(k)
+    # grouped by dataset, then model, each in order of first appearance (runs may be merged files)
+    datasets = list(dict.fromkeys(r["dataset"] for r in runs))
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    keys = sorted(dict.fromkeys((r["dataset"], r["model"]) for r in runs),
+                  key=lambda k: (datasets.index(k[0]), models.index(k[1])))
     for ds, model in keys:
         ex = [r for r in runs if r["dataset"] == ds and r["model"] == model and r["variant"] == "exact"]
         if not ex:
