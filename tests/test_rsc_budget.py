@@ -30,19 +30,26 @@ def test_flops_kept_never_exceed_budget(n, layers, budget, mode, seed, step):
         widths[l] = int(torch.randint(1, 300, (1,), generator=g))
         stats[l] = _stats(sc, deg, widths[l], fnorm=float(torch.rand(1, generator=g)) + 0.1)
     alloc = allocate_budget(stats, nnz, budget, step=step, mode=mode)
-    spent = sum(alloc[l].max_nnz * widths[l] for l in alloc)
+    spent = sum(alloc[l].flops(widths[l]) for l in alloc)
     assert spent <= budget_flops(budget, nnz, widths) + 1e-6
     for l, a in alloc.items():
+        need = int(stats[l].cum_nnz[int((stats[l].sorted_scores > 0).sum())])
+        if a.max_nnz == nnz and a.ratio == 1.0:  # uncapped: the statistics' whole need was planned
+            assert a.planned_nnz == need
+            continue
+        assert a.planned_nnz == a.max_nnz < need or mode == "uniform"
         assert 0 <= a.rows <= int((stats[l].sorted_scores > 0).sum())
-        assert a.max_nnz <= int(stats[l].cum_nnz[a.rows])
         if mode == "uniform":
             assert a.max_nnz <= budget * nnz
+        else:
+            assert a.max_nnz <= int(stats[l].cum_nnz[a.rows])
 
 
 def test_full_budget_keeps_every_nonzero_row():
     st_ = _stats([3.0, 2.0, 0.0, 1.0], [1, 2, 3, 4], 8)
     a = allocate_budget({0: st_}, 10, 1.0)[0]
-    assert a == Allocation(0.75, 3, 7)
+    # Never shrunk: uncapped (rows that gain a gradient later are kept too), 7 non-zeros planned.
+    assert a == Allocation(1.0, 4, 10, planned_nnz=7)
 
 
 def test_argmin_delta_vs_delta_per_flop():

@@ -5,8 +5,8 @@ import torch
 from approxgnn.graph import CSRGraph, normalize
 from approxgnn.ops import SparseOperator
 from approxgnn.rsc import kernels
-from approxgnn.rsc.spmm import (CSR, SampledSpMM, build_slice, row_scores, sampled_backward, select_importance,
-                                select_topk)
+from approxgnn.rsc.spmm import (CSR, SampledSpMM, build_slice, inclusion_probabilities, row_scores, sampled_backward,
+                                select_importance, select_poisson, select_topk)
 
 
 def _adj(kind, n=60, e=400, seed=0):
@@ -153,3 +153,50 @@ def test_autograd_function_forward_exact_backward_delegated(kind):
     (gx,) = torch.autograd.grad(y.square().sum(), x)
     assert calls == [torch.Size([adj.num_nodes, 4])]
     assert torch.allclose(gx, adj.dense().t() @ (2 * y), atol=1e-4)
+
+
+@pytest.mark.parametrize("frac", [0.05, 0.3, 0.9])
+def test_inclusion_probabilities_solve_the_budgeted_variance_problem(frac):
+    """π = min(1, μ s/√c) with Σ π c = budget: checked against a bisection on μ."""
+    g = torch.Generator().manual_seed(3)
+    n = 2000
+    s = torch.rand(n, generator=g, dtype=torch.float64) ** 3
+    s[torch.rand(n, generator=g) < 0.2] = 0.0
+    c = (torch.rand(n, generator=g) ** 4 * 100).long()  # power-law-ish costs, some zero
+    budget = frac * float(c[s > 0].sum())
+    pi = inclusion_probabilities(s, c, budget)
+    assert float((pi * c).sum()) == pytest.approx(budget, rel=1e-9)
+    assert bool(((pi == 0) == ((s == 0) | (c == 0))).all())
+    t = torch.where((s > 0) & (c > 0), s / c.clamp_min(1).double().sqrt(), torch.zeros((), dtype=torch.float64))
+    lo, hi = 0.0, 1e12
+    for _ in range(300):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float((torch.clamp(mid * t, max=1.0) * c).sum()) < budget else (lo, mid)
+    assert torch.allclose(pi, torch.clamp(lo * t, max=1.0), atol=1e-9)
+    # The deterministic top part: every row with π = 1 has a larger s/√c than every sampled row.
+    if bool((pi == 1).any()) and bool(((pi > 0) & (pi < 1)).any()):
+        assert float(t[pi == 1].min()) >= float(t[(pi > 0) & (pi < 1)].max())
+
+
+def test_poisson_selection_is_unbiased_and_keeps_the_budget_in_expectation():
+    g = torch.Generator().manual_seed(0)
+    norm_adj = _adj("gcn", n=120, e=900)
+    adj = CSR.from_torch(SparseOperator.from_adjacency(norm_adj).matrix.to(torch.float64))
+    grad = torch.randn(120, 5, generator=g, dtype=torch.float64)
+    exact = torch.sparse_csr_tensor(adj.rowptr, adj.col, adj.value, (120, 120)).to_dense().t() @ grad
+    scores = row_scores(norm_adj.row_norm().double(), grad)
+    degree = adj.degree()
+    budget = int(0.3 * adj.nnz)
+    total, nnz, draws = torch.zeros_like(exact), 0, 3000
+    for _ in range(draws):
+        rows, scale = select_poisson(scores, degree, budget, g)
+        slc = build_slice(adj, rows, scale)
+        total += sampled_backward(slc, grad, None)
+        nnz += slc.nnz
+    assert nnz / draws == pytest.approx(budget, rel=0.02)
+    err = (total / draws - exact).norm() / exact.norm()
+    assert err < 0.05
+    # Top-k at the same budget is deterministic and biased: its error is what it is, draw or not.
+    sorted_scores, order = torch.sort(scores, descending=True)
+    topk = sampled_backward(build_slice(adj, select_topk(sorted_scores, order, degree, budget)), grad, None)
+    assert (topk - exact).norm() / exact.norm() > 4 * err

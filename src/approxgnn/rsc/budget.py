@@ -15,6 +15,11 @@ Greedy allocation (RSC), step ``δ`` (0.02):
    over by the last 2 % step back to that layer as extra non-zeros, so the budget is hit, not
    undershot by up to a whole chunk.
 
+A layer the greedy never shrank gets an *uncapped* allowance (``max_nnz`` = all of ``Â_off``):
+its statistics only estimate which rows will carry gradient, and dropout and ReLU change that set
+at every step, so a cap taken from the last statistics would cut rows the budget meant to keep.
+``planned_nnz`` records what the allocator charged such a layer.
+
 ``mode="uniform"`` instead gives every layer the same FLOPs fraction ``C`` of its own product.
 Pure functions of the statistics: no state, easy to test.
 """
@@ -68,14 +73,23 @@ class LayerStats:
 
 @dataclass
 class Allocation:
-    """One layer's share: ``ratio`` of rows, at most ``rows`` rows and ``max_nnz`` non-zeros kept."""
+    """One layer's share: ``ratio`` of rows, at most ``rows`` rows and ``max_nnz`` non-zeros kept.
+
+    ``planned_nnz`` is the allocator's estimate of what the layer will keep (equal to ``max_nnz``
+    for a shrunk layer; the statistics' non-zero rows for an uncapped one).
+    """
 
     ratio: float
     rows: int
     max_nnz: int
+    planned_nnz: int = -1
+
+    def __post_init__(self) -> None:
+        if self.planned_nnz < 0:
+            self.planned_nnz = self.max_nnz
 
     def flops(self, width: int) -> int:
-        return self.max_nnz * width
+        return self.planned_nnz * width
 
 
 def budget_flops(budget: float, nnz: int, widths: dict[int, int]) -> float:
@@ -106,12 +120,14 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
 
     if mode == "uniform":
         out = {}
+        cap = int(budget * nnz)
         for l in stats:
-            cap = int(budget * nnz)
-            k = min(nonzero[l], int(torch.searchsorted(cum[l], torch.tensor([float(cap)], dtype=torch.float64),
-                                                       right=True)) - 1)
-            k = max(k, 0)
-            out[l] = Allocation(k / n[l], k, min(cap, int(cum[l][k])))
+            need = int(cum[l][nonzero[l]])
+            if need <= cap:  # fits: uncapped, whatever rows carry gradient at the next step
+                out[l] = _uncapped(n[l], nnz, need)
+                continue
+            k = max(int(torch.searchsorted(cum[l], torch.tensor([float(cap)], dtype=torch.float64), right=True)) - 1, 0)
+            out[l] = Allocation(k / n[l], k, cap)
         return out
 
     # Shrink steps m = 0, 1, ... lower the ratio from its start r0 (fraction of non-zero scores)
@@ -155,7 +171,8 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
         k_now[best] = rows(best, steps[best])
         spent = sum(cost(l, k_now[l]) for l in stats)  # recomputed: no drift from repeated subtraction
         last_shrunk = best
-    out = {l: Allocation(k_now[l] / n[l], k_now[l], int(cum[l][k_now[l]])) for l in stats}
+    out = {l: Allocation(k_now[l] / n[l], k_now[l], int(cum[l][k_now[l]])) if steps[l] else
+           _uncapped(n[l], nnz, int(cum[l][k_now[l]])) for l in stats}
     if last_shrunk is not None and spent < total:
         # Refill (beyond the paper): a 2 % chunk of rows can hold many non-zeros on a power-law
         # graph, so the last shrink may undershoot the budget by a lot. Hand the slack back to
@@ -165,3 +182,8 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
         extra = int((total - spent) // stats[l].width)
         out[l] = Allocation(k_prev / n[l], k_prev, min(int(cum[l][k_prev]), int(cum[l][k_now[l]]) + extra))
     return out
+
+
+def _uncapped(rows: int, nnz: int, planned: int) -> Allocation:
+    """An allowance that never truncates: every row, every non-zero of ``Â_off``."""
+    return Allocation(1.0, rows, nnz, planned)

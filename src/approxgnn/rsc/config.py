@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ALLOCATIONS = ("delta", "delta_per_flop", "uniform")
-SELECTIONS = ("topk", "importance")
+SELECTIONS = ("topk", "poisson", "importance")
 
 
 @dataclass

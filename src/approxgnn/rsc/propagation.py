@@ -31,7 +31,7 @@ from .budget import Allocation, LayerStats, allocate_budget, budget_flops
 from .config import RSCConfig
 from .schedule import APPROX, EXACT, WARMUP, Schedule
 from .spmm import CSR, SampledSlice, SampledSpMM, build_slice, cumulative_nnz, row_scores, sampled_backward, \
-    select_importance, select_topk
+    select_importance, select_poisson, select_topk
 
 _COUNTERS = ("resamples", "cache_hits", "approx_steps", "exact_steps", "nnz_kept_sum")
 _TIMERS = ("sample_time_s", "spmm_time_s")
@@ -101,9 +101,10 @@ class LayerSampler:
     def _select(self, sorted_scores: Tensor, order: Tensor, cum: Tensor) -> SampledSlice:
         a = self.alloc
         assert a is not None
-        if self.cfg.selection == "importance":
+        if self.cfg.selection in ("poisson", "importance"):
             scores = torch.empty_like(sorted_scores).scatter_(0, order, sorted_scores)
-            rows, scale = select_importance(scores, self.degree, a.max_nnz, self.generator)
+            select = select_poisson if self.cfg.selection == "poisson" else select_importance
+            rows, scale = select(scores, self.degree, a.max_nnz, self.generator)
             return build_slice(self.adj, rows, scale)
         return build_slice(self.adj, select_topk(sorted_scores, order, self.degree, a.max_nnz, cum=cum))
 
@@ -149,7 +150,8 @@ class LayerSampler:
     def state_dict(self) -> dict[str, Any]:
         a = self.alloc
         return {
-            "alloc": None if a is None else {"ratio": a.ratio, "rows": a.rows, "max_nnz": a.max_nnz},
+            "alloc": None if a is None else {"ratio": a.ratio, "rows": a.rows, "max_nnz": a.max_nnz,
+                                             "planned_nnz": a.planned_nnz},
             "stats": None if self.stats is None else self.stats.state_dict(),
             "index": None if self.slice is None else self.slice.index.cpu(),
             "scale": None if self.slice is None or self.slice.scale is None else self.slice.scale.cpu(),
@@ -162,7 +164,8 @@ class LayerSampler:
     def load_state_dict(self, s: dict[str, Any]) -> None:
         dev = self.adj.col.device
         a = s["alloc"]
-        self.alloc = None if a is None else Allocation(float(a["ratio"]), int(a["rows"]), int(a["max_nnz"]))
+        self.alloc = None if a is None else Allocation(float(a["ratio"]), int(a["rows"]), int(a["max_nnz"]),
+                                                       int(a.get("planned_nnz", a["max_nnz"])))
         self.stats = None if s["stats"] is None else LayerStats.from_state(s["stats"], dev)
         self.slice = None
         if s["index"] is not None:  # rebuild the cached slice exactly as it was
@@ -223,14 +226,15 @@ class SampledPropagation(Propagation):
     # -- the model-facing interface ----------------------------------------------------------------
     def __call__(self, x: Tensor, layer: int) -> Tensor:
         sampler = self.layers.get(layer)
-        if sampler is None or not (torch.is_grad_enabled() and x.requires_grad):
+        if sampler is None or self.cfg.budget >= 1.0 or not (torch.is_grad_enabled() and x.requires_grad):
             return spmm(self.op, x)
         return SampledSpMM.apply(x, self.op, sampler)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         if num_epochs != self.schedule.epochs:
             self._reschedule(num_epochs)
-        phase = self.schedule.phase(epoch)
+        # C = 1 keeps every FLOP: that is the exact backward, so take it (bit-identical training).
+        phase = EXACT if self.cfg.budget >= 1.0 else self.schedule.phase(epoch)
         if phase == APPROX and self.schedule.tune_due(epoch):
             if all(s.stats is not None for s in self.layers.values()):
                 self.tune(epoch)

@@ -8,8 +8,10 @@ Backward (sampled): with ``G = ∂L/∂Z`` and S a set of rows of ``Â_off``,
     \frac{\partial L}{\partial X} = \hat A^\top G \approx \sum_{i \in S} s_i\, \hat A_{\mathrm{off}}[i,:]^\top G[i,:]
     \;+\; \mathrm{diag} \odot G,
 
-where ``s_i = 1`` for deterministic top-k (biased, what RSC uses) and ``s_i = c_i / (k p_i)`` for
-importance sampling (unbiased ablation). The sum is ``T @ G`` with ``T = (diag(s) Â_off[S,:])ᵀ``,
+where ``s_i = 1`` for deterministic top-k (biased, the paper's rule), ``s_i = 1/π_i`` for
+cost-optimal Poisson sampling (unbiased: rows with ``π_i = 1`` are a deterministic top part, the
+rest are drawn independently, see :func:`inclusion_probabilities`), and ``s_i = c_i / (k p_i)`` for
+importance sampling with replacement (unbiased ablation). The sum is ``T @ G`` with ``T = (diag(s) Â_off[S,:])ᵀ``,
 the *transposed slice*, built once per resample (:class:`SampledSlice`) and reused.
 
 Selection scores: ``score_i = ‖Â_off[i,:]‖₂ · ‖G[i,:]‖₂`` (NaN/inf → 0). Rows with zero gradient
@@ -161,6 +163,53 @@ def select_importance(scores: Tensor, degree: Tensor, max_nnz: int,
     rows, counts = torch.unique(draws[:k], return_counts=True)  # sorted
     scale = counts.to(p.dtype) / (k * p[rows])
     return rows, scale
+
+
+def inclusion_probabilities(scores: Tensor, cost: Tensor, budget: float) -> Tensor:
+    r"""Inclusion probabilities ``π [N]`` of the minimum-variance unbiased row sample whose
+    expected cost is ``budget``.
+
+    Keeping row ``i`` independently with probability ``π_i`` and scaling it by ``1/π_i`` gives an
+    unbiased estimate of ``Â_offᵀ G`` with error ``E‖·‖_F² = Σ_i (1/π_i - 1) s_i²`` (``s_i`` the
+    row score, the norm of row ``i``'s rank-one term). Minimising it subject to
+    ``Σ_i π_i c_i = budget`` (``c_i`` the row's non-zeros) gives
+
+    .. math:: \pi_i = \min\big(1,\ \mu\, s_i / \sqrt{c_i}\big),
+
+    with ``μ`` set by the budget: the rows with the largest ``s_i/√c_i`` are kept for certain (a
+    top-k part), the rest are sampled in proportion to that ratio. Solved exactly in one sort:
+    with ``t`` sorted descending, capping the first ``m`` rows gives
+    ``μ_m = (budget - Σ_{i<m} c_i) / Σ_{i≥m} t_i c_i``, and the answer is the first ``m`` with
+    ``μ_m t_m ≤ 1``. Rows with zero score or zero cost get ``π = 0``.
+    """
+    cost = cost.to(scores.dtype)
+    t = torch.where((scores > 0) & (cost > 0), scores / cost.clamp_min(1).sqrt(), scores.new_zeros(()))
+    live = t > 0
+    pi = torch.zeros_like(scores)
+    if budget <= 0 or not bool(live.any()):
+        return pi
+    if float(cost[live].sum()) <= budget:
+        return live.to(scores.dtype)
+    t_sorted, order = torch.sort(t, descending=True)
+    m_live = int(live.sum())
+    t_sorted, order = t_sorted[:m_live], order[:m_live]
+    c_sorted = cost[order]
+    capped_cost = torch.cumsum(c_sorted, 0) - c_sorted  # Σ_{i<m} c_i
+    tail = torch.flip(torch.cumsum(torch.flip(t_sorted * c_sorted, (0,)), 0), (0,))  # Σ_{i≥m} t_i c_i
+    mu = (budget - capped_cost) / tail
+    ok = (mu * t_sorted <= 1.0) & (mu > 0)
+    m = int(torch.argmax(ok.to(torch.int8))) if bool(ok.any()) else m_live - 1
+    pi[order] = torch.clamp(mu[m] * t_sorted, max=1.0)
+    return pi
+
+
+def select_poisson(scores: Tensor, degree: Tensor, max_nnz: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Rows kept independently with the cost-optimal ``π`` (:func:`inclusion_probabilities`,
+    expected non-zeros ``max_nnz``), scaled by ``1/π``. Returns sorted rows and their scales."""
+    pi = inclusion_probabilities(scores, degree, float(max_nnz))
+    u = torch.rand(pi.shape, generator=generator, device=pi.device, dtype=pi.dtype)
+    rows = torch.nonzero(u < pi).flatten()  # π = 1 always passes (u < 1); π = 0 never
+    return rows, 1.0 / pi[rows]
 
 
 class SampledSpMM(torch.autograd.Function):
