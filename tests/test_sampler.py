@@ -220,3 +220,23 @@ def test_kernels_and_keys_share_the_one_splitmix64():
     assert _hash.mix_key(3, -1, 2**63 + 5) == z
     assert sampler.batch_key(3, -1, 2**63 + 5) == z
     assert dropout.splitmix64 is _hash.splitmix64 and sampler.mix64 is _hash.mix64
+
+
+def test_repeated_seeds_are_rejected_not_counted_twice():
+    g = random_graph()
+    sampler = NeighborSampler(g, [3, 2])
+    with pytest.raises(ValueError, match=r"distinct.*1 node id\(s\) repeated.*\[7\]"):
+        sampler.sample(np.array([7, 1, 7, 2]), batch_key(0, 0, 0))
+    batch = sampler.sample(np.array([7, 1, 2]), batch_key(0, 0, 0))  # the same seeds once each are fine
+    assert batch.seeds.tolist() == [7, 1, 2]
+
+
+def test_loader_rejects_repeated_seeds():
+    from approxgnn.history.features import FeatureStore
+    from approxgnn.history.loader import BatchLoader
+
+    g = random_graph()
+    x = np.zeros((g.num_nodes, 3), np.float32)
+    loader = BatchLoader(NeighborSampler(g, [3, 2]), FeatureStore(x), None, torch.device("cpu"))
+    with pytest.raises(ValueError, match="distinct"):
+        loader.load(np.array([4, 4]), batch_key(0, 0, 0), now=0)

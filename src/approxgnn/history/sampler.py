@@ -350,6 +350,9 @@ class NeighborSampler:
     def sample(self, seeds: np.ndarray, key: int, prune: dict[int, PruneTest] | None = None) -> SampledBatch:
         """Sample the computation graph of ``seeds`` (distinct node ids, int64 ``[B]``).
 
+        Raises ``ValueError`` on a repeated seed: it would be a target twice in the top block
+        and weigh twice in the loss. Cost ``O(B log B)``, small next to the sampling.
+
         ``prune[l]`` (hidden layer ``l``) serves fresh cached ``h^(l)`` instead of expanding.
         """
         seeds = np.ascontiguousarray(seeds, dtype=np.int64)
@@ -357,6 +360,10 @@ class NeighborSampler:
             raise ValueError("seeds must be a non-empty 1-D array of node ids")
         if seeds.min() < 0 or seeds.max() >= self.graph.num_nodes:
             raise ValueError(f"seed ids must lie in [0, {self.graph.num_nodes})")
+        ids, counts = np.unique(seeds, return_counts=True)
+        if len(ids) != len(seeds):  # a repeated seed would be a target twice and count twice in the loss
+            dup = ids[counts > 1]
+            raise ValueError(f"seeds must be distinct: {len(dup)} node id(s) repeated, e.g. {dup[:5].tolist()}")
         prune = prune or {}
         num_layers = self.num_layers
         layer_nodes: list[np.ndarray | None] = [None] * num_layers
