@@ -209,3 +209,180 @@ def test_bad_cache_arguments_are_clear_errors():
         HistoryCache(5, [0], D, torch.zeros(10), None, staleness=0)
     with pytest.raises(ValueError, match="rate"):
         HistoryEngine(HistoryCache(5, [0], D, torch.zeros(10)), "refresh", rate=0.0)
+
+
+class ReferenceGuard:
+    """The capacity guard written out plainly: every decision scans (and sorts) every claimed slot.
+
+    Ties are broken by the lowest slot: oldest first without weights, ``(value, slot)`` with them
+    (``value = weight × remaining life``, or ``weight`` alone without a staleness limit).
+    """
+
+    def __init__(self, num_nodes, layers, max_slots, staleness, weight):
+        self.S, self.max_age, self.w = max_slots, staleness, weight
+        self.claimed = 0
+        self.slot_node = np.full(max_slots, -1)
+        self.slot_layer = np.full(max_slots, -1)
+        self.slot_iter = np.full(max_slots, -(1 << 62))
+        self.node_slot = {l: np.full(num_nodes, -1) for l in layers}
+
+    def stale(self, s, now):
+        return self.max_age is not None and now - self.slot_iter[s] > self.max_age
+
+    def admit(self, layer, nodes, now):
+        nodes = np.asarray(nodes[: min(len(nodes), self.S)])
+        slots = self.node_slot[layer][nodes].copy()
+        keep = set(slots[slots >= 0].tolist())
+        need = [i for i in range(len(nodes)) if slots[i] < 0]
+        lo = self.S - self.claimed
+        free = [s for s in range(lo, self.S) if (self.slot_node[s] < 0 or self.stale(s, now)) and s not in keep]
+        free = free[: len(need)]
+        grow = min(len(need) - len(free), lo)
+        self.claimed += max(grow, 0)
+        free += list(range(lo - max(grow, 0), lo))
+        for i, s in zip(need, free):
+            slots[i] = s
+        rest = need[len(free):]
+        if rest:
+            taken = set(slots[slots >= 0].tolist())
+            cand = [s for s in range(self.S - self.claimed, self.S) if s not in taken]
+            if self.w is None:
+                ranked = sorted(cand, key=lambda s: (self.slot_iter[s], s))[: len(rest)]
+                chosen = list(range(len(ranked)))
+            else:
+                life = lambda s: 1.0 if self.max_age is None else float(self.max_age - (now - self.slot_iter[s]) + 1)
+                value = {s: self.w[self.slot_node[s]] * life(s) for s in cand}
+                ranked = sorted(cand, key=lambda s: (value[s], s))[: len(rest)]
+                new_life = 1.0 if self.max_age is None else float(self.max_age + 1)
+                v_new = self.w[nodes[rest]] * new_life
+                best = np.argsort(-v_new, kind="stable")[: len(ranked)]
+                c = sum(v_new[b] > value[s] for b, s in zip(best, ranked))
+                ranked, chosen = ranked[:c], best[:c]
+            for s, j in zip(ranked, chosen):
+                slots[rest[j]] = s
+        for v, s in zip(nodes, slots):
+            if s < 0:
+                continue
+            old_l, old_v = self.slot_layer[s], self.slot_node[s]
+            if old_v >= 0 and (old_v != v or old_l != layer):
+                self.node_slot[old_l][old_v] = -1
+            self.slot_node[s], self.slot_layer[s], self.slot_iter[s] = v, layer, now
+            self.node_slot[layer][v] = s
+        return int((slots >= 0).sum())
+
+    def evict(self, layer, nodes):
+        s = self.node_slot[layer][nodes]
+        s = s[s >= 0]
+        self.slot_node[s], self.slot_layer[s], self.slot_iter[s] = -1, -1, -(1 << 62)
+        self.node_slot[layer][nodes] = -1
+
+
+@pytest.mark.parametrize("staleness", [3, None])
+@pytest.mark.parametrize("weights", ["none", "degree", "real"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_incremental_replacement_order_matches_a_full_scan(staleness, weights, seed):
+    rng = np.random.default_rng(seed)
+    n, slots = 60, 13
+    weight = {"none": None, "degree": rng.integers(0, 6, n).astype(np.float64), "real": rng.random(n)}[weights]
+    hc = HistoryCache(n, [0, 1], D, torch.zeros(slots * D), None, staleness, weight=weight)
+    ref = ReferenceGuard(n, [0, 1], slots, staleness, weight)
+    now = 0
+    for step in range(300):
+        now += int(rng.choice([0, 1, 1, 2, 5])) if rng.random() > 0.03 else -3  # rarely, time goes back
+        layer = int(rng.integers(0, 2))
+        nodes = rng.choice(n, int(rng.integers(1, 9)), replace=False)
+        if rng.random() < 0.15:
+            hc.evict(layer, nodes)
+            ref.evict(layer, nodes)
+        else:
+            assert hc.admit(layer, nodes, torch.randn(len(nodes), D), now) == ref.admit(layer, nodes, now)
+        assert hc.claimed == ref.claimed, step
+        assert np.array_equal(hc.slot_node, ref.slot_node), step
+        assert np.array_equal(hc.slot_iter, ref.slot_iter), step
+        for l in (0, 1):
+            assert np.array_equal(hc.node_slot[l], ref.node_slot[l]), step
+    if staleness is not None:  # the run kept expiring and replacing: the order was rebuilt and reused
+        assert hc.entries > 0
+
+
+def test_state_dict_reload_keeps_the_replacement_order():
+    rng = np.random.default_rng(3)
+    weight = rng.integers(1, 9, N).astype(np.float64)
+    a = HistoryCache(N, [0], D, torch.zeros(6 * D), None, 4, weight=weight)
+    for now in range(1, 8):
+        a.admit(0, rng.choice(N, 5, replace=False), torch.randn(5, D), now)
+    b = HistoryCache(N, [0], D, torch.zeros(6 * D), None, 4, weight=weight)
+    b.load_state_dict(a.state_dict())
+    for now in range(8, 20):
+        nodes = rng.choice(N, 5, replace=False)
+        vals = torch.randn(5, D)
+        assert a.admit(0, nodes, vals, now) == b.admit(0, nodes, vals, now)
+        assert np.array_equal(a.node_slot[0], b.node_slot[0]) and np.array_equal(a.slot_iter, b.slot_iter)
+
+
+def _owned_bytes(*objs, skip=()) -> int:
+    """Bytes of every distinct numpy array / tensor storage reachable from ``objs``' attributes."""
+    seen, total = set(), 0
+    stack = list(objs)
+    while stack:
+        o = stack.pop()
+        for v in vars(o).values():
+            items = v.values() if isinstance(v, dict) else [v]
+            for a in items:
+                if any(a is s for s in skip):
+                    continue
+                if isinstance(a, torch.Tensor):
+                    key, size = ("t", a.untyped_storage().data_ptr()), a.untyped_storage().nbytes()
+                elif isinstance(a, np.ndarray):
+                    base = a
+                    while isinstance(base.base, np.ndarray):
+                        base = base.base
+                    key, size = ("n", id(base)), base.nbytes
+                elif hasattr(a, "__dict__") and type(a).__module__.startswith("approxgnn.history.slots"):
+                    stack.append(a)
+                    continue
+                else:
+                    continue
+                if key not in seen:
+                    seen.add(key)
+                    total += size
+    return total
+
+
+@pytest.mark.parametrize("policy", ["feature", "refresh", "gas"])
+def test_cache_metadata_is_counted_in_the_budget(policy):
+    from approxgnn.history.arena import cache_bytes
+    from approxgnn.train import TrainConfig, build_trainer
+
+    from helpers import planted_dataset
+
+    data = planted_dataset()
+    budget_mb = 0.05
+    cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=16, epochs=1,
+                      progress=False, refresh=RefreshConfig(fanouts=[4, 4, 4], cache_mb=budget_mb, policy=policy))
+    trainer = build_trainer(cfg, data)
+    fc, budget = trainer.feature_cache, int(budget_mb * 2**20)
+    hc = trainer.engine.cache if trainer.engine else None
+    owned = _owned_bytes(*[o for o in (fc, hc) if o is not None], skip=(fc.store, trainer.sampler.deg))
+    assert owned <= budget
+    assert owned == fc.rows.untyped_storage().nbytes() + trainer.cache_metadata_bytes()
+    # and the budget is used: one more row's worth of arena would not fit
+    arena = fc.rows.untyped_storage().nbytes() // 4
+    args = (data.num_nodes, fc.store.dim, 16 if hc else None, len(hc.layers) if hc else 0,
+            hc.staleness if hc else None)
+    assert cache_bytes(arena, *args) <= budget < cache_bytes(arena + max(fc.store.dim, 16), *args)
+    if hc is not None:
+        assert trainer.engine.summary()["metadata_bytes"] == hc.metadata_bytes > 0
+        assert all(ns.dtype == np.int32 for ns in hc.node_slot.values()) and fc.slot.dtype == np.int32
+
+
+def test_budget_too_small_for_the_metadata_names_the_flag():
+    from approxgnn.train import TrainConfig, build_trainer
+
+    from helpers import planted_dataset
+
+    data = planted_dataset()
+    cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=2, hidden=16, epochs=1,
+                      progress=False, refresh=RefreshConfig(fanouts=[4, 4], cache_mb=1e-4))
+    with pytest.raises(ValueError, match=r"--cache-mb .* at least .* MiB"):
+        build_trainer(cfg, data)

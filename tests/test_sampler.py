@@ -155,3 +155,88 @@ def test_bad_seeds_are_clear_errors():
         sampler.sample(np.array([25]), 0)
     with pytest.raises(ValueError, match="seeds"):
         sampler.sample(np.array([], dtype=np.int64), 0)
+
+
+_KERNEL_PROBE = """
+import sys
+import numpy as np
+from approxgnn.history import sampler
+kernel = getattr(sampler, sys.argv[1])
+rowptr, col = np.array([0, 2, 3, 4], np.int64), np.array([1, 2, 0, 1], np.int64)
+targets = np.array([0, 1], np.int64)
+kernel(rowptr, col, targets, np.array([0, 1, 2], np.int64), np.uint64(7))
+print(sum(kernel.stats.cache_hits.values()), sum(kernel.stats.cache_misses.values()))
+"""
+
+
+def _run_kernel(name: str, cache_dir) -> tuple[int, int]:
+    import os
+    import subprocess
+    import sys
+
+    import approxgnn
+
+    src = os.path.dirname(os.path.dirname(approxgnn.__file__))
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir),
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", _KERNEL_PROBE, name], env=env, capture_output=True, text=True,
+                         check=True)
+    hits, misses = out.stdout.split()[-2:]
+    return int(hits), int(misses)
+
+
+def test_parallel_and_serial_kernels_have_their_own_disk_cache_entries(tmp_path):
+    # numba names a cache entry after the Python function, not the compile flags: had the two
+    # kernels been two jits of one function, a later process would load the serial machine code
+    # for the parallel kernel (a cache hit on an entry it never wrote).
+    from approxgnn.history.sampler import _sample_rows_par, _sample_rows_seq
+
+    assert _sample_rows_par.targetoptions.get("parallel") and not _sample_rows_seq.targetoptions.get("parallel")
+    assert _sample_rows_par._cache._cache_file._index_name != _sample_rows_seq._cache._cache_file._index_name
+    assert _run_kernel("_sample_rows_seq", tmp_path) == (0, 1)  # compiles and saves the serial one
+    assert _run_kernel("_sample_rows_par", tmp_path) == (0, 1), "the parallel kernel loaded another's code"
+    assert _run_kernel("_sample_rows_par", tmp_path) == (1, 0)  # and its own entry is then reused
+
+
+def test_kernels_and_keys_share_the_one_splitmix64():
+    from approxgnn import _hash
+    from approxgnn.history import sampler
+    from approxgnn.nn import dropout
+
+    # SplitMix64 seeded with 0 (Steele, Lea & Flood; java.util.SplittableRandom): known outputs.
+    out = [int(_hash.splitmix64(np.uint64(i * 0x9E3779B97F4A7C15 % 2**64))) for i in range(3)]
+    assert out == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    # The batch key chain z <- mix64(z + (p+1)·γ), written out in plain Python integers.
+    mask = (1 << 64) - 1
+
+    def mix(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    z = 0x243F6A8885A308D3
+    for p in (3, -1, 2**63 + 5):
+        z = mix((z + (p & mask) * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & mask)
+    assert _hash.mix_key(3, -1, 2**63 + 5) == z
+    assert sampler.batch_key(3, -1, 2**63 + 5) == z
+    assert dropout.splitmix64 is _hash.splitmix64 and sampler.mix64 is _hash.mix64
+
+
+def test_repeated_seeds_are_rejected_not_counted_twice():
+    g = random_graph()
+    sampler = NeighborSampler(g, [3, 2])
+    with pytest.raises(ValueError, match=r"distinct.*1 node id\(s\) repeated.*\[7\]"):
+        sampler.sample(np.array([7, 1, 7, 2]), batch_key(0, 0, 0))
+    batch = sampler.sample(np.array([7, 1, 2]), batch_key(0, 0, 0))  # the same seeds once each are fine
+    assert batch.seeds.tolist() == [7, 1, 2]
+
+
+def test_loader_rejects_repeated_seeds():
+    from approxgnn.history.features import FeatureStore
+    from approxgnn.history.loader import BatchLoader
+
+    g = random_graph()
+    x = np.zeros((g.num_nodes, 3), np.float32)
+    loader = BatchLoader(NeighborSampler(g, [3, 2]), FeatureStore(x), None, torch.device("cpu"))
+    with pytest.raises(ValueError, match="distinct"):
+        loader.load(np.array([4, 4]), batch_key(0, 0, 0), now=0)

@@ -6,7 +6,10 @@ the back. Claiming a row that overlaps feature rows truncates the feature cache 
 feature row is invalidated *before* an embedding overwrites it and is never served again:
 
     arena = [ feature rows (valid prefix) … | … embedding rows claimed from the end ]
-    bytes used = num_valid_feature_rows · F · 4 + claimed_rows · dim · 4 ≤ budget
+    bytes used = num_valid_feature_rows · F · 4 + claimed_rows · dim · 4 ≤ arena bytes
+
+The metadata of both caches (slot maps, write iterations, replacement order) is counted in the
+same budget: :func:`~.arena.arena_floats` sizes the arena as what the budget leaves after it.
 
 Entry ``(l, v)`` written at iteration ``w`` is *fresh* at iteration ``t`` when
 ``t − w ≤ max_age`` (``staleness``; ``None``: never stale, the GAS policy), i.e. it is served at
@@ -17,6 +20,8 @@ stale slots, then claim new rows (displacing feature rows), and only then replac
 the oldest ones, or — given a per-node ``weight`` such as the degree, which is proportional to
 how often a sampler reaches the node — those with the fewest expected hits before they expire
 (``weight × remaining life``), and only for newcomers worth more than what they displace.
+The replacement order is kept incrementally (:mod:`.slots`), so a full table costs an admission
+``O(k log k)``, not a sort of every slot.
 """
 from __future__ import annotations
 
@@ -26,8 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .features import FeatureCache
+from .features import FeatureCache, index_dtype
 from .sampler import PruneTest
+from .slots import SlotOrder, order_metadata_bytes
 
 NEVER = -(1 << 62)  # write iteration of an empty slot: never fresh
 
@@ -36,8 +42,18 @@ class HistoryCache:
     """Embedding tables for ``layers`` (hidden layer indices), ``dim`` floats per entry.
 
     ``arena`` is a 1-D float32 tensor shared with ``feature_cache`` (which may be ``None``).
-    Metadata is numpy so the sampler's numba kernel can read it for pruning.
+    Metadata is numpy so the sampler's numba kernel can read it for pruning:
+
+    * per node and cached layer: ``node_slot[l] [N]`` (int32 while ids fit) — fixed;
+    * per slot: ``slot_node`` int32, ``slot_layer`` int16, ``slot_iter`` int64, ``slot_ver`` int32
+      (bumped on every write and eviction) and the replacement order (:mod:`.slots`).
+
+    :meth:`metadata_bytes_for` gives its size ahead of time, so that a byte budget can hold the
+    metadata as well as the rows (:func:`~.arena.arena_floats`). ``weight`` is used in place when
+    it is already float64 (e.g. the sampler's degree array), and then not counted as ours.
     """
+
+    SLOT_BYTES = 4 + 2 + 8 + 4  # slot_node, slot_layer, slot_iter, slot_ver
 
     def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
                  feature_cache: FeatureCache | None = None, staleness: int | None = 200,
@@ -50,14 +66,37 @@ class HistoryCache:
         self.max_age = (1 << 62) if staleness is None else int(staleness)
         self.feature_cache = feature_cache
         self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
+        self._owns_weight = self.weight is not None and self.weight is not weight
         self.max_slots = arena.numel() // dim
         self._base = arena.numel() - self.max_slots * dim  # float offset of physical row 0
         self.table = arena[self._base:].view(self.max_slots, dim)
         self.claimed = 0  # rows [max_slots − claimed, max_slots) belong to embeddings
-        self.slot_node = np.full(self.max_slots, -1, np.int64)
-        self.slot_layer = np.full(self.max_slots, -1, np.int64)
+        ids = index_dtype(max(num_nodes, self.max_slots))
+        self.slot_node = np.full(self.max_slots, -1, ids)
+        self.slot_layer = np.full(self.max_slots, -1, np.int16)
         self.slot_iter = np.full(self.max_slots, NEVER, np.int64)
-        self.node_slot = {l: np.full(num_nodes, -1, np.int64) for l in self.layers}
+        self.slot_ver = np.zeros(self.max_slots, np.int32)  # wraps after 2^32 writes of one slot: harmless
+        self.node_slot = {l: np.full(num_nodes, -1, ids) for l in self.layers}
+        self.order = SlotOrder(self.slot_node, self.slot_iter, self.slot_ver, self.weight, staleness)
+
+    @staticmethod
+    def metadata_bytes_for(num_nodes: int, num_layers: int, max_slots: int, staleness: int | None) -> int:
+        """Bytes of metadata a cache of ``max_slots`` slots over ``num_nodes`` nodes allocates::
+
+            num_layers · N · b + S · (SLOT_BYTES − 4 + b) + order_metadata_bytes(S)
+
+        with ``b`` = 4 (int32 ids) or 8 (beyond 2^31 nodes or slots).
+        """
+        b = np.dtype(index_dtype(max(num_nodes, max_slots))).itemsize
+        return (num_layers * num_nodes * b + max_slots * (HistoryCache.SLOT_BYTES - 4 + b)
+                + order_metadata_bytes(max_slots, staleness))
+
+    @property
+    def metadata_bytes(self) -> int:
+        """Bytes of every array this cache owns besides the arena (see the class docstring)."""
+        arrays = [self.slot_node, self.slot_layer, self.slot_iter, self.slot_ver, *self.node_slot.values()]
+        own = sum(a.nbytes for a in arrays) + self.order.nbytes
+        return own + (self.weight.nbytes if self._owns_weight else 0)
 
     # ---- reading -------------------------------------------------------------------------
     def fresh(self, layer: int, nodes: np.ndarray, now: int) -> np.ndarray:
@@ -73,7 +112,7 @@ class HistoryCache:
 
     def read(self, layer: int, nodes: np.ndarray, now: int) -> tuple[Tensor, np.ndarray]:
         """Copies of the (fresh) entries of ``nodes`` and their ages ``now − write iteration``."""
-        s = self.node_slot[layer][nodes]
+        s = self.node_slot[layer][nodes].astype(np.int64)
         if (s < 0).any() or (now - self.slot_iter[s] > self.max_age).any():
             raise KeyError(f"layer {layer}: asked to serve a missing or stale entry")
         return self.table[torch.from_numpy(s).to(self.table.device)], now - self.slot_iter[s]
@@ -82,20 +121,28 @@ class HistoryCache:
     def admit(self, layer: int, nodes: np.ndarray, values: Tensor, now: int) -> int:
         """Write ``values [k, dim]`` as the layer-``layer`` entries of ``nodes`` (distinct, in
         priority order). Returns the number written: with the table full, the capacity guard
-        may turn some away."""
+        may turn some away. Cost ``O(k log k)`` plus the replacement order's (:mod:`.slots`),
+        independent of the table size."""
         k = min(len(nodes), self.max_slots)
         if k == 0:
             return 0
         nodes = np.asarray(nodes[:k], dtype=np.int64)
         node_slot = self.node_slot[layer]
-        slots = node_slot[nodes].copy()  # a node's own (stale) slot is rewritten in place
+        lo = self.max_slots - self.claimed
+        self.order.sync(now, lo)
+        slots = node_slot[nodes].astype(np.int64)  # a node's own (stale) slot is rewritten in place
+        own = slots[slots >= 0]
+        # Own slots are about to be rewritten: fresh from now on (so the free heap skips them) and
+        # no longer live under their old version (so they are not chosen as victims).
+        self.slot_iter[own] = now
+        self.slot_ver[own] += 1
         need = np.flatnonzero(slots < 0)
         if len(need):
-            got = self._free_slots(len(need), keep=slots[slots >= 0], now=now)
+            got = self._free_slots(len(need), now)
             slots[need[: len(got)]] = got
             rest = need[len(got):]
             if len(rest):  # table full
-                victims, chosen = self._victims(nodes[rest], taken=slots[slots >= 0], now=now)
+                victims, chosen = self._victims(nodes[rest], now)
                 slots[rest[chosen]] = victims
         ok = np.flatnonzero(slots >= 0)
         nodes, slots = nodes[ok], slots[ok]
@@ -106,53 +153,54 @@ class HistoryCache:
             sel = moved & (old_layer == l)
             self.node_slot[int(l)][old_node[sel]] = -1
         self.slot_node[slots], self.slot_layer[slots], self.slot_iter[slots] = nodes, layer, now
+        self.slot_ver[slots] += 1
         node_slot[nodes] = slots
+        self.order.append(slots, now, self.max_slots - self.claimed)
         rows = values[: k].detach()[torch.from_numpy(ok).to(values.device)]
         self.table[torch.from_numpy(slots).to(self.table.device)] = rows.to(self.table)
         return len(nodes)
 
     def evict(self, layer: int, nodes: np.ndarray) -> int:
         """Drop the layer-``layer`` entries of ``nodes`` (slots stay claimed and become free)."""
-        s = self.node_slot[layer][nodes]
+        s = self.node_slot[layer][nodes].astype(np.int64)
         s = s[s >= 0]
         self.slot_node[s], self.slot_layer[s], self.slot_iter[s] = -1, -1, NEVER
+        self.slot_ver[s] += 1
         self.node_slot[layer][nodes] = -1
+        self.order.release(s)
         return len(s)
 
-    def _free_slots(self, n: int, keep: np.ndarray, now: int) -> np.ndarray:
-        """Up to ``n`` slots that cost no valid entry: empty or stale ones, then new rows claimed
-        from the feature region. Never one in ``keep``."""
+    def _free_slots(self, n: int, now: int) -> np.ndarray:
+        """Up to ``n`` slots that cost no valid entry: empty or stale ones (lowest first), then new
+        rows claimed from the feature region. Never a slot being rewritten by its own node."""
+        out = self.order.take_free(n, now)
         lo = self.max_slots - self.claimed
-        claimed = np.arange(lo, self.max_slots)
-        reusable = claimed[(self.slot_node[lo:] < 0) | (now - self.slot_iter[lo:] > self.max_age)]
-        out = np.setdiff1d(reusable, keep, assume_unique=True)[:n]
         grow = min(n - len(out), lo)
         if grow > 0:
             self._claim(grow)
             out = np.concatenate([out, np.arange(lo - grow, lo)])
         return out
 
-    def _victims(self, incoming: np.ndarray, taken: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
+    def _victims(self, incoming: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
         """Valid entries to replace for ``incoming`` nodes, and which of those get a slot.
 
-        Without ``weight``: the oldest entries, for all of them. With ``weight`` (e.g. degree: a
-        node's expected hits per iteration), an entry is worth ``weight × remaining life`` and an
-        incoming node ``weight × staleness``; the most valuable newcomers replace the least
-        valuable entries while they are worth more.
+        Without ``weight``: the oldest entries (ties: lowest slot), for all of them. With
+        ``weight`` (e.g. degree: a node's expected hits per iteration), an entry is worth
+        ``weight × remaining life`` and an incoming node ``weight × (staleness + 1)``; the most
+        valuable newcomers replace the least valuable entries (ties: lowest slot) while they are
+        worth more. Without a staleness limit every life is the same (infinite), so both are
+        worth their ``weight``. Only the ``len(incoming)`` least valuable entries are looked at
+        (:meth:`SlotOrder.least_valuable`), never the whole table.
         """
-        lo = self.max_slots - self.claimed
-        cand = np.setdiff1d(np.arange(lo, self.max_slots), taken, assume_unique=True)
-        r = min(len(incoming), len(cand))
+        worst, v_old = self.order.least_valuable(len(incoming), now)
+        r = len(worst)
         if self.weight is None:
-            order = np.argpartition(self.slot_iter[cand], r - 1)[:r] if r < len(cand) else np.arange(len(cand))
-            return cand[order], np.arange(r)
-        life = (self.max_age - (now - self.slot_iter[cand]) + 1).astype(np.float64)
-        v_old = self.weight[self.slot_node[cand]] * life
-        v_new = self.weight[incoming] * float(self.max_age + 1)
-        worst = np.argsort(v_old, kind="stable")[:r]
+            return worst, np.arange(r)
+        life = 1.0 if self.staleness is None else float(self.max_age + 1)
+        v_new = self.weight[incoming] * life
         best = np.argsort(-v_new, kind="stable")[:r]
-        c = int(np.sum(v_new[best] > v_old[worst]))  # both sorted: a prefix wins
-        return cand[worst[:c]], best[:c]
+        c = int(np.sum(v_new[best] > v_old))  # both sorted: a prefix wins
+        return worst[:c], best[:c]
 
     def _claim(self, rows: int) -> None:
         self.claimed += rows
@@ -187,6 +235,7 @@ class HistoryCache:
         if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
             raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
         self.slot_node[:], self.slot_layer[:], self.slot_iter[:] = -1, -1, NEVER
+        self.slot_ver += 1  # every earlier run entry is dead
         for ns in self.node_slot.values():
             ns[:] = -1
         self.claimed = 0
@@ -199,3 +248,4 @@ class HistoryCache:
         for l in self.layers:
             sel = used & (self.slot_layer == l)
             self.node_slot[l][self.slot_node[sel]] = np.flatnonzero(sel)
+        self.order.invalidate()

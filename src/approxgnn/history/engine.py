@@ -108,11 +108,13 @@ class HistoryEngine:
         self.stats["admitted"] += self.cache.admit(layer, nodes[order.numpy()], rows[order.to(rows.device)], now)
 
     def summary(self) -> dict[str, float]:
-        """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy."""
+        """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy,
+        and the bytes of the cache's metadata (counted in its budget)."""
         s = self.stats
         return {"hit_rate": s["served"] / s["nonseed"] if s["nonseed"] else 0.0,
                 "mean_age": s["age_sum"] / s["served"] if s["served"] else 0.0,
                 "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
+                "metadata_bytes": self.cache.metadata_bytes,
                 "admitted": s["admitted"], "evicted": s["evicted"]}
 
     def state_dict(self) -> dict[str, Any]:

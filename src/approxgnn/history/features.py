@@ -21,6 +21,11 @@ from numba import njit, prange
 from torch import Tensor
 
 
+def index_dtype(count: int) -> type:
+    """int32 while every node id fits, else int64 (the slot map has one entry per node)."""
+    return np.int32 if count <= 2**31 else np.int64
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _gather_rows(x, ids, out):
     """``out[i] = x[ids[i]]``; parallel, without the GIL (works on memmaps too)."""
@@ -127,14 +132,26 @@ class FeatureCache:
     def __init__(self, store: FeatureStore, order: np.ndarray, buffer: Tensor, *, fill_chunk: int = 1 << 16) -> None:
         self.store = store
         self.capacity = min(len(order), buffer.numel() // store.dim)
-        self.order = np.ascontiguousarray(order[: self.capacity], dtype=np.int64)
+        ids = index_dtype(store.num_nodes)
+        self.order = np.ascontiguousarray(order[: self.capacity], dtype=ids)
         self.rows = buffer[: self.capacity * store.dim].view(self.capacity, store.dim)
-        self.slot = np.full(store.num_nodes, -1, np.int64)
+        self.slot = np.full(store.num_nodes, -1, ids)
         self.slot[self.order] = np.arange(self.capacity)
         self.num_valid = self.capacity
         self.rows_served = 0
         for s in range(0, self.capacity, fill_chunk):  # one-off fill; excluded from epoch figures
             self.rows[s : s + fill_chunk] = store.gather(self.order[s : s + fill_chunk]).to(buffer.device)
+
+    @staticmethod
+    def metadata_bytes_for(num_nodes: int, rows: int) -> int:
+        """Bytes of metadata for ``rows`` cached rows: ``slot [N]`` and ``order [rows]``, 4 bytes
+        each while node ids fit in int32 (8 beyond)."""
+        return (num_nodes + rows) * np.dtype(index_dtype(num_nodes)).itemsize
+
+    @property
+    def metadata_bytes(self) -> int:
+        """Bytes of the arrays this cache owns besides the buffer."""
+        return self.slot.nbytes + self.order.nbytes
 
     @property
     def bytes_used(self) -> int:
@@ -163,7 +180,7 @@ class FeatureCache:
             out[torch.from_numpy(miss_pos).to(out.device)] = self.store.gather(ids[miss_pos]).to(out.device)
         if len(miss_pos) < len(ids):
             hit_pos = torch.from_numpy(np.flatnonzero(hit)).to(out.device)
-            out[hit_pos] = self.rows[torch.from_numpy(slots[hit]).to(out.device)]
+            out[hit_pos] = self.rows[torch.from_numpy(slots[hit].astype(np.int64)).to(out.device)]
         self.rows_served += len(ids) - len(miss_pos)
         return out
 

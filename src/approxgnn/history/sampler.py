@@ -40,37 +40,14 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from .._hash import GOLDEN, mix64, mix_key
 from ..graph import CSRGraph
 from ..ops import SparseOperator
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_MASK64 = (1 << 64) - 1
-
-
-def _mix_py(*parts: int) -> int:
-    """splitmix64 over a tuple of integers (pure Python; keys are made once per batch)."""
-    z = 0x243F6A8885A308D3
-    for p in parts:
-        z = (z + (p & _MASK64) * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        z ^= z >> 31
-    return z
 
 
 def batch_key(seed: int, epoch: int, batch: int) -> int:
     """The sampler key of batch ``batch`` of epoch ``epoch`` in a run seeded ``seed``."""
-    return _mix_py(seed, epoch, batch)
-
-
-@njit(inline="always")
-def _splitmix(state: np.uint64) -> np.uint64:
-    z = state
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    return mix_key(seed, epoch, batch)
 
 
 @njit(nogil=True, cache=True)
@@ -85,49 +62,66 @@ def _row_counts(rowptr, targets, fanout):
     return ptr
 
 
-def _sample_rows_py(rowptr, col, targets, ptr, key):
-    """Fill ``nbr[ptr[i]:ptr[i+1]]`` with distinct neighbours of ``targets[i]`` (CSR order)."""
-    m = targets.shape[0]
-    nbr = np.empty(ptr[m], np.int64)
-    for i in prange(m):
-        v = targets[i]
-        start, d = rowptr[v], rowptr[v + 1] - rowptr[v]
-        lo, k = ptr[i], ptr[i + 1] - ptr[i]
-        if k == d:  # every neighbour: no randomness needed
-            for j in range(k):
-                nbr[lo + j] = col[start + j]
-            continue
-        state = np.uint64(key) ^ (np.uint64(v) * _GOLDEN)
-        if k <= 32:
-            # Floyd's algorithm: k distinct positions in [0, d) with k draws, O(k^2) checks.
-            for t in range(k):
-                j = d - k + t
-                state += _GOLDEN
-                r = np.int64(_splitmix(state) % np.uint64(j + 1))
-                for s in range(t):
-                    if nbr[lo + s] == r:
-                        r = j
-                        break
-                nbr[lo + t] = r
-        else:
-            # Partial Fisher-Yates on a scratch copy of the positions.
-            pos = np.arange(d)
-            for t in range(k):
-                state += _GOLDEN
-                r = t + np.int64(_splitmix(state) % np.uint64(d - t))
-                pos[t], pos[r] = pos[r], pos[t]
-                nbr[lo + t] = pos[t]
-        nbr[lo:lo + k].sort()  # neighbours in CSR order: deterministic, cache friendly
+@njit(inline="always", cache=True)
+def _sample_row(rowptr, col, v, nbr, lo, k, key):  # pragma: no cover - jitted
+    """Fill ``nbr[lo:lo+k]`` with ``k`` distinct neighbours of node ``v``, in CSR order.
+
+    Draw ``t`` is ``mix64(key ^ v·γ + (t+1)·γ)``: a function of ``(key, v, t)`` alone.
+    """
+    start, d = rowptr[v], rowptr[v + 1] - rowptr[v]
+    if k == d:  # every neighbour: no randomness needed
+        for j in range(k):
+            nbr[lo + j] = col[start + j]
+        return
+    state = np.uint64(key) ^ (np.uint64(v) * GOLDEN)
+    if k <= 32:
+        # Floyd's algorithm: k distinct positions in [0, d) with k draws, O(k^2) checks.
         for t in range(k):
-            nbr[lo + t] = col[start + nbr[lo + t]]
+            j = d - k + t
+            state += GOLDEN
+            r = np.int64(mix64(state) % np.uint64(j + 1))
+            for s in range(t):
+                if nbr[lo + s] == r:
+                    r = j
+                    break
+            nbr[lo + t] = r
+    else:
+        # Partial Fisher-Yates on a scratch copy of the positions.
+        pos = np.arange(d)
+        for t in range(k):
+            state += GOLDEN
+            r = t + np.int64(mix64(state) % np.uint64(d - t))
+            pos[t], pos[r] = pos[r], pos[t]
+            nbr[lo + t] = pos[t]
+    nbr[lo:lo + k].sort()  # neighbours in CSR order: deterministic, cache friendly
+    for t in range(k):
+        nbr[lo + t] = col[start + nbr[lo + t]]
+
+
+# Two kernels, parallel and serial, over the same inlined row body. They must be two Python
+# functions: numba's on-disk cache names an entry after the function's qualified name and line,
+# not its compile flags, so two jits of one function would load each other's machine code.
+# Small hops run serially: waking threads costs more than the work, and on a busy machine a
+# parallel region waits for its slowest (descheduled) thread.
+@njit(parallel=True, nogil=True, cache=True)
+def _sample_rows_par(rowptr, col, targets, ptr, key):  # pragma: no cover - jitted
+    """``nbr[ptr[i]:ptr[i+1]]`` = distinct sampled neighbours of ``targets[i]`` (threads over i)."""
+    nbr = np.empty(ptr[targets.shape[0]], np.int64)
+    for i in prange(targets.shape[0]):
+        _sample_row(rowptr, col, targets[i], nbr, ptr[i], ptr[i + 1] - ptr[i], key)
     return nbr
 
 
-# Small hops run serially: waking threads costs more than the work, and on a busy machine a
-# parallel region waits for its slowest (descheduled) thread.
+@njit(nogil=True, cache=True)
+def _sample_rows_seq(rowptr, col, targets, ptr, key):  # pragma: no cover - jitted
+    """:func:`_sample_rows_par` on one thread."""
+    nbr = np.empty(ptr[targets.shape[0]], np.int64)
+    for i in range(targets.shape[0]):
+        _sample_row(rowptr, col, targets[i], nbr, ptr[i], ptr[i + 1] - ptr[i], key)
+    return nbr
+
+
 _PARALLEL_MIN_TARGETS = 16384
-_sample_rows_par = njit(parallel=True, nogil=True, cache=True)(_sample_rows_py)
-_sample_rows_seq = njit(nogil=True, cache=True)(_sample_rows_py)
 
 
 def _sample_rows(rowptr, col, targets, ptr, key):
@@ -356,6 +350,9 @@ class NeighborSampler:
     def sample(self, seeds: np.ndarray, key: int, prune: dict[int, PruneTest] | None = None) -> SampledBatch:
         """Sample the computation graph of ``seeds`` (distinct node ids, int64 ``[B]``).
 
+        Raises ``ValueError`` on a repeated seed: it would be a target twice in the top block
+        and weigh twice in the loss. Cost ``O(B log B)``, small next to the sampling.
+
         ``prune[l]`` (hidden layer ``l``) serves fresh cached ``h^(l)`` instead of expanding.
         """
         seeds = np.ascontiguousarray(seeds, dtype=np.int64)
@@ -363,6 +360,10 @@ class NeighborSampler:
             raise ValueError("seeds must be a non-empty 1-D array of node ids")
         if seeds.min() < 0 or seeds.max() >= self.graph.num_nodes:
             raise ValueError(f"seed ids must lie in [0, {self.graph.num_nodes})")
+        ids, counts = np.unique(seeds, return_counts=True)
+        if len(ids) != len(seeds):  # a repeated seed would be a target twice and count twice in the loss
+            dup = ids[counts > 1]
+            raise ValueError(f"seeds must be distinct: {len(dup)} node id(s) repeated, e.g. {dup[:5].tolist()}")
         prune = prune or {}
         num_layers = self.num_layers
         layer_nodes: list[np.ndarray | None] = [None] * num_layers
@@ -375,7 +376,7 @@ class NeighborSampler:
                 layer = num_layers - 1 - hop
                 below = layer - 1  # the layer whose outputs this hop's new nodes provide
                 test = prune.get(below) if below >= 0 else None
-                block, nodes, n_comp = self._hop(targets, fanout, _mix_py(key, hop), test)
+                block, nodes, n_comp = self._hop(targets, fanout, mix_key(key, hop), test)
                 blocks[layer] = block
                 if below >= 0:
                     layer_nodes[below], num_computed[below] = nodes, n_comp

@@ -12,52 +12,40 @@ kept in checkpoints still make runs repeatable. Non-CPU tensors use ``F.dropout`
 """
 from __future__ import annotations
 
+import numba as _nb
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:
-    import numba as _nb
-    import numpy as np
-
-    _HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - numba is a declared dependency
-    _HAVE_NUMBA = False
+from .._hash import splitmix64
 
 _BITS = 16
 _LANES = 64 // _BITS  # mask decisions per hash
 _BLOCK = 4096  # hash groups per parallel work item
 
-if _HAVE_NUMBA:
 
-    @_nb.njit(cache=True, inline="always")
-    def _splitmix64(z):  # pragma: no cover - jitted
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-    @_nb.njit(cache=True, parallel=True, nogil=True)
-    def _masked_scale_nb(x, out, seed, threshold, scale):  # pragma: no cover - jitted
-        # ``scale`` has x's dtype: a float64 scalar would promote every product (6x slower).
-        n_groups = (x.shape[0] + _LANES - 1) // _LANES
-        n_blocks = (n_groups + _BLOCK - 1) // _BLOCK
-        thr = np.uint64(threshold)
-        lane_mask = np.uint64((1 << _BITS) - 1)
-        zero = scale * 0
-        for b in _nb.prange(n_blocks):
-            for q in range(b * _BLOCK, min(b * _BLOCK + _BLOCK, n_groups)):
-                h = _splitmix64(np.uint64(seed) ^ np.uint64(q))
-                g = _LANES * q
-                if g + _LANES <= x.shape[0]:  # unrolled: one hash gives the four 16-bit lanes
-                    out[g] = x[g] * (scale if (h & lane_mask) >= thr else zero)
-                    out[g + 1] = x[g + 1] * (scale if ((h >> np.uint64(16)) & lane_mask) >= thr else zero)
-                    out[g + 2] = x[g + 2] * (scale if ((h >> np.uint64(32)) & lane_mask) >= thr else zero)
-                    out[g + 3] = x[g + 3] * (scale if (h >> np.uint64(48)) >= thr else zero)
-                else:
-                    for lane in range(x.shape[0] - g):
-                        bits = (h >> np.uint64(_BITS * lane)) & lane_mask
-                        out[g + lane] = x[g + lane] * (scale if bits >= thr else zero)
+@_nb.njit(cache=True, parallel=True, nogil=True)
+def _masked_scale_nb(x, out, seed, threshold, scale):  # pragma: no cover - jitted
+    # ``scale`` has x's dtype: a float64 scalar would promote every product (6x slower).
+    n_groups = (x.shape[0] + _LANES - 1) // _LANES
+    n_blocks = (n_groups + _BLOCK - 1) // _BLOCK
+    thr = np.uint64(threshold)
+    lane_mask = np.uint64((1 << _BITS) - 1)
+    zero = scale * 0
+    for b in _nb.prange(n_blocks):
+        for q in range(b * _BLOCK, min(b * _BLOCK + _BLOCK, n_groups)):
+            h = splitmix64(np.uint64(seed) ^ np.uint64(q))
+            g = _LANES * q
+            if g + _LANES <= x.shape[0]:  # unrolled: one hash gives the four 16-bit lanes
+                out[g] = x[g] * (scale if (h & lane_mask) >= thr else zero)
+                out[g + 1] = x[g + 1] * (scale if ((h >> np.uint64(16)) & lane_mask) >= thr else zero)
+                out[g + 2] = x[g + 2] * (scale if ((h >> np.uint64(32)) & lane_mask) >= thr else zero)
+                out[g + 3] = x[g + 3] * (scale if (h >> np.uint64(48)) >= thr else zero)
+            else:
+                for lane in range(x.shape[0] - g):
+                    bits = (h >> np.uint64(_BITS * lane)) & lane_mask
+                    out[g + lane] = x[g + lane] * (scale if bits >= thr else zero)
 
 
 def _masked_scale(x: Tensor, seed: int, threshold: int, scale: float) -> Tensor:
@@ -88,7 +76,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if not training or p == 0.0 or x.numel() == 0:
         return x
-    if not (_HAVE_NUMBA and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+    if not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
         return F.dropout(x, p, training)
     threshold = round(p * (1 << _BITS))
     scale = float((1 << _BITS) / ((1 << _BITS) - threshold))

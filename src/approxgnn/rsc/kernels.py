@@ -9,97 +9,89 @@ Two implementations of each, with the same results:
 
 Which one runs is decided per call by the device of the inputs (:func:`use_numba`). Measured on
 a 2-core CPU (500k nodes, 10M nnz, d=128, 10 % of nnz kept): numba product 36 ms vs torch CSR
-``addmm`` 77 ms, so numba is preferred on CPU whenever it imports.
+``addmm`` 77 ms, so numba runs on CPU and torch on any other device.
 """
 from __future__ import annotations
 
+import numba as _nb
+import numpy as np
 import torch
 from torch import Tensor
-
-try:  # numba is a declared dependency, but keep the torch path usable without it.
-    import numba as _nb
-    import numpy as np
-
-    _HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only on installs without numba
-    _HAVE_NUMBA = False
 
 
 def use_numba(t: Tensor) -> bool:
     """The numba kernels handle contiguous CPU float32/float64 tensors only."""
-    return _HAVE_NUMBA and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
 
-if _HAVE_NUMBA:
+@_nb.njit(cache=True, nogil=True)
+def _transpose_rows_nb(rowptr, col, val, rows, scale, n_out):  # pragma: no cover - jitted
+    # Pass 1: how many kept entries land in each output row (= column of Â).
+    ptr = np.zeros(n_out + 1, np.int64)
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        for p in range(rowptr[i], rowptr[i + 1]):
+            ptr[col[p] + 1] += 1
+    for j in range(n_out):
+        ptr[j + 1] += ptr[j]
+    nxt = ptr[:-1].copy()
+    m = ptr[n_out]
+    col_t = np.empty(m, np.int64)
+    val_t = np.empty(m, val.dtype)
+    # Pass 2: rows are visited in increasing order, so every output row comes out sorted.
+    scaled = scale.shape[0] > 0
+    for r in range(rows.shape[0]):
+        i = rows[r]
+        s = scale[r] if scaled else 1.0
+        for p in range(rowptr[i], rowptr[i + 1]):
+            j = col[p]
+            q = nxt[j]
+            nxt[j] = q + 1
+            col_t[q] = i
+            val_t[q] = val[p] * s
+    return ptr, col_t, val_t
 
-    @_nb.njit(cache=True, nogil=True)
-    def _transpose_rows_nb(rowptr, col, val, rows, scale, n_out):  # pragma: no cover - jitted
-        # Pass 1: how many kept entries land in each output row (= column of Â).
-        ptr = np.zeros(n_out + 1, np.int64)
-        for r in range(rows.shape[0]):
-            i = rows[r]
-            for p in range(rowptr[i], rowptr[i + 1]):
-                ptr[col[p] + 1] += 1
-        for j in range(n_out):
-            ptr[j + 1] += ptr[j]
-        nxt = ptr[:-1].copy()
-        m = ptr[n_out]
-        col_t = np.empty(m, np.int64)
-        val_t = np.empty(m, val.dtype)
-        # Pass 2: rows are visited in increasing order, so every output row comes out sorted.
-        scaled = scale.shape[0] > 0
-        for r in range(rows.shape[0]):
-            i = rows[r]
-            s = scale[r] if scaled else 1.0
-            for p in range(rowptr[i], rowptr[i + 1]):
-                j = col[p]
-                q = nxt[j]
-                nxt[j] = q + 1
-                col_t[q] = i
-                val_t[q] = val[p] * s
-        return ptr, col_t, val_t
+@_nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
+def _spmm_t_par(rowptr_t, col_t, val_t, g, diag, out):  # pragma: no cover - jitted
+    # out[j] = diag[j]·g[j] + Σ_p val_t[p]·g[col_t[p]]; one writer per output row.
+    n = out.shape[0]
+    d = g.shape[1]
+    has_diag = diag.shape[0] > 0
+    for j in _nb.prange(n):
+        if has_diag:
+            dj = diag[j]
+            for c in range(d):
+                out[j, c] = dj * g[j, c]
+        else:
+            for c in range(d):
+                out[j, c] = 0.0
+        for p in range(rowptr_t[j], rowptr_t[j + 1]):
+            i = col_t[p]
+            v = val_t[p]
+            for c in range(d):
+                out[j, c] += v * g[i, c]
 
-    @_nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-    def _spmm_t_par(rowptr_t, col_t, val_t, g, diag, out):  # pragma: no cover - jitted
-        # out[j] = diag[j]·g[j] + Σ_p val_t[p]·g[col_t[p]]; one writer per output row.
-        n = out.shape[0]
-        d = g.shape[1]
-        has_diag = diag.shape[0] > 0
-        for j in _nb.prange(n):
-            if has_diag:
-                dj = diag[j]
-                for c in range(d):
-                    out[j, c] = dj * g[j, c]
-            else:
-                for c in range(d):
-                    out[j, c] = 0.0
-            for p in range(rowptr_t[j], rowptr_t[j + 1]):
-                i = col_t[p]
-                v = val_t[p]
-                for c in range(d):
-                    out[j, c] += v * g[i, c]
-
-    # The same loop, serial, for small products: waking a thread team costs more than the work
-    # there (and far more on a busy machine). A separate function, not a second jit of the first,
-    # because numba's on-disk cache does not tell the two compilations apart.
-    @_nb.njit(fastmath=True, cache=True, nogil=True)
-    def _spmm_t_ser(rowptr_t, col_t, val_t, g, diag, out):  # pragma: no cover - jitted
-        n = out.shape[0]
-        d = g.shape[1]
-        has_diag = diag.shape[0] > 0
-        for j in range(n):
-            if has_diag:
-                dj = diag[j]
-                for c in range(d):
-                    out[j, c] = dj * g[j, c]
-            else:
-                for c in range(d):
-                    out[j, c] = 0.0
-            for p in range(rowptr_t[j], rowptr_t[j + 1]):
-                i = col_t[p]
-                v = val_t[p]
-                for c in range(d):
-                    out[j, c] += v * g[i, c]
+# The same loop, serial, for small products: waking a thread team costs more than the work
+# there (and far more on a busy machine). A separate function, not a second jit of the first,
+# because numba's on-disk cache does not tell the two compilations apart.
+@_nb.njit(fastmath=True, cache=True, nogil=True)
+def _spmm_t_ser(rowptr_t, col_t, val_t, g, diag, out):  # pragma: no cover - jitted
+    n = out.shape[0]
+    d = g.shape[1]
+    has_diag = diag.shape[0] > 0
+    for j in range(n):
+        if has_diag:
+            dj = diag[j]
+            for c in range(d):
+                out[j, c] = dj * g[j, c]
+        else:
+            for c in range(d):
+                out[j, c] = 0.0
+        for p in range(rowptr_t[j], rowptr_t[j + 1]):
+            i = col_t[p]
+            v = val_t[p]
+            for c in range(d):
+                out[j, c] += v * g[i, c]
 
 
 SERIAL_BELOW = 1 << 20  # elements touched (N·d + nnz·d) under which the serial kernel runs
@@ -163,8 +155,6 @@ def spmm_t(rowptr_t: Tensor, col_t: Tensor, val_t: Tensor, g: Tensor, diag: Tens
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) the CPU kernels now, outside any timed region."""
-    if not _HAVE_NUMBA:
-        return
     rowptr = np.array([0, 1, 2], np.int64)
     col = np.array([1, 0], np.int64)
     val = np.ones(2, np.float32)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..datasets import Dataset
 from ..graph import CSRGraph
+from ..history.arena import arena_floats
 from ..history.cache import HistoryCache
 from ..history.engine import HistoryEngine
 from ..history.features import FeatureCache, FeatureStore, degree_order, write_features
@@ -108,18 +109,24 @@ class MiniBatchTrainer(Trainer):
     def _build_caches(self, num_nodes: int) -> None:
         if self.policy == "none":
             return
-        arena = torch.empty(self.budget_bytes // 4, dtype=torch.float32, device=self.device)
+        layers = self.rc.cached_layers if self.rc.cached_layers is not None else [self.cfg.layers - 2]
+        history = self.policy != "feature"
+        if history and (self.cfg.layers < 2 or not layers):
+            raise ValueError(f"policy {self.policy!r} caches hidden layers; a {self.cfg.layers}-layer model has none")
+        layers = sorted(set(layers))
+        staleness = self.rc.staleness if self.policy == "refresh" else None
+        # The budget holds the caches' metadata too: the arena is what is left of it.
+        floats = arena_floats(self.budget_bytes, num_nodes, self.store.dim, self.cfg.hidden if history else None,
+                              len(layers), staleness)
+        arena = torch.empty(floats, dtype=torch.float32, device=self.device)
         self.feature_cache = FeatureCache(self.store, degree_order(self.sampler.rowptr), arena)
         self.features = self.feature_cache
-        if self.policy == "feature":
+        if not history:
             return
-        layers = self.rc.cached_layers if self.rc.cached_layers is not None else [self.cfg.layers - 2]
-        if self.cfg.layers < 2 or not layers:
-            raise ValueError(f"policy {self.policy!r} caches hidden layers; a {self.cfg.layers}-layer model has none")
-        staleness = self.rc.staleness if self.policy == "refresh" else None
         # Capacity guard by degree: a uniform sampler reaches a node about in proportion to it.
-        cache = HistoryCache(num_nodes, sorted(set(layers)), self.cfg.hidden, arena, self.feature_cache, staleness,
-                             weight=np.diff(self.sampler.rowptr))
+        # The sampler's float64 degrees are shared, not copied.
+        cache = HistoryCache(num_nodes, layers, self.cfg.hidden, arena, self.feature_cache, staleness,
+                             weight=self.sampler.deg)
         self.engine = HistoryEngine(cache, self.policy, self.rc.rate, self.rc.evict)
 
     # ---- training ------------------------------------------------------------------------
@@ -295,7 +302,15 @@ class MiniBatchTrainer(Trainer):
                     info[k] = statistics.median(r[k] for r in self.epoch_log)
         if self.engine:
             info["history_bytes_used"] = self.engine.cache.bytes_used
+        if self.feature_cache is not None:
+            info["cache_metadata_bytes"] = self.cache_metadata_bytes()
         return info
+
+    def cache_metadata_bytes(self) -> int:
+        """Bytes of the caches' metadata (slot maps, write iterations, replacement order): part of
+        the ``--cache-mb`` budget, next to the arena's rows."""
+        meta = self.feature_cache.metadata_bytes if self.feature_cache is not None else 0
+        return meta + (self.engine.cache.metadata_bytes if self.engine is not None else 0)
 
     def engine_state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"iteration": self.iteration, "epoch_log": list(self.epoch_log),
