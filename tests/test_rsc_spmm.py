@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from approxgnn import csr_kernels
 from approxgnn.graph import CSRGraph, normalize
 from approxgnn.ops import SparseOperator
 from approxgnn.rsc import kernels
@@ -23,7 +24,7 @@ def backend(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(kernels, "use_numba", lambda t: False)
     elif request.param == "numba-parallel":
-        monkeypatch.setattr(kernels, "SERIAL_BELOW", 0)
+        monkeypatch.setattr(csr_kernels, "SERIAL_BELOW", 0)
     return request.param
 
 

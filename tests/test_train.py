@@ -75,3 +75,20 @@ def test_memory_check_names_the_fix():
     mb.refresh.cache_mb = 1.0
     with pytest.raises(MemoryError, match="--cache-mb"):
         check_memory(mb, data, available=1000)
+
+
+def test_result_records_time_to_accuracy(tmp_path, one_torch_thread):
+    from approxgnn.train import time_to_reach
+
+    data = planted_dataset()
+    cfg = TrainConfig(dataset="planted", model="gcn", hidden=16, epochs=15, dropout=0.5, lr=0.01, progress=False,
+                      out=str(tmp_path))
+    result = run(cfg, data)
+    curve, best = result["curve"], result["val"]
+    ttv = json.loads((tmp_path / "result.json").read_text())["time_to_val"]
+    first_best = next(c for c in curve if c["val"] >= best)
+    assert ttv["best-0"] == first_best["time_s"]
+    times = [ttv[f"best-{m:g}"] for m in (0.05, 0.02, 0.01, 0.005, 0.0)]
+    assert times == sorted(times)  # a lower level is reached no later
+    assert time_to_reach(curve, best + 0.01) is None  # never reached: said so, not guessed
+    assert time_to_reach(curve, -1.0) == curve[0]["time_s"]

@@ -2,13 +2,16 @@
 
 ``torch``'s own CSR autograd rebuilds ``Aᵀ`` at every backward call; for a fixed graph that is
 pure waste. :class:`SparseOperator` builds ``Aᵀ`` once (or reuses ``A`` when it is symmetric) and
-:class:`ExactSpMM` uses it, writing the diagonal term and the product into one buffer.
+:class:`ExactSpMM` uses it, writing the diagonal term and the product into one buffer. On CPU both
+products run in the numba kernel of :mod:`approxgnn.csr_kernels` (faster than torch's CSR
+``addmm`` there, and deterministic); on other devices in torch's kernels.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from . import csr_kernels
 from .graph import CSRGraph, NormalizedAdjacency
 
 
@@ -59,16 +62,22 @@ class SparseOperator:
 
     def backward(self, g: Tensor) -> Tensor:
         """``∂L/∂x = offᵀ @ g`` plus the diagonal term scattered onto the first ``m`` rows."""
-        out = self.transpose @ g
-        if self.diag is not None:
+        square = self.shape[0] == self.shape[1]
+        out = _addmm_diag(self.transpose, g, self.diag if square else None)
+        if self.diag is not None and not square:
             out[: g.size(0)].addcmul_(self.diag, g)
         return out
 
 
 def _addmm_diag(matrix: Tensor, x: Tensor, diag: Tensor | None) -> Tensor:
+    """``matrix @ x + diag ⊙ x[:m]`` in one fresh ``[m, d]`` buffer."""
+    m = matrix.size(0)
+    if csr_kernels.use_numba(x) and x.dtype == matrix.dtype:
+        out = torch.empty((m, x.size(1)), dtype=x.dtype)
+        return csr_kernels.csr_spmm(matrix.crow_indices(), matrix.col_indices(), matrix.values(), x.contiguous(),
+                                    diag, out)
     if diag is None:
         return matrix @ x
-    m = matrix.size(0)
     out = x[:m] * diag
     return torch.addmm(out, matrix, x, out=out)
 

@@ -18,10 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-def use_numba(t: Tensor) -> bool:
-    """The numba kernels handle contiguous CPU float32/float64 tensors only."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+from .. import csr_kernels
+from ..csr_kernels import use_numba
 
 
 @_nb.njit(cache=True, nogil=True)
@@ -50,52 +48,6 @@ def _transpose_rows_nb(rowptr, col, val, rows, scale, n_out):  # pragma: no cove
             col_t[q] = i
             val_t[q] = val[p] * s
     return ptr, col_t, val_t
-
-@_nb.njit(parallel=True, fastmath=True, cache=True, nogil=True)
-def _spmm_t_par(rowptr_t, col_t, val_t, g, diag, out):  # pragma: no cover - jitted
-    # out[j] = diag[j]·g[j] + Σ_p val_t[p]·g[col_t[p]]; one writer per output row.
-    n = out.shape[0]
-    d = g.shape[1]
-    has_diag = diag.shape[0] > 0
-    for j in _nb.prange(n):
-        if has_diag:
-            dj = diag[j]
-            for c in range(d):
-                out[j, c] = dj * g[j, c]
-        else:
-            for c in range(d):
-                out[j, c] = 0.0
-        for p in range(rowptr_t[j], rowptr_t[j + 1]):
-            i = col_t[p]
-            v = val_t[p]
-            for c in range(d):
-                out[j, c] += v * g[i, c]
-
-# The same loop, serial, for small products: waking a thread team costs more than the work
-# there (and far more on a busy machine). A separate function, not a second jit of the first,
-# because numba's on-disk cache does not tell the two compilations apart.
-@_nb.njit(fastmath=True, cache=True, nogil=True)
-def _spmm_t_ser(rowptr_t, col_t, val_t, g, diag, out):  # pragma: no cover - jitted
-    n = out.shape[0]
-    d = g.shape[1]
-    has_diag = diag.shape[0] > 0
-    for j in range(n):
-        if has_diag:
-            dj = diag[j]
-            for c in range(d):
-                out[j, c] = dj * g[j, c]
-        else:
-            for c in range(d):
-                out[j, c] = 0.0
-        for p in range(rowptr_t[j], rowptr_t[j + 1]):
-            i = col_t[p]
-            v = val_t[p]
-            for c in range(d):
-                out[j, c] += v * g[i, c]
-
-
-SERIAL_BELOW = 1 << 20  # elements touched (N·d + nnz·d) under which the serial kernel runs
-
 
 def transpose_rows(rowptr: Tensor, col: Tensor, val: Tensor, rows: Tensor, scale: Tensor | None,
                    n_out: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,10 +92,7 @@ def spmm_t(rowptr_t: Tensor, col_t: Tensor, val_t: Tensor, g: Tensor, diag: Tens
     same ``T`` as a torch CSR tensor, used (and required) off the numba path.
     """
     if use_numba(g) and g.dtype == val_t.dtype:
-        dg = np.empty(0, g.numpy().dtype) if diag is None else diag.reshape(-1).to(g.dtype).numpy()
-        kernel = _spmm_t_ser if (out.numel() + col_t.numel() * g.size(1)) < SERIAL_BELOW else _spmm_t_par
-        kernel(rowptr_t.numpy(), col_t.numpy(), val_t.numpy(), g.numpy(), dg, out.numpy())
-        return out
+        return csr_kernels.csr_spmm(rowptr_t, col_t, val_t, g, diag, out)
     if matrix is None:
         matrix = torch.sparse_csr_tensor(rowptr_t, col_t, val_t.to(g.dtype), (out.size(0), g.size(0)))
     if diag is None:
@@ -156,9 +105,6 @@ def spmm_t(rowptr_t: Tensor, col_t: Tensor, val_t: Tensor, g: Tensor, diag: Tens
 def warm_up() -> None:
     """Compile (or load from numba's cache) the CPU kernels now, outside any timed region."""
     rowptr = np.array([0, 1, 2], np.int64)
-    col = np.array([1, 0], np.int64)
-    val = np.ones(2, np.float32)
-    ptr, c, v = _transpose_rows_nb(rowptr, col, val, np.array([0], np.int64), np.empty(0, np.float32), 2)
-    g = np.ones((2, 3), np.float32)
-    for kernel in (_spmm_t_ser, _spmm_t_par):
-        kernel(ptr, c, v, g, np.ones(2, np.float32), np.empty((2, 3), np.float32))
+    _transpose_rows_nb(rowptr, np.array([1, 0], np.int64), np.ones(2, np.float32), np.array([0], np.int64),
+                       np.empty(0, np.float32), 2)
+    csr_kernels.warm_up()

@@ -7,7 +7,7 @@ from ..datasets import Dataset, load_dataset
 from .checkpoint import seed_everything
 from .config import ENGINES, FULL_BATCH_ENGINES, TrainConfig
 from .memory import check_memory
-from .loop import Trainer, TrainingDiverged, check_out_dir, fit, read_checkpoint
+from .loop import Trainer, TrainingDiverged, check_out_dir, fit, read_checkpoint, time_to_reach
 
 
 def load_data(cfg: TrainConfig) -> Dataset:
@@ -34,4 +34,4 @@ def run(cfg: TrainConfig, data: Dataset | None = None, *, resume_state: dict[str
 
 
 __all__ = ["TrainConfig", "ENGINES", "Trainer", "TrainingDiverged", "build_trainer", "check_out_dir", "fit",
-           "load_data", "read_checkpoint", "run"]
+           "load_data", "read_checkpoint", "run", "time_to_reach"]

@@ -25,6 +25,23 @@ from .checkpoint import (CHECKPOINT_NAME, atomic_write_bytes, load_latest_checkp
 from .config import TrainConfig
 
 RESULT_NAME = "result.json"
+# Levels below the run's best validation metric at which ``result.json`` records the training time
+# first reached (``time_to_val``); other levels, e.g. another run's best, come from ``time_to_reach``.
+TIME_TO_VAL_MARGINS = (0.0, 0.005, 0.01, 0.02, 0.05)
+
+
+def time_to_reach(curve: list[dict[str, Any]], level: float) -> float | None:
+    """Training time (s, evaluation excluded) after which the validation metric first reached
+    ``level``; ``None`` if it never did. ``curve`` is ``result["curve"]``."""
+    for point in curve:
+        if point["val"] >= level:
+            return float(point["time_s"])
+    return None
+
+
+def time_to_val(curve: list[dict[str, Any]], best: float) -> dict[str, float | None]:
+    """``{"best-0.005": seconds, ...}`` for each margin in :data:`TIME_TO_VAL_MARGINS`."""
+    return {f"best-{m:g}": time_to_reach(curve, best - m - 1e-12) for m in TIME_TO_VAL_MARGINS}
 
 
 class TrainingDiverged(RuntimeError):
@@ -143,6 +160,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         "train_time_s": s["train_time_s"], "eval_time_s": s["eval_time_s"],
         "epoch_time_median_s": statistics.median(step_times) if step_times else float("nan"),
         "checkpoint_time_median_s": statistics.median(s["checkpoint_time_s"]) if s["checkpoint_time_s"] else None,
+        "time_to_val": time_to_val(s["curve"], s["best_val"]),
         "final": s["curve"][-1] if s["curve"] else None,
         "engine_stats": trainer.engine_stats(),
         **trainer.run_info(),
