@@ -32,14 +32,22 @@ import torch
 
 from approxgnn.datasets import load_dataset
 from approxgnn.rsc import RSCConfig
-from approxgnn.train import TrainConfig, run
+from approxgnn.rsc.config import PRESETS
+from approxgnn.train import TrainConfig, run, time_to_reach
 from approxgnn.train.results import format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LAYERS = {"gcn": 3, "sage": 3, "gcn2": 4}
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "exact": None,
-    "rsc": {},
+    "rsc": {},  # the library's defaults
+    "paper": dict(PRESETS["paper"]),  # --rsc-preset paper
+    "topk": {"selection": "topk"},
+    "poisson": {"selection": "poisson"},
+    "topk C=0.1": {"selection": "topk", "budget": 0.1},
+    "topk C=0.3": {"selection": "topk", "budget": 0.3},
+    "poisson C=0.1": {"selection": "poisson", "budget": 0.1},
+    "poisson C=0.3": {"selection": "poisson", "budget": 0.3},
     "importance": {"selection": "importance"},
     "greedy-delta": {"allocation": "delta"},
     "greedy-delta/flop": {"allocation": "delta_per_flop"},
@@ -69,12 +77,14 @@ def lr_for(dataset: str, a: argparse.Namespace) -> float:
 
 
 def epochs_for(dataset: str, a: argparse.Namespace) -> int:
+    if dataset.startswith("synthetic-hard-"):
+        return a.epochs_hard
     return a.epochs_large if dataset.startswith("synthetic-") else a.epochs_small
 
 
 def run_one(data, dataset: str, model: str, variant: str, seed: int, epochs: int, a: argparse.Namespace) -> dict:
     over = VARIANTS[variant]
-    rsc = RSCConfig(**{"budget": a.budget, **(over or {})})
+    rsc = RSCConfig(**{**({} if a.budget is None else {"budget": a.budget}), **(over or {})})
     cfg = TrainConfig(dataset=dataset, model=model, engine="exact" if over is None else "rsc", layers=LAYERS[model],
                       hidden=a.hidden, dropout=a.dropout, lr=lr_for(dataset, a), weight_decay=a.weight_decay,
                       epochs=epochs, seed=seed, device="cpu", progress=False, rsc=rsc)
@@ -116,7 +126,8 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
 
     cfg = TrainConfig(dataset=dataset, model=model, engine="rsc", layers=LAYERS[model], hidden=a.hidden,
                       dropout=a.dropout, lr=lr_for(dataset, a), weight_decay=a.weight_decay, epochs=epochs, seed=seed,
-                      device="cpu", progress=False, rsc=RSCConfig(**{"budget": a.budget, **over}))
+                      device="cpu", progress=False,
+                      rsc=RSCConfig(**{**({} if a.budget is None else {"budget": a.budget}), **over}))
     tr = build_trainer(cfg, data)
     m = tr.masks["train"]
     params = [p for p in tr.model.parameters() if p.requires_grad]
@@ -147,6 +158,17 @@ def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+TTA_MARGIN = 0.005  # time to exact's best validation metric minus 0.5 pp
+
+
+def tta_speedup(exact: dict, run_: dict) -> float | None:
+    """Exact's training time to its best validation metric minus 0.5 pp, over this run's time to
+    the same level (same seed); None when this run never reached it."""
+    level = exact["val"] - TTA_MARGIN
+    t_exact, t_run = time_to_reach(exact["curve"], level), time_to_reach(run_["curve"], level)
+    return None if t_run is None or not t_exact else t_exact / max(t_run, 1e-9)
+
+
 def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
     rows = []
     keys = sorted({(r["dataset"], r["model"]) for r in runs}, key=lambda k: (k[0], k[1]))
@@ -157,6 +179,7 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
             continue
         ex_t, _ = _ms([r["train_time_s"] for r in by["exact"]])
         ex_m, _ = _ms([r["test"] for r in by["exact"]])
+        exact_by_seed = {r["seed"]: r for r in by["exact"]}
         for v in variants:
             rs = by.get(v)
             if not rs:
@@ -165,9 +188,13 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
             m, msd = _ms([100 * r["test"] for r in rs])
             kept = [r["flops_kept_approx"] for r in rs if r["flops_kept_approx"] is not None]
             ge = [r["grad_err"] for r in rs if r.get("grad_err") is not None]
+            tta = [tta_speedup(exact_by_seed[r["seed"]], r) for r in rs if r["seed"] in exact_by_seed]
+            reached = [x for x in tta if x is not None]
             rows.append({"dataset": ds, "model": model, "variant": v, "metric": rs[0]["metric"], "seeds": len(rs),
                          "epochs": rs[0]["epochs"], "train_s": f"{t:.2f} ± {ts:.2f}", "speedup": ex_t / t,
                          "test": f"{m:.2f} ± {msd:.2f}", "delta_pp": m - 100 * ex_m,
+                         "tta_speedup": statistics.median(reached) if reached else None,
+                         "reached": f"{len(reached)}/{len(tta)}",
                          "flops_kept": statistics.fmean(kept) if kept else None,
                          "sample_s": statistics.fmean([r["sample_s"] or 0.0 for r in rs]) if v != "exact" else None,
                          "grad_err": statistics.fmean(ge) if ge else None,
@@ -215,8 +242,9 @@ def main() -> None:
     p.add_argument("--variants", default=None, help=f"subset of {list(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs-small", type=int, default=200, help="epochs on the real datasets")
-    p.add_argument("--epochs-large", type=int, default=20, help="epochs on synthetic-<size> graphs")
-    p.add_argument("--budget", type=float, default=0.1)
+    p.add_argument("--epochs-large", type=int, default=20, help="epochs on synthetic-<size> graphs (speed only)")
+    p.add_argument("--epochs-hard", type=int, default=150, help="epochs on synthetic-hard-<size> graphs")
+    p.add_argument("--budget", type=float, default=None, help="default: each variant's (the library default for rsc)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=None, help="default: 1e-3 on cora/citeseer, else 1e-2 (see LR)")
@@ -275,7 +303,8 @@ def main() -> None:
         del data
     rows = summarise(runs, variants)
     print(format_table(rows, ["dataset", "model", "variant", "metric", "seeds", "epochs", "train_s", "speedup",
-                              "test", "delta_pp", "flops_kept", "sample_s", "grad_err", "others_cpu_max"]))
+                              "tta_speedup", "reached", "test", "delta_pp", "flops_kept", "sample_s", "grad_err",
+                              "others_cpu_max"]))
     if a.plot:
         plot(runs, [d for d in a.plot_datasets.split(",") if any(r["dataset"] == d for r in runs)],
              models[0], a.plot)

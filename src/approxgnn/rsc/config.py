@@ -5,6 +5,12 @@ from dataclasses import dataclass
 
 ALLOCATIONS = ("delta", "delta_per_flop", "uniform")
 SELECTIONS = ("topk", "poisson", "importance")
+# Named settings (``--rsc-preset``); explicit flags override them. ``paper`` is the published
+# configuration (Liu et al., ICML 2023): deterministic top-k at C = 0.1, greedy argmin Δ.
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"budget": 0.1, "selection": "topk", "allocation": "delta", "cache_interval": 10, "tune_interval": 10,
+              "switch_time": 0.8, "step": 0.02, "ema": 0.5},
+}
 
 
 @dataclass
@@ -42,6 +48,13 @@ class RSCConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: object) -> "RSCConfig":
+        """The settings of preset ``name`` (:data:`PRESETS`), with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown rsc preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})  # type: ignore[arg-type]
 
     def validate(self) -> None:
         for name in ("budget", "switch_time", "step", "ema", "val_tolerance"):
