@@ -260,3 +260,15 @@ def test_process_exit_statuses(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "approxgnn.cli", "train", "--fanouts", "0"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "argument --fanouts" in r.stderr
+
+
+def test_rsc_preset_paper_sets_the_published_configuration_and_flags_override_it():
+    from approxgnn.rsc.config import PRESETS, RSCConfig
+
+    ns = cli.build_parser().parse_args(["train", "--engine", "rsc", "--rsc-preset", "paper", "--budget", "0.2"])
+    cfg = cli.config_from_args(ns)
+    assert cfg.rsc == RSCConfig(**{**PRESETS["paper"], "budget": 0.2})
+    assert cfg.rsc.selection == "topk" and cfg.rsc.allocation == "delta"
+    plain = cli.config_from_args(cli.build_parser().parse_args(["train", "--engine", "rsc"]))
+    assert plain.rsc == RSCConfig()
+    assert exit_code(["train", "--engine", "rsc", "--rsc-preset", "fastest"]) == 2

@@ -117,7 +117,7 @@ def test_sage_layer0_is_not_sampled():
 
 
 def test_cache_reuse_skips_resampling_and_budget_holds():
-    m, prop, exact, x, y, mask = _setup("gcn", budget=0.3, cache_interval=3, tune_interval=100)
+    m, prop, exact, x, y, mask = _setup("gcn", budget=0.3, cache_interval=3, tune_interval=100, selection="topk")
     slices = []
     for epoch in range(11):  # 1 warm-up + 10 approximate steps
         prop.on_epoch_start(epoch, 20)
@@ -242,7 +242,8 @@ def test_trainer_runs_rsc_and_records_stats(tmp_path, model, one_torch_thread):
     layers = st["detail"]["layers"]
     assert all(v["approx_steps"] == 22 for v in layers.values())
     kept = sum(v["nnz_kept_frac_mean"] * v["width"] for v in layers.values())
-    assert 0 < kept <= 0.2 * sum(v["width"] for v in layers.values()) + 1e-9
+    # The default Poisson selection keeps the budget in expectation: a few % either way per run.
+    assert 0 < kept <= 0.2 * 1.05 * sum(v["width"] for v in layers.values())
 
 
 def test_interrupted_run_resumes_identically(tmp_path, one_torch_thread):

@@ -142,3 +142,26 @@ def test_registry_names(tmp_path: Path) -> None:
 def test_bad_parameters(kwargs: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         synthetic(**{"num_nodes": 1000, **kwargs})
+
+
+def test_hard_preset_is_hard_but_learnable(one_torch_thread: None) -> None:
+    """``synthetic-hard-<size>``: the difficulty knobs of HARD_SYNTHETIC, power-law degrees as the
+    easy preset, 2 % training nodes; neighbourhoods still carry the label (linear probe)."""
+    from approxgnn.datasets.registry import HARD_SYNTHETIC
+
+    params = parse_synthetic_name("synthetic-hard-20k")
+    assert params == {**parse_synthetic_name("synthetic-20k"), **HARD_SYNTHETIC}
+    ds = load_dataset("synthetic-hard-20k", seed=1)
+    assert ds.num_classes == HARD_SYNTHETIC["num_classes"] and ds.num_nodes == 20_000
+    assert ds.train_mask.sum() == pytest.approx(0.02 * ds.num_nodes, rel=0.05)
+    h = HARD_SYNTHETIC["homophily"]
+    assert ds.meta["edge_homophily"] == pytest.approx(h + (1 - h) / ds.num_classes, abs=0.02)
+    easy = load_dataset("synthetic-20k", seed=1)
+    assert degrees(ds).mean() == pytest.approx(degrees(easy).mean(), rel=0.01)
+    feats = _linear_probe(ds.x, ds)
+    a = sp.csr_matrix((np.ones(ds.edge_index.shape[1]), ds.edge_index), shape=(ds.num_nodes,) * 2)
+    a = a + a.T + sp.eye(ds.num_nodes)
+    hop = sp.diags(1.0 / np.asarray(a.sum(1)).ravel()) @ a
+    two = _linear_probe((hop @ (hop @ ds.x)).astype(np.float32), ds)
+    chance = 1.0 / ds.num_classes
+    assert chance + 0.05 < feats < two < 0.95  # weak features, the graph helps, far from solved
