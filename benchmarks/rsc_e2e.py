@@ -110,8 +110,9 @@ def run_one(data, dataset: str, model: str, variant: str, seed: int, epochs: int
 
 
 def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epochs: int,
-                   a: argparse.Namespace) -> float | None:
-    """Mean ‖∇θ_RSC − ∇θ_exact‖ / ‖∇θ_exact‖ over the approximate steps of one training run.
+                   a: argparse.Namespace) -> tuple[float, float] | None:
+    """Mean ‖∇θ_RSC − ∇θ_exact‖ / ‖∇θ_exact‖ and mean cosine(∇θ_RSC, ∇θ_exact) over the
+    approximate steps of one training run.
 
     A copy of the full-batch training step in which every approximate step also computes the exact
     gradient with the *same* dropout masks (RNG state replayed); the optimiser then steps with the
@@ -137,7 +138,7 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
         F.cross_entropy(tr.model(tr.x, prop)[m], tr.y[m]).backward()
         return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
 
-    errs = []
+    errs, coss = [], []
     for epoch in range(epochs):
         tr.prop.on_epoch_start(epoch, epochs)
         tr.model.train()
@@ -147,11 +148,12 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
             torch.set_rng_state(rng)
             approx = grads(tr.prop)
             errs.append(float((approx - exact).norm() / exact.norm().clamp_min(1e-30)))
+            coss.append(float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)))
         else:
             grads(tr.prop)
         tr.optimizer.step()
         tr.prop.on_epoch_end(epoch, float("nan"))
-    return statistics.fmean(errs) if errs else None
+    return (statistics.fmean(errs), statistics.fmean(coss)) if errs else None
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -188,6 +190,7 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
             m, msd = _ms([100 * r["test"] for r in rs])
             kept = [r["flops_kept_approx"] for r in rs if r["flops_kept_approx"] is not None]
             ge = [r["grad_err"] for r in rs if r.get("grad_err") is not None]
+            gc = [r["grad_cos"] for r in rs if r.get("grad_cos") is not None]
             tta = [tta_speedup(exact_by_seed[r["seed"]], r) for r in rs if r["seed"] in exact_by_seed]
             reached = [x for x in tta if x is not None]
             rows.append({"dataset": ds, "model": model, "variant": v, "metric": rs[0]["metric"], "seeds": len(rs),
@@ -198,6 +201,7 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
                          "flops_kept": statistics.fmean(kept) if kept else None,
                          "sample_s": statistics.fmean([r["sample_s"] or 0.0 for r in rs]) if v != "exact" else None,
                          "grad_err": statistics.fmean(ge) if ge else None,
+                         "grad_cos": statistics.fmean(gc) if gc else None,
                          "others_cpu_max": max(r.get("others_cpu", float("nan")) for r in rs)})
     return rows
 
@@ -292,7 +296,8 @@ def main() -> None:
                     r = run_one(data, ds, model, v, seed, epochs_for(ds, a), a)
                     if a.grad_error and seed == seeds[0]:
                         with rsc_common.bench_lock(a.lock):  # untimed, but it would slow others' timed runs
-                            r["grad_err"] = gradient_error(data, ds, model, v, seed, epochs_for(ds, a), a)
+                            ge = gradient_error(data, ds, model, v, seed, epochs_for(ds, a), a)
+                            r["grad_err"], r["grad_cos"] = (None, None) if ge is None else ge
                     runs.append(r)
                     print(f"  {model:5s} {v:18s} seed {seed}: train {r['train_time_s']:7.2f}s "
                           f"(eval {r['eval_time_s']:.1f}s) test {100 * r['test']:.2f} "
@@ -304,7 +309,7 @@ def main() -> None:
     rows = summarise(runs, variants)
     print(format_table(rows, ["dataset", "model", "variant", "metric", "seeds", "epochs", "train_s", "speedup",
                               "tta_speedup", "reached", "test", "delta_pp", "flops_kept", "sample_s", "grad_err",
-                              "others_cpu_max"]))
+                              "grad_cos", "others_cpu_max"]))
     if a.plot:
         plot(runs, [d for d in a.plot_datasets.split(",") if any(r["dataset"] == d for r in runs)],
              models[0], a.plot)

@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+from rsc_e2e import tta_speedup
+
 
 def _load(path: str | None) -> dict | None:
     return json.loads(Path(path).read_text()) if path else None
@@ -44,9 +46,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 def e2e_table(d: dict, variants: list[str] | None = None) -> str:
     runs = d["runs"]
     variants = variants or sorted({r["variant"] for r in runs} - {"exact"}, key=lambda v: (v != "rsc", v))
-    out = ["| dataset | model | variant | metric | seeds | exact train s | RSC train s | speedup | exact test | RSC test "
-           "| Δ test (pp) | FLOPs kept | grad. error | others' CPU (max) |",
-           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out = ["| dataset | model | variant | metric | seeds | exact train s | RSC train s | speedup | time-to-acc. speedup "
+           "| reached | exact test | RSC test | Δ test (pp) | FLOPs kept | grad. error | others' CPU (max) |",
+           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     # grouped by dataset, then model, each in order of first appearance (runs may be merged files)
     datasets = list(dict.fromkeys(r["dataset"] for r in runs))
     models = list(dict.fromkeys(r["model"] for r in runs))
@@ -70,8 +72,13 @@ def e2e_table(d: dict, variants: list[str] | None = None) -> str:
             kept = [r["flops_kept_approx"] for r in rs if r.get("flops_kept_approx") is not None]
             ge = [r["grad_err"] for r in rs if r.get("grad_err") is not None]
             busy = max([r.get("others_cpu", 0.0) for r in rs + ex_s])
+            by_seed = {r["seed"]: r for r in ex_s}
+            tta = [tta_speedup(by_seed[r["seed"]], r) for r in rs if r["seed"] in by_seed]
+            hit = [x for x in tta if x is not None]
+            tta_s = f"{statistics.median(hit):.2f}x" if hit else "not reached"
             out.append(f"| {ds} | {model} | {v} | {rs[0]['metric']} | {len(rs)} | {et:.1f} ± {ets:.1f} | {t:.1f} ± {ts:.1f} | "
-                       f"**{et / t:.2f}x** | {em:.2f} ± {ems:.2f} | {m:.2f} ± {ms:.2f} | {m - em:+.2f} | "
+                       f"**{et / t:.2f}x** | {tta_s} | {len(hit)}/{len(tta)} | {em:.2f} ± {ems:.2f} | {m:.2f} ± {ms:.2f} | "
+                       f"{m - em:+.2f} | "
                        f"{_f(statistics.fmean(kept), 1, True) + '%' if kept else '–'} | "
                        f"{_f(statistics.fmean(ge), 2) if ge else '–'} | {busy:.2f} |")
     return "\n".join(out)
@@ -92,14 +99,14 @@ def profile_table(ds: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--op")
-    p.add_argument("--e2e")
+    p.add_argument("--e2e", action="append", default=[], help="rsc_e2e.py --json files (merged)")
     p.add_argument("--ablation")
     p.add_argument("--profile", action="append", default=[])
     a = p.parse_args()
     if a.op:
         print(op_table(_load(a.op)), end="\n\n")
     if a.e2e:
-        print(e2e_table(_load(a.e2e)), end="\n\n")
+        print(e2e_table({"runs": [r for path in a.e2e for r in _load(path)["runs"]]}), end="\n\n")
     if a.ablation:
         print(e2e_table(_load(a.ablation)), end="\n\n")
     if a.profile:
