@@ -128,6 +128,17 @@ def test_cross_field_error_is_a_usage_error(capsys: pytest.CaptureFixture, no_ru
     assert "cached layer 3" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("engine", ["refresh", "sample"])
+def test_default_fanouts_follow_layers(engine: str, stub_run: list) -> None:
+    # No --fanouts: one per layer, [15, 10, 5] cut to --layers or extended with 5s.
+    for layers, fanouts in ((None, [15, 10]), ("1", [15]), ("3", [15, 10, 5]), ("5", [15, 10, 5, 5, 5])):
+        argv = ["train", "--dataset", "cora", "--engine", engine, "--no-progress"]
+        assert exit_code(argv + (["--layers", layers] if layers else [])) == 0
+        assert stub_run[-1].refresh.fanouts == fanouts
+    assert exit_code(["train", "--dataset", "cora", "--engine", engine, "--fanouts", "7,3"]) == 0
+    assert stub_run[-1].refresh.fanouts == [7, 3]
+
+
 def test_unknown_dataset_lists_the_valid_names(tmp_path: Path, capsys: pytest.CaptureFixture, no_run: None) -> None:
     assert exit_code(["train", "--dataset", "coraa", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -96,7 +96,8 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--warmup", "rsc.warmup", {"type": int, "help": "RSC: exact epochs before the first allocation"}),
     ("--val-guard", "rsc.val_guard", {"action": "store_true", "help": "RSC: go exact early when validation stalls"}),
     # mini-batch / ReFresh
-    ("--fanouts", "refresh.fanouts", {"type": _int_list, "help": "neighbours per hop, e.g. 15,10,5 (-1: all)"}),
+    ("--fanouts", "refresh.fanouts", {"type": _int_list, "help": "neighbours per hop, seeds' hop first, one per layer (-1: all); "
+                                                    "default: 15,10,5 cut to --layers, extended with 5s"}),
     ("--batch-size", "refresh.batch_size", {"type": int}),
     ("--cache-mb", "refresh.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
     ("--policy", "refresh.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),

@@ -1,10 +1,10 @@
 """Run configuration: one dataclass per concern, composed into :class:`TrainConfig`."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..history.config import RefreshConfig
+from ..history.config import RefreshConfig, default_fanouts
 from ..nn.models import MODELS
 from ..rsc.config import RSCConfig
 
@@ -37,6 +37,11 @@ class TrainConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:
+        if self.refresh.fanouts is None and self.layers >= 1:
+            # Fanouts the user left out follow --layers (one per layer). A copy, so that a
+            # RefreshConfig shared by several configs is not pinned to the first one's depth; the
+            # resolved list is what result.json records.
+            self.refresh = replace(self.refresh, fanouts=default_fanouts(self.layers))
         self.validate()
 
     def validate(self) -> None:
@@ -72,7 +77,7 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.engine in ("sample", "refresh") and len(self.refresh.fanouts) != self.layers:
             raise ValueError(f"{len(self.refresh.fanouts)} fanouts given for {self.layers} layers; "
-                             "give one fanout per layer")
+                             "give one fanout per layer (or leave --fanouts out to get one per layer)")
         self.rsc.validate()
         self.refresh.validate()
 
