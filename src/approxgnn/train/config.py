@@ -11,6 +11,11 @@ from ..rsc.config import RSCConfig
 ENGINES = ("exact", "rsc", "sample", "refresh")
 FULL_BATCH_ENGINES = ("exact", "rsc")
 
+# Input dropout when ``TrainConfig.input_dropout`` is None, per engine family: True drops the raw
+# features at the hidden rate ``dropout`` (Kipf's GCN), False leaves them untouched (PyG's
+# BasicGNN). Chosen by measurement: benchmarks/input_dropout.py, table in benchmarks/RESULTS.md.
+INPUT_DROPOUT_FOLLOWS_DROPOUT = {"full_batch": True, "mini_batch": True}
+
 
 @dataclass
 class TrainConfig:
@@ -24,6 +29,7 @@ class TrainConfig:
     layers: int = 2
     hidden: int = 256
     dropout: float = 0.5
+    input_dropout: float | None = None  # None: the engine family's default (see resolved_input_dropout)
     batch_norm: bool = False
     lr: float = 0.01
     weight_decay: float = 5e-4
@@ -67,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input_dropout is not None and not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if not self.lr > 0:  # written so that NaN fails too
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not self.weight_decay >= 0:
@@ -80,6 +88,16 @@ class TrainConfig:
                              "give one fanout per layer (or leave --fanouts out to get one per layer)")
         self.rsc.validate()
         self.refresh.validate()
+
+    def resolved_input_dropout(self) -> float:
+        """The input-feature dropout rate this run uses: ``input_dropout`` if set, else the engine
+        family's default (:data:`INPUT_DROPOUT_FOLLOWS_DROPOUT`). Resolved here and only here, at
+        use rather than at construction, so that a config copied to another engine takes that
+        engine's default."""
+        if self.input_dropout is not None:
+            return self.input_dropout
+        family = "full_batch" if self.engine in FULL_BATCH_ENGINES else "mini_batch"
+        return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[family] else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
