@@ -29,6 +29,7 @@ from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.results import format_table
+from .train.schedule import LR_SCHEDULES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESULT_COLUMNS = ["dataset", "model", "engine", "metric", "val", "test", "best_epoch", "train_time_s",
@@ -80,6 +81,8 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
      {"type": _real, "help": "dropout on the input features (default: per engine family, see README)"}),
     ("--batch-norm", "batch_norm", {"action": "store_true"}),
     ("--lr", "lr", {"type": _real}),
+    ("--lr-schedule", "lr_schedule",
+     {"choices": LR_SCHEDULES, "help": "cosine: annealed to 0 over --epochs, stepped once per epoch"}),
     ("--weight-decay", "weight_decay", {"type": _real}),
     ("--epochs", "epochs", {"type": int}),
     ("--seed", "seed", {"type": int}),

@@ -7,6 +7,7 @@ from typing import Any
 from ..history.config import RefreshConfig, default_fanouts
 from ..nn.models import MODELS
 from ..rsc.config import RSCConfig
+from .schedule import LR_SCHEDULES
 
 ENGINES = ("exact", "rsc", "sample", "refresh")
 FULL_BATCH_ENGINES = ("exact", "rsc")
@@ -32,6 +33,7 @@ class TrainConfig:
     input_dropout: float | None = None  # None: the engine family's default (see resolved_input_dropout)
     batch_norm: bool = False
     lr: float = 0.01
+    lr_schedule: str = "constant"  # or "cosine": annealed to 0 over `epochs`, stepped per epoch
     weight_decay: float = 5e-4
     epochs: int = 200
     seed: int = 0
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if not self.lr > 0:  # written so that NaN fails too
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.epochs < 1:

@@ -13,6 +13,7 @@ from ..nn import ExactPropagation, Propagation, build_model
 from ..ops import SparseOperator
 from .config import TrainConfig
 from .loop import Trainer, backward_and_step
+from .schedule import build_scheduler
 from .metrics import evaluate_logits
 
 
@@ -51,6 +52,7 @@ class FullBatchTrainer(Trainer):
         self.y = torch.as_tensor(data.y).to(self.device)
         self.masks = {k: torch.as_tensor(getattr(data, f"{k}_mask")).to(self.device) for k in ("train", "val", "test")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs)
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout()}
 

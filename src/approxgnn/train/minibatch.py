@@ -44,6 +44,7 @@ from .config import TrainConfig
 from .full_batch import _synchronizer, resolve_device
 from .loop import Trainer
 from .metrics import evaluate_logits
+from .schedule import build_scheduler
 
 MINIBATCH_MODELS = ("sage", "gcn")
 
@@ -80,6 +81,7 @@ class MiniBatchTrainer(Trainer):
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
         self.split_masks = {k: np.asarray(getattr(data, f"{k}_mask")) for k in ("train", "val", "test")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs)
         self.iteration = 0
         self.epoch_log: list[dict[str, Any]] = []
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
