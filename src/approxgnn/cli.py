@@ -29,6 +29,7 @@ from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.results import format_table
+from .train.presets import PRESET_HELP, PRESETS, apply_preset
 from .train.schedule import LR_SCHEDULES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -69,6 +70,9 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 # (flag, dest in TrainConfig / sub-config, argparse kwargs). Defaults live in the dataclasses only.
 _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--preset", "preset", {"choices": sorted(PRESETS), "help": "start from a named setup; flags and --config "
+                                                                "override its values. " + "; ".join(
+                                                                    f"{k}: {v}" for k, v in PRESET_HELP.items())}),
     ("--dataset", "dataset", {"help": "name (see `approxgnn datasets`) or path to a .npz / OGB directory"}),
     ("--data-root", "data_root", {"help": "data directory (default: $APPROXGNN_DATA or ~/.approxgnn/data)"}),
     ("--split", "split", {"type": int, "help": "split index for datasets with several"}),
@@ -209,7 +213,8 @@ def _sub_config(cls: type, values: Any, where: str | None, group: str | None = N
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    """Dataclass defaults, then ``--config`` file, then the flags actually given (ValueError if invalid)."""
+    """Dataclass defaults, then ``--preset``, then the ``--config`` file, then the flags actually given
+    (ValueError if invalid)."""
     base: dict[str, Any] = {}
     where = None
     if getattr(ns, "config_file", None):
@@ -234,6 +239,7 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
             base[group][key] = value
         elif dest in top:
             base[dest] = value
+    base = apply_preset(base)  # under the file and the flags: the user's values win
     rsc = _sub_config(RSCConfig, base.pop("rsc", {}), where, "rsc")
     refresh = _sub_config(RefreshConfig, base.pop("refresh", {}), where, "refresh")
     return _sub_config(TrainConfig, {**base, "rsc": rsc, "refresh": refresh}, where)

@@ -7,6 +7,7 @@ from typing import Any
 from ..history.config import RefreshConfig, default_fanouts
 from ..nn.models import MODELS
 from ..rsc.config import RSCConfig
+from .presets import PRESETS
 from .schedule import LR_SCHEDULES
 
 ENGINES = ("exact", "rsc", "sample", "refresh")
@@ -22,6 +23,7 @@ INPUT_DROPOUT_FOLLOWS_DROPOUT = {"full_batch": True, "mini_batch": True}
 class TrainConfig:
     """Everything a run needs; recorded in full in ``result.json`` and every checkpoint."""
 
+    preset: str | None = None  # name of the preset the values were laid over (train/presets.py), recorded
     dataset: str = "synthetic"
     data_root: str | None = None
     split: int = 0
@@ -53,6 +55,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.engine not in ENGINES:
