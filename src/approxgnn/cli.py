@@ -363,6 +363,8 @@ def prepare_bench(ns: argparse.Namespace) -> Job:
 
     def job() -> int:
         sys.argv = [str(script), *ns.args]
+        # As `python benchmarks/<name>.py` would: the scripts import their shared `_common` module.
+        sys.path.insert(0, str(bench_dir))
         runpy.run_path(str(script), run_name="__main__")
         return EXIT_OK
 
