@@ -88,6 +88,14 @@ def test_engine_default_resolves_in_one_place() -> None:
         assert TrainConfig(engine=engine, dropout=0.4, input_dropout=0.1).resolved_input_dropout() == 0.1
 
 
+def test_configs_recorded_before_the_knob_keep_dropping_inputs() -> None:
+    # A checkpoint's config from before input_dropout existed: inputs were dropped at `dropout`.
+    old = {k: v for k, v in TrainConfig(engine="sample", model="sage", dropout=0.4).to_dict().items()
+           if k != "input_dropout"}
+    assert TrainConfig.from_dict(old).resolved_input_dropout() == 0.4
+    assert TrainConfig.from_dict({**old, "input_dropout": None}).input_dropout is None
+
+
 @pytest.mark.parametrize("engine", ["exact", "sample"])
 @pytest.mark.parametrize("input_dropout", [0.0, 0.3])
 def test_training_with_dropout_on_over_several_epochs(engine: str, input_dropout: float) -> None:

@@ -70,9 +70,9 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 # (flag, dest in TrainConfig / sub-config, argparse kwargs). Defaults live in the dataclasses only.
 _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--preset", "preset", {"choices": sorted(PRESETS), "help": "start from a named setup; flags and --config "
-                                                                "override its values. " + "; ".join(
-                                                                    f"{k}: {v}" for k, v in PRESET_HELP.items())}),
+    ("--preset", "preset",
+     {"choices": sorted(PRESETS), "help": "start from a named setup; flags and --config override its values. "
+                                          + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items())}),
     ("--dataset", "dataset", {"help": "name (see `approxgnn datasets`) or path to a .npz / OGB directory"}),
     ("--data-root", "data_root", {"help": "data directory (default: $APPROXGNN_DATA or ~/.approxgnn/data)"}),
     ("--split", "split", {"type": int, "help": "split index for datasets with several"}),
@@ -105,8 +105,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--warmup", "rsc.warmup", {"type": int, "help": "RSC: exact epochs before the first allocation"}),
     ("--val-guard", "rsc.val_guard", {"action": "store_true", "help": "RSC: go exact early when validation stalls"}),
     # mini-batch / ReFresh
-    ("--fanouts", "refresh.fanouts", {"type": _int_list, "help": "neighbours per hop, seeds' hop first, one per layer (-1: all); "
-                                                    "default: 15,10,5 cut to --layers, extended with 5s"}),
+    ("--fanouts", "refresh.fanouts",
+     {"type": _int_list, "help": "neighbours per hop, seeds' hop first, one per layer (-1: all); "
+                                 "default: 15,10,5 cut to --layers, extended with 5s"}),
     ("--batch-size", "refresh.batch_size", {"type": int}),
     ("--cache-mb", "refresh.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
     ("--policy", "refresh.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),

@@ -121,4 +121,8 @@ class TrainConfig:
             d["rsc"] = RSCConfig(**d["rsc"])
         if isinstance(d.get("refresh"), dict):
             d["refresh"] = RefreshConfig(**d["refresh"])
+        if "input_dropout" not in d and "dropout" in d:
+            # Recorded before input dropout was its own knob, when inputs were always dropped at
+            # the hidden rate: a resumed run keeps training the way it started.
+            d["input_dropout"] = d["dropout"]
         return cls(**d)

@@ -85,7 +85,8 @@ class MiniBatchTrainer(Trainer):
         self.iteration = 0
         self.epoch_log: list[dict[str, Any]] = []
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
-                      "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(), "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
+                      "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
+                      "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
                       "cached_layers": list(self.engine.layers) if self.engine else [],
                       "feature_store": "memmap" if self.store.on_disk else "ram"}
 
