@@ -84,8 +84,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=100, help="full-batch epochs (best validation comes well before "
-                                                             "100 on these graphs; half the default 200 halves the sweep)")
+    p.add_argument("--epochs", type=int, default=50, help="full-batch epochs (a quarter of the default 200, to fit "
+                                                            "72 runs on 2 cores; see RESULTS.md for the best epochs)")
     p.add_argument("--minibatch-epochs", type=int, default=20)
     p.add_argument("--data-root", help="default: $APPROXGNN_DATA")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves a core to the machine)")
