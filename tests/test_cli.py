@@ -97,6 +97,9 @@ BAD_FLAGS = [
     (["--lr", "nan"], "--lr", "finite"),
     (["--lr", "0"], "--lr", "positive"),
     (["--dropout", "1"], "--dropout", "[0, 1)"),
+    (["--input-dropout", "1"], "--input-dropout", "[0, 1)"),
+    (["--lr-schedule", "linear"], "--lr-schedule", "'constant', 'cosine'"),
+    (["--preset", "paper"], "--preset", "'refresh'"),
     (["--epochs", "0"], "--epochs", ">= 1"),
     (["--hidden", "0"], "--hidden", ">= 1"),
     (["--layers", "x"], "--layers", "invalid int value"),
@@ -126,6 +129,51 @@ def test_cross_field_error_is_a_usage_error(capsys: pytest.CaptureFixture, no_ru
     assert "3 fanouts given for 2 layers" in capsys.readouterr().err
     assert exit_code(["train", "--engine", "refresh", "--fanouts", "5,5", "--cached-layers", "3"]) == 2
     assert "cached layer 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["refresh", "sample"])
+def test_default_fanouts_follow_layers(engine: str, stub_run: list) -> None:
+    # No --fanouts: one per layer, [15, 10, 5] cut to --layers or extended with 5s.
+    for layers, fanouts in ((None, [15, 10]), ("1", [15]), ("3", [15, 10, 5]), ("5", [15, 10, 5, 5, 5])):
+        argv = ["train", "--dataset", "cora", "--engine", engine, "--no-progress"]
+        assert exit_code(argv + (["--layers", layers] if layers else [])) == 0
+        assert stub_run[-1].refresh.fanouts == fanouts
+    assert exit_code(["train", "--dataset", "cora", "--engine", engine, "--fanouts", "7,3"]) == 0
+    assert stub_run[-1].refresh.fanouts == [7, 3]
+
+
+def test_preset_refresh_values_and_overrides(stub_run: list, capsys: pytest.CaptureFixture) -> None:
+    assert exit_code(["train", "--preset", "refresh", "--dataset", "cora"]) == 0
+    cfg = stub_run[-1]
+    assert (cfg.preset, cfg.engine, cfg.model, cfg.layers, cfg.hidden, cfg.batch_norm, cfg.dropout, cfg.lr,
+            cfg.lr_schedule) == ("refresh", "refresh", "sage", 3, 256, True, 0.1, 1e-4, "cosine")
+    assert cfg.refresh.fanouts == [10, 15, 20] and cfg.refresh.batch_size == 1000
+    assert cfg.to_dict()["preset"] == "refresh"  # recorded with the run
+    # Flags the user gives win over the preset; the rest of the preset stays.
+    assert exit_code(["train", "--preset", "refresh", "--lr", "0.003", "--batch-size", "256", "--engine", "sample",
+                      "--fanouts", "4,3,2"]) == 0
+    cfg = stub_run[-1]
+    assert (cfg.lr, cfg.refresh.batch_size, cfg.engine, cfg.refresh.fanouts, cfg.hidden) == (
+        0.003, 256, "sample", [4, 3, 2], 256)
+    # Another depth without fanouts: the fanouts follow it instead of the preset's three.
+    assert exit_code(["train", "--preset", "refresh", "--layers", "2"]) == 0
+    assert stub_run[-1].refresh.fanouts == [15, 10] and stub_run[-1].lr_schedule == "cosine"
+    assert exit_code(["train", "--preset", "refresh", "--layers", "2", "--fanouts", "5,5,5"]) == 2
+    assert "3 fanouts given for 2 layers" in capsys.readouterr().err
+    assert exit_code(["train", "--preset", "nope"]) == 2
+    assert "argument --preset" in capsys.readouterr().err
+    assert exit_code(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--preset" in out and "ReFresh" in out and "--lr-schedule" in out and "--input-dropout" in out
+
+
+def test_preset_run_records_its_name(tmp_path: Path, one_torch_thread: None) -> None:
+    out = tmp_path / "run"
+    assert cli.main(["train", "--preset", "refresh", "--dataset", "synthetic-2k", "--hidden", "8", "--epochs", "2",
+                     "--batch-size", "256", "--cache-mb", "1", "--no-progress", "--out", str(out)]) == 0
+    config = json.loads((out / "result.json").read_text())["config"]
+    assert config["preset"] == "refresh" and config["lr_schedule"] == "cosine" and config["hidden"] == 8
+    assert config["refresh"]["fanouts"] == [10, 15, 20]
 
 
 def test_unknown_dataset_lists_the_valid_names(tmp_path: Path, capsys: pytest.CaptureFixture, no_run: None) -> None:

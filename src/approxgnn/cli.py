@@ -29,6 +29,8 @@ from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run, time_to_reach
 from .train.results import format_table
+from .train.presets import PRESET_HELP, PRESETS, apply_preset
+from .train.schedule import LR_SCHEDULES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESULT_COLUMNS = ["dataset", "model", "engine", "metric", "val", "test", "best_epoch", "train_time_s",
@@ -68,6 +70,9 @@ def _at_least(low: int) -> Callable[[str], int]:
 
 # (flag, dest in TrainConfig / sub-config, argparse kwargs). Defaults live in the dataclasses only.
 _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--preset", "preset",
+     {"choices": sorted(PRESETS), "help": "start from a named setup; flags and --config override its values. "
+                                          + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items())}),
     ("--dataset", "dataset", {"help": "name (see `approxgnn datasets`) or path to a .npz / OGB directory"}),
     ("--data-root", "data_root", {"help": "data directory (default: $APPROXGNN_DATA or ~/.approxgnn/data)"}),
     ("--split", "split", {"type": int, "help": "split index for datasets with several"}),
@@ -75,9 +80,13 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--engine", "engine", {"choices": list(ENGINES)}),
     ("--layers", "layers", {"type": int}),
     ("--hidden", "hidden", {"type": int}),
-    ("--dropout", "dropout", {"type": _real}),
+    ("--dropout", "dropout", {"type": _real, "help": "dropout on hidden representations"}),
+    ("--input-dropout", "input_dropout",
+     {"type": _real, "help": "dropout on the input features (default: per engine family, see README)"}),
     ("--batch-norm", "batch_norm", {"action": "store_true"}),
     ("--lr", "lr", {"type": _real}),
+    ("--lr-schedule", "lr_schedule",
+     {"choices": LR_SCHEDULES, "help": "cosine: annealed to 0 over --epochs, stepped once per epoch"}),
     ("--weight-decay", "weight_decay", {"type": _real}),
     ("--epochs", "epochs", {"type": int}),
     ("--seed", "seed", {"type": int}),
@@ -96,7 +105,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--warmup", "rsc.warmup", {"type": int, "help": "RSC: exact epochs before the first allocation"}),
     ("--val-guard", "rsc.val_guard", {"action": "store_true", "help": "RSC: go exact early when validation stalls"}),
     # mini-batch / ReFresh
-    ("--fanouts", "refresh.fanouts", {"type": _int_list, "help": "neighbours per hop, e.g. 15,10,5 (-1: all)"}),
+    ("--fanouts", "refresh.fanouts",
+     {"type": _int_list, "help": "neighbours per hop, seeds' hop first, one per layer (-1: all); "
+                                 "default: 15,10,5 cut to --layers, extended with 5s"}),
     ("--batch-size", "refresh.batch_size", {"type": int}),
     ("--cache-mb", "refresh.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
     ("--policy", "refresh.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),
@@ -205,7 +216,8 @@ def _sub_config(cls: type, values: Any, where: str | None, group: str | None = N
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    """Dataclass defaults, then ``--config`` file, then the flags actually given (ValueError if invalid)."""
+    """Dataclass defaults, then ``--preset``, then the ``--config`` file, then the flags actually given
+    (ValueError if invalid)."""
     base: dict[str, Any] = {}
     where = None
     if getattr(ns, "config_file", None):
@@ -234,6 +246,7 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
             base[group][key] = value
         elif dest in top:
             base[dest] = value
+    base = apply_preset(base)  # under the file and the flags: the user's values win
     rsc = _sub_config(RSCConfig, base.pop("rsc", {}), where, "rsc")
     refresh = _sub_config(RefreshConfig, base.pop("refresh", {}), where, "refresh")
     return _sub_config(TrainConfig, {**base, "rsc": rsc, "refresh": refresh}, where)
@@ -366,6 +379,8 @@ def prepare_bench(ns: argparse.Namespace) -> Job:
 
     def job() -> int:
         sys.argv = [str(script), *ns.args]
+        # As `python benchmarks/<name>.py` would: the scripts import their shared `_common` module.
+        sys.path.insert(0, str(bench_dir))
         runpy.run_path(str(script), run_name="__main__")
         return EXIT_OK
 

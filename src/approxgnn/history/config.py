@@ -1,9 +1,19 @@
 """Mini-batch / historical-cache configuration (spec: docs/refresh.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 POLICIES = ("none", "feature", "gas", "refresh")
+
+# The fanouts of the common 3-layer setup (e.g. PyG's ogbn-products GraphSAGE example): wide next to
+# the seeds, narrow towards the features, where each hop multiplies the number of nodes read.
+STANDARD_FANOUTS = (15, 10, 5)
+
+
+def default_fanouts(layers: int) -> list[int]:
+    """The fanouts used when none are given: the first ``layers`` entries of ``[15, 10, 5]``,
+    extended with 5s for deeper models (2 layers: ``[15, 10]``; 4 layers: ``[15, 10, 5, 5]``)."""
+    return [STANDARD_FANOUTS[i] if i < len(STANDARD_FANOUTS) else STANDARD_FANOUTS[-1] for i in range(layers)]
 
 
 @dataclass
@@ -13,6 +23,8 @@ class RefreshConfig:
     * ``fanouts``: neighbours sampled per hop, PyG's ``num_neighbors`` order: ``fanouts[0]`` for
       the seeds' own neighbours (the last layer), ``fanouts[-1]`` for the hop that reaches the
       raw features; ``-1`` takes every neighbour. ``len(fanouts)`` is the number of layers.
+      ``None`` (the default): one per layer by :func:`default_fanouts`, filled in by
+      ``TrainConfig``, which knows the number of layers.
     * ``batch_size``: seed nodes per mini-batch.
     * ``cache_mb``: one byte budget shared by the feature cache and the history cache.
     * ``policy``: ``none`` (no cache), ``feature`` (raw-feature cache only), ``gas`` (every
@@ -28,7 +40,7 @@ class RefreshConfig:
     * ``prefetch``: sample the next batch in a worker thread while this one trains.
     """
 
-    fanouts: list[int] = field(default_factory=lambda: [15, 10, 5])
+    fanouts: list[int] | None = None
     batch_size: int = 1024
     cache_mb: float = 512.0
     policy: str = "refresh"
@@ -45,9 +57,9 @@ class RefreshConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not self.fanouts:
+        if self.fanouts is not None and not self.fanouts:
             raise ValueError("fanouts must list at least one layer")
-        for f in self.fanouts:
+        for f in self.fanouts or ():
             if f != -1 and f <= 0:
                 raise ValueError(f"fanouts must be positive or -1 (all neighbours), got {f}")
         if self.batch_size <= 0:
@@ -64,7 +76,7 @@ class RefreshConfig:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.features_path is not None and not str(self.features_path).endswith(".npy"):
             raise ValueError(f"features_path must name a .npy file, got {self.features_path!r}")
-        if self.cached_layers is not None:
+        if self.cached_layers is not None and self.fanouts is not None:  # else checked once resolved
             n_hidden = len(self.fanouts) - 1
             for layer in self.cached_layers:
                 if not 0 <= layer < n_hidden:

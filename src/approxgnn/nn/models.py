@@ -16,23 +16,33 @@ from .dropout import dropout
 from .propagation import Propagation
 
 
-def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float) -> None:
+def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float,
+           input_dropout: float | None = None) -> None:
     for name, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
                     ("out_channels", out_channels), ("num_layers", num_layers)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if input_dropout is not None and not 0.0 <= input_dropout < 1.0:
+        raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
 
 
 class _Stack(nn.Module):
-    """Shared parts: per-hidden-layer batch norm, activation, dropout, and the hidden hook."""
+    """Shared parts: per-hidden-layer batch norm, activation, dropout, and the hidden hook.
+
+    Two dropout rates: ``input_dropout`` on the raw input features (before the first linear map)
+    and ``dropout`` on every hidden representation. Kipf & Welling's GCN drops both; PyG's
+    ``BasicGNN`` only the hidden ones. ``input_dropout=None`` takes ``dropout`` (Kipf's choice).
+    """
 
     norm = "gcn"
 
-    def __init__(self, num_hidden: int, hidden_channels: int, dropout: float, batch_norm: bool) -> None:
+    def __init__(self, num_hidden: int, hidden_channels: int, dropout: float, batch_norm: bool,
+                 input_dropout: float | None = None) -> None:
         super().__init__()
         self.dropout = dropout
+        self.input_dropout = dropout if input_dropout is None else input_dropout
         self.bns = nn.ModuleList(nn.BatchNorm1d(hidden_channels) for _ in range(num_hidden)) if batch_norm else None
 
     def _activate(self, h: Tensor, layer: int, prop: Propagation) -> Tensor:
@@ -43,6 +53,9 @@ class _Stack(nn.Module):
 
     def _drop(self, x: Tensor) -> Tensor:
         return dropout(x, self.dropout, self.training)
+
+    def _drop_input(self, x: Tensor) -> Tensor:
+        return dropout(x, self.input_dropout, self.training)
 
     def reset_parameters(self) -> None:
         for m in self.modules():
@@ -61,9 +74,9 @@ class GCN(_Stack):
     norm = "gcn"
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, batch_norm: bool = False) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout)
-        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm)
+                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float | None = None) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
+        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
         dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
 
@@ -73,7 +86,7 @@ class GCN(_Stack):
     def forward(self, x: Tensor, prop: Propagation) -> Tensor:
         last = len(self.lins) - 1
         for i, lin in enumerate(self.lins):
-            x = prop(lin(self._drop(x)), i)
+            x = prop(lin(self._drop_input(x) if i == 0 else self._drop(x)), i)
             if i < last:
                 x = self._activate(x, i, prop)
         return x
@@ -90,9 +103,9 @@ class SAGE(_Stack):
     norm = "mean"
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, batch_norm: bool = False) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout)
-        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm)
+                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float | None = None) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
+        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
         dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         self.lins_self = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
         self.lins_neigh = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(num_layers))
@@ -103,7 +116,7 @@ class SAGE(_Stack):
     def forward(self, x: Tensor, prop: Propagation) -> Tensor:
         last = len(self.lins_self) - 1
         for i, (ls, ln) in enumerate(zip(self.lins_self, self.lins_neigh)):
-            x = self._drop(x)
+            x = self._drop_input(x) if i == 0 else self._drop(x)
             x = ls(prop.targets(x, i)) + ln(prop(x, i))
             if i < last:
                 x = self._activate(x, i, prop)
@@ -123,9 +136,10 @@ class GCNII(_Stack):
     norm = "gcn"
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 4,
-                 dropout: float = 0.5, batch_norm: bool = False, alpha: float = 0.1, theta: float = 0.5) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout)
-        super().__init__(num_layers, hidden_channels, dropout, batch_norm)
+                 dropout: float = 0.5, batch_norm: bool = False, alpha: float = 0.1, theta: float = 0.5,
+                 input_dropout: float | None = None) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
+        super().__init__(num_layers, hidden_channels, dropout, batch_norm, input_dropout)
         self.alpha, self.theta = alpha, theta
         self.lin_in = nn.Linear(in_channels, hidden_channels)
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(hidden_channels, hidden_channels))
@@ -142,7 +156,7 @@ class GCNII(_Stack):
         return {i: w.size(0) for i, w in enumerate(self.weights)}
 
     def forward(self, x: Tensor, prop: Propagation) -> Tensor:
-        x = x0 = F.relu(self.lin_in(self._drop(x)))
+        x = x0 = F.relu(self.lin_in(self._drop_input(x)))
         for i, w in enumerate(self.weights):
             beta = math.log(self.theta / (i + 1) + 1.0)
             h = (1.0 - self.alpha) * prop(self._drop(x), i) + self.alpha * prop.targets(x0, i)
@@ -155,10 +169,11 @@ MODELS: dict[str, type[_Stack]] = {"gcn": GCN, "sage": SAGE, "gcn2": GCNII}
 
 
 def build_model(name: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
-                dropout: float, batch_norm: bool = False) -> nn.Module:
-    """Model by name (``gcn``, ``sage``, ``gcn2``)."""
+                dropout: float, batch_norm: bool = False, input_dropout: float | None = None) -> nn.Module:
+    """Model by name (``gcn``, ``sage``, ``gcn2``); ``input_dropout=None`` drops inputs at ``dropout``."""
     try:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
-    return cls(in_channels, hidden_channels, out_channels, num_layers, dropout, batch_norm)
+    return cls(in_channels, hidden_channels, out_channels, num_layers, dropout, batch_norm,
+               input_dropout=input_dropout)

@@ -1,21 +1,31 @@
 """Run configuration: one dataclass per concern, composed into :class:`TrainConfig`."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..history.config import RefreshConfig
+from ..history.config import RefreshConfig, default_fanouts
 from ..nn.models import MODELS
 from ..rsc.config import RSCConfig
+from .presets import PRESETS
+from .schedule import LR_SCHEDULES
 
 ENGINES = ("exact", "rsc", "sample", "refresh")
 FULL_BATCH_ENGINES = ("exact", "rsc")
+
+# Input dropout when ``TrainConfig.input_dropout`` is None, per engine family: True drops the raw
+# features at the hidden rate ``dropout`` (Kipf's GCN), False leaves them untouched (PyG's
+# BasicGNN). Chosen by measurement (benchmarks/input_dropout.py, table in benchmarks/RESULTS.md):
+# over cora, citeseer, twitch-de and tolokers, 3 seeds, untouched inputs scored +0.41 pp (full
+# batch, GCN and SAGE) and +0.40 pp (mini-batch SAGE) on average, mostly from tolokers' 10 features.
+INPUT_DROPOUT_FOLLOWS_DROPOUT = {"full_batch": False, "mini_batch": False}
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs; recorded in full in ``result.json`` and every checkpoint."""
 
+    preset: str | None = None  # name of the preset the values were laid over (train/presets.py), recorded
     dataset: str = "synthetic"
     data_root: str | None = None
     split: int = 0
@@ -24,8 +34,10 @@ class TrainConfig:
     layers: int = 2
     hidden: int = 256
     dropout: float = 0.5
+    input_dropout: float | None = None  # None: the engine family's default (see resolved_input_dropout)
     batch_norm: bool = False
     lr: float = 0.01
+    lr_schedule: str = "constant"  # or "cosine": annealed to 0 over `epochs`, stepped per epoch
     weight_decay: float = 5e-4
     epochs: int = 200
     seed: int = 0
@@ -37,9 +49,16 @@ class TrainConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:
+        if self.refresh.fanouts is None and self.layers >= 1:
+            # Fanouts the user left out follow --layers (one per layer). A copy, so that a
+            # RefreshConfig shared by several configs is not pinned to the first one's depth; the
+            # resolved list is what result.json records.
+            self.refresh = replace(self.refresh, fanouts=default_fanouts(self.layers))
         self.validate()
 
     def validate(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(MODELS)}")
         if self.engine not in ENGINES:
@@ -62,8 +81,12 @@ class TrainConfig:
             raise ValueError(f"hidden must be >= 1, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input_dropout is not None and not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {self.input_dropout}")
         if not self.lr > 0:  # written so that NaN fails too
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.epochs < 1:
@@ -72,9 +95,19 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.engine in ("sample", "refresh") and len(self.refresh.fanouts) != self.layers:
             raise ValueError(f"{len(self.refresh.fanouts)} fanouts given for {self.layers} layers; "
-                             "give one fanout per layer")
+                             "give one fanout per layer (or leave --fanouts out to get one per layer)")
         self.rsc.validate()
         self.refresh.validate()
+
+    def resolved_input_dropout(self) -> float:
+        """The input-feature dropout rate this run uses: ``input_dropout`` if set, else the engine
+        family's default (:data:`INPUT_DROPOUT_FOLLOWS_DROPOUT`). Resolved here and only here, at
+        use rather than at construction, so that a config copied to another engine takes that
+        engine's default."""
+        if self.input_dropout is not None:
+            return self.input_dropout
+        family = "full_batch" if self.engine in FULL_BATCH_ENGINES else "mini_batch"
+        return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[family] else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,4 +123,8 @@ class TrainConfig:
             d["rsc"] = RSCConfig(**d["rsc"])
         if isinstance(d.get("refresh"), dict):
             d["refresh"] = RefreshConfig(**d["refresh"])
+        if "input_dropout" not in d and "dropout" in d:
+            # Recorded before input dropout was its own knob, when inputs were always dropped at
+            # the hidden rate: a resumed run keeps training the way it started.
+            d["input_dropout"] = d["dropout"]
         return cls(**d)

@@ -13,6 +13,7 @@ from ..nn import ExactPropagation, Propagation, build_model
 from ..ops import SparseOperator
 from .config import TrainConfig
 from .loop import Trainer, backward_and_step
+from .schedule import build_scheduler
 from .metrics import evaluate_logits
 
 
@@ -42,7 +43,7 @@ class FullBatchTrainer(Trainer):
         self.device = resolve_device(cfg.device)
         graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
-                                 cfg.dropout, cfg.batch_norm).to(self.device)
+                                 cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         adj = normalize(graph, self.model.norm)
         self.op = SparseOperator.from_adjacency(adj).to(self.device)
         self.eval_prop = ExactPropagation(self.op)
@@ -51,8 +52,9 @@ class FullBatchTrainer(Trainer):
         self.y = torch.as_tensor(data.y).to(self.device)
         self.masks = {k: torch.as_tensor(getattr(data, f"{k}_mask")).to(self.device) for k in ("train", "val", "test")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs)
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
-                      "device": str(self.device)}
+                      "device": str(self.device), "input_dropout": cfg.resolved_input_dropout()}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         sync = _synchronizer(self.device)

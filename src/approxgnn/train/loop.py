@@ -71,6 +71,7 @@ class Trainer(ABC):
     cfg: TrainConfig
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped by fit() once per epoch
     metric: str
 
     @abstractmethod
@@ -123,6 +124,8 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
     if resume_state is not None:
         trainer.model.load_state_dict(resume_state["model"])
         trainer.optimizer.load_state_dict(resume_state["optimizer"])
+        if trainer.scheduler is not None:  # its epoch count; the current lr is in the optimizer's state
+            trainer.scheduler.load_state_dict(resume_state["scheduler"])
         trainer.load_engine_state_dict(resume_state["engine"])
         s.update(resume_state["loop"])
         set_rng_state(resume_state["rng"])
@@ -130,12 +133,16 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
     bar = tqdm(range(s["epoch"], cfg.epochs), initial=s["epoch"], total=cfg.epochs, disable=not cfg.progress,
                desc=f"{cfg.engine}:{cfg.model}:{cfg.dataset}", dynamic_ncols=True, leave=False)
     for epoch in bar:
+        lr = trainer.optimizer.param_groups[0]["lr"]
         try:
             rec = trainer.train_epoch(epoch)
         except TrainingDiverged as e:
             kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists()
                     else "no checkpoint was written (use --checkpoint-every N)")
             raise TrainingDiverged(f"{e} at epoch {epoch}; {kept}; try a lower --lr") from None
+        rec = {**rec, "lr": lr}
+        if trainer.scheduler is not None:  # before the checkpoint, which must hold the next epoch's lr
+            trainer.scheduler.step()
         s["train_time_s"] += rec["step_time_s"]
         t0 = time.perf_counter()
         ev = trainer.evaluate()
@@ -175,7 +182,9 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
 
 def _checkpoint(trainer: Trainer, s: dict[str, Any]) -> dict[str, Any]:
     return {"config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(), "engine": trainer.engine_state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+            "engine": trainer.engine_state_dict(),
             "loop": dict(s), "rng": rng_state()}
 
 

@@ -45,6 +45,7 @@ from .config import TrainConfig
 from .full_batch import _synchronizer, resolve_device
 from .loop import Trainer
 from .metrics import evaluate_logits
+from .schedule import build_scheduler
 
 MINIBATCH_MODELS = ("sage", "gcn")
 
@@ -68,7 +69,7 @@ class MiniBatchTrainer(Trainer):
         self.device = resolve_device(cfg.device)
         graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
-                                 cfg.dropout, cfg.batch_norm).to(self.device)
+                                 cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         self.sampler = NeighborSampler(graph, list(rc.fanouts), self.model.norm)
         self.store = self._feature_store(data)
         self.features: FeatureStore | FeatureCache = self.store
@@ -81,10 +82,12 @@ class MiniBatchTrainer(Trainer):
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
         self.split_masks = {k: np.asarray(getattr(data, f"{k}_mask")) for k in ("train", "val", "test")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = build_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs)
         self.iteration = 0
         self.epoch_log: list[dict[str, Any]] = []
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
-                      "device": str(self.device), "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
+                      "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
+                      "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
                       "cached_layers": list(self.engine.layers) if self.engine else [],
                       "feature_store": "memmap" if self.store.on_disk else "ram"}
 
