@@ -164,3 +164,20 @@ def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys, shared_data):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--engine", "refresh", "--batch-size", "0", "--no-progress"])
     assert exit_.value.code == 2 and "batch_size must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["sample", "refresh"])
+def test_minibatch_step_is_guarded_against_nan(engine):
+    # The mini-batch trainer takes its steps through the trainer base's guarded step: a NaN loss
+    # stops the run before the optimiser touches the parameters.
+    from approxgnn.train import TrainingDiverged
+
+    data = planted_dataset(n=200)
+    trainer = build_trainer(config(engine=engine), data)
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        trainer.train_epoch(0)
+    after = list(trainer.model.parameters())
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, after))

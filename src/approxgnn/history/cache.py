@@ -56,6 +56,7 @@ class HistoryCache:
     """
 
     SLOT_BYTES = 4 + 2 + 8 + 4  # slot_node, slot_layer, slot_iter, slot_ver
+    VERSION = 1  # of state_dict()
 
     def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
                  feature_cache: CachedFeatureStore | None = None, staleness: int | None = 200,
@@ -227,13 +228,15 @@ class HistoryCache:
 
     def state_dict(self) -> dict[str, Any]:
         lo = self.max_slots - self.claimed
-        return {"claimed": self.claimed, "rows": self.table[lo:].cpu().clone(),
+        return {"version": self.VERSION, "claimed": self.claimed, "rows": self.table[lo:].cpu().clone(),
                 "slot_node": torch.from_numpy(self.slot_node[lo:].copy()),
                 "slot_layer": torch.from_numpy(self.slot_layer[lo:].copy()),
                 "slot_iter": torch.from_numpy(self.slot_iter[lo:].copy()),
                 "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != self.VERSION:
+            raise ValueError(f"unsupported history cache state (version {state.get('version')!r})")
         if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
             raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
         self.slot_node[:], self.slot_layer[:], self.slot_iter[:] = -1, -1, NEVER
