@@ -233,7 +233,10 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         if not isinstance(base, dict):
             raise ValueError(f"--config {ns.config_file}: expected a JSON object of TrainConfig fields")
     if "refresh" in base:  # a file written before the mini-batch / history split
-        base.update(split_refresh(base.pop("refresh"), base))
+        try:
+            base.update(split_refresh(base.pop("refresh"), base))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     if getattr(ns, "rsc_preset", None):  # under the --config file's and the flags' values
         if not isinstance(base.get("rsc", {}), dict):
             raise ValueError(f"{where}: 'rsc' must be a JSON object")
