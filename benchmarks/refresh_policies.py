@@ -30,7 +30,8 @@ import _common  # noqa: F401  (puts src/ on the path)
 import numpy as np
 
 from approxgnn.datasets import load_dataset, synthetic
-from approxgnn.history.config import RefreshConfig
+from approxgnn.history import HistoryConfig
+from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig, build_trainer, fit
 from approxgnn.train.results import format_table
 
@@ -88,13 +89,13 @@ def config(name: str, policy: str, seed: int, data, args) -> TrainConfig:
     if args.epochs:
         p["epochs"] = args.epochs
     cache_mb = p.get("cache_mb") or p["budget_share"] * data.num_nodes * max(data.num_features, p["hidden"]) * 4 / 2**20
-    rc = RefreshConfig(fanouts=p["fanouts"], batch_size=p["batch_size"], cache_mb=args.cache_mb or cache_mb,
-                       policy=policy, rate=args.rate, staleness=args.staleness or p["staleness"],
-                       eval_batch_size=p["eval_batch_size"])
+    mb = MiniBatchConfig(fanouts=p["fanouts"], batch_size=p["batch_size"], cache_mb=args.cache_mb or cache_mb,
+                         eval_batch_size=p["eval_batch_size"])
+    hc = HistoryConfig(policy=policy, rate=args.rate, staleness=args.staleness or p["staleness"])
     return TrainConfig(dataset=name, model=p["model"], engine="refresh", layers=p["layers"], hidden=p["hidden"],
                        dropout=p["dropout"], batch_norm=p["batch_norm"], lr=args.lr or p["lr"],
                        weight_decay=p["weight_decay"], epochs=p["epochs"], seed=seed, device="cpu",
-                       progress=args.progress, refresh=rc)
+                       progress=args.progress, minibatch=mb, history=hc)
 
 
 def one_run(name: str, policy: str, seed: int, data, args) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def one_run(name: str, policy: str, seed: int, data, args) -> dict[str, Any]:
            "eval_time_s": result["eval_time_s"], "wall_s": wall, "feature_bytes_read": result["feature_bytes_read"],
            "sampled_nodes_per_hop": result["sampled_nodes_per_hop"], "hit_rate": result.get("hit_rate"),
            "mean_age": result.get("mean_age"), "occupancy": result.get("occupancy"),
-           "cache_mb": cfg.refresh.cache_mb, "profile": prof,
+           "cache_mb": cfg.minibatch.cache_mb, "profile": prof,
            "curve": [{"time_s": c["time_s"], "val": c["val"], "epoch": c["epoch"]} for c in result["curve"]]}
     del trainer
     gc.collect()

@@ -9,7 +9,7 @@ draw) per run. Every sampler produces the same thing: per hop, distinct neighbou
 replacement and the relabelled node list (``torch.unique``/our relabel); ours also builds the
 normalised block values.
 
-* ``approxgnn numba``: :class:`approxgnn.history.sampler.NeighborSampler` (parallel ``prange``).
+* ``approxgnn numba``: :class:`approxgnn.minibatch.NeighborSampler` (parallel ``prange``).
 * ``torch reference``: our own vectorised PyTorch sampler written for this comparison (per edge of
   the frontier a random key, one sort by (row, key), keep the first ``k`` per row, then
   ``torch.unique`` to relabel) — what one writes without a compiled sampler.
@@ -28,7 +28,7 @@ import torch
 
 from approxgnn.datasets import synthetic
 from approxgnn.graph import CSRGraph
-from approxgnn.history.sampler import NeighborSampler
+from approxgnn.minibatch import NeighborSampler
 from approxgnn.train.results import format_table
 
 

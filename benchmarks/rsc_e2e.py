@@ -140,7 +140,7 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
 
     errs, coss = [], []
     for epoch in range(epochs):
-        tr.prop.on_epoch_start(epoch, epochs)
+        tr.engine.on_epoch_start(epoch, epochs)
         tr.model.train()
         rng = torch.get_rng_state()
         if tr.prop.phase == "approx" and all(s.alloc is not None for s in tr.prop.layers.values()):
@@ -152,7 +152,7 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
         else:
             grads(tr.prop)
         tr.optimizer.step()
-        tr.prop.on_epoch_end(epoch, float("nan"))
+        tr.engine.on_epoch_end(epoch, float("nan"))
     return (statistics.fmean(errs), statistics.fmean(coss)) if errs else None
 
 

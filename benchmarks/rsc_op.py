@@ -18,7 +18,7 @@ For every graph × width d × budget C:
 * ``rows_kept``/``nnz_kept``: fractions of rows and of off-diagonal non-zeros kept;
 * ``rel_err``: ``‖approx − exact‖_F / ‖exact‖_F``.
 
-Timed through the engine's own per-layer object (:class:`approxgnn.rsc.LayerSampler`), with the
+Timed through the engine's own per-layer object (:class:`approxgnn.rsc.propagation.LayerSampler`), with the
 budget allocated by the engine's greedy code (a single layer here, so the allocation reduces to
 "top rows by score until C·nnz non-zeros"). ``G`` is a Gaussian gradient
 on every row (no free zero rows). Every time is the median of ``--repeats`` runs after a warm-up.
@@ -36,7 +36,8 @@ from approxgnn.datasets import synthetic
 from approxgnn.graph import CSRGraph, gcn_norm
 from approxgnn.ops import SparseOperator
 from approxgnn.rsc import kernels
-from approxgnn.rsc import LayerSampler, RSCConfig
+from approxgnn.rsc import RSCConfig
+from approxgnn.rsc.propagation import LayerSampler
 from approxgnn.rsc.budget import allocate_budget
 from approxgnn.rsc.schedule import APPROX, WARMUP
 from approxgnn.rsc.spmm import CSR, build_slice, sampled_backward

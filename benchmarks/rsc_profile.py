@@ -92,7 +92,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         step_s = sum(steps)
         cat = {k: v / a.epochs for k, v in categorise(prof, step_s).items()}
-        st = tr.engine_stats()
+        st = tr.stats()
         row = {"engine": engine, "step_s": step_s / a.epochs, **cat, "others_cpu": meter.cores}
         rows.append(row)
         raw[engine] = {"steps_s": steps, "wall_s": wall, "categories_s": cat, "engine_stats": st,

@@ -16,7 +16,7 @@ import pytest
 
 from approxgnn import cli
 from approxgnn.datasets import DatasetError
-from approxgnn.train import TrainingDiverged
+from approxgnn.train import TrainConfig, TrainingDiverged
 from approxgnn.train.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,9 +137,25 @@ def test_default_fanouts_follow_layers(engine: str, stub_run: list) -> None:
     for layers, fanouts in ((None, [15, 10]), ("1", [15]), ("3", [15, 10, 5]), ("5", [15, 10, 5, 5, 5])):
         argv = ["train", "--dataset", "cora", "--engine", engine, "--no-progress"]
         assert exit_code(argv + (["--layers", layers] if layers else [])) == 0
-        assert stub_run[-1].refresh.fanouts == fanouts
+        assert stub_run[-1].minibatch.fanouts == fanouts
     assert exit_code(["train", "--dataset", "cora", "--engine", engine, "--fanouts", "7,3"]) == 0
-    assert stub_run[-1].refresh.fanouts == [7, 3]
+    assert stub_run[-1].minibatch.fanouts == [7, 3]
+
+
+def test_config_file_with_the_pre_split_refresh_group(tmp_path: Path, stub_run: list) -> None:
+    # result.json / --config files written before the mini-batch / history split keep working:
+    # each key of "refresh" lands in the group that now owns it, and flags still win.
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"config": {"engine": "refresh", "layers": 2, "refresh": {
+        "fanouts": [7, 3], "batch_size": 99, "cache_mb": 2.0, "policy": "gas", "staleness": 5}}}))
+    assert exit_code(["train", "--config", str(path), "--dataset", "cora", "--staleness", "9"]) == 0
+    cfg = stub_run[-1]
+    assert (cfg.minibatch.fanouts, cfg.minibatch.batch_size, cfg.minibatch.cache_mb) == ([7, 3], 99, 2.0)
+    assert (cfg.history.policy, cfg.history.staleness) == ("gas", 9)
+    again = TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    assert again.minibatch.fanouts == [7, 3] and again.history.policy == "gas" and "refresh" not in again.to_dict()
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"refresh": {"fanout": [3]}})
 
 
 def test_preset_refresh_values_and_overrides(stub_run: list, capsys: pytest.CaptureFixture) -> None:
@@ -147,17 +163,17 @@ def test_preset_refresh_values_and_overrides(stub_run: list, capsys: pytest.Capt
     cfg = stub_run[-1]
     assert (cfg.preset, cfg.engine, cfg.model, cfg.layers, cfg.hidden, cfg.batch_norm, cfg.dropout, cfg.lr,
             cfg.lr_schedule) == ("refresh", "refresh", "sage", 3, 256, True, 0.1, 1e-4, "cosine")
-    assert cfg.refresh.fanouts == [10, 15, 20] and cfg.refresh.batch_size == 1000
+    assert cfg.minibatch.fanouts == [10, 15, 20] and cfg.minibatch.batch_size == 1000
     assert cfg.to_dict()["preset"] == "refresh"  # recorded with the run
     # Flags the user gives win over the preset; the rest of the preset stays.
     assert exit_code(["train", "--preset", "refresh", "--lr", "0.003", "--batch-size", "256", "--engine", "sample",
                       "--fanouts", "4,3,2"]) == 0
     cfg = stub_run[-1]
-    assert (cfg.lr, cfg.refresh.batch_size, cfg.engine, cfg.refresh.fanouts, cfg.hidden) == (
+    assert (cfg.lr, cfg.minibatch.batch_size, cfg.engine, cfg.minibatch.fanouts, cfg.hidden) == (
         0.003, 256, "sample", [4, 3, 2], 256)
     # Another depth without fanouts: the fanouts follow it instead of the preset's three.
     assert exit_code(["train", "--preset", "refresh", "--layers", "2"]) == 0
-    assert stub_run[-1].refresh.fanouts == [15, 10] and stub_run[-1].lr_schedule == "cosine"
+    assert stub_run[-1].minibatch.fanouts == [15, 10] and stub_run[-1].lr_schedule == "cosine"
     assert exit_code(["train", "--preset", "refresh", "--layers", "2", "--fanouts", "5,5,5"]) == 2
     assert "3 fanouts given for 2 layers" in capsys.readouterr().err
     assert exit_code(["train", "--preset", "nope"]) == 2
@@ -173,7 +189,7 @@ def test_preset_run_records_its_name(tmp_path: Path, one_torch_thread: None) -> 
                      "--batch-size", "256", "--cache-mb", "1", "--no-progress", "--out", str(out)]) == 0
     config = json.loads((out / "result.json").read_text())["config"]
     assert config["preset"] == "refresh" and config["lr_schedule"] == "cosine" and config["hidden"] == 8
-    assert config["refresh"]["fanouts"] == [10, 15, 20]
+    assert config["minibatch"]["fanouts"] == [10, 15, 20]
 
 
 def test_unknown_dataset_lists_the_valid_names(tmp_path: Path, capsys: pytest.CaptureFixture, no_run: None) -> None:

@@ -7,10 +7,12 @@ from hypothesis import strategies as st
 
 from approxgnn.graph import CSRGraph
 from approxgnn.history.cache import HistoryCache
-from approxgnn.history.config import RefreshConfig
-from approxgnn.history.engine import HistoryEngine, admission_order, eviction_mask
-from approxgnn.history.features import FeatureCache, FeatureStore, degree_order, write_features
-from approxgnn.history.sampler import NeighborSampler
+from approxgnn.history import HistoryEngine
+from approxgnn.history.policies import admission_order, eviction_mask
+from approxgnn.minibatch import ArrayFeatureStore, CachedFeatureStore, NeighborSampler, degree_order, write_features
+from approxgnn.history import HistoryConfig
+from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.train import TrainConfig
 
 N, F, D = 50, 4, 6  # nodes, feature width, embedding width
 
@@ -21,28 +23,28 @@ def features() -> np.ndarray:
 
 def shared(budget_floats: int, staleness: int | None = 5):
     """A feature cache and a history cache sharing one arena, as the trainer builds them."""
-    store = FeatureStore(features())
+    store = ArrayFeatureStore(features())
     arena = torch.zeros(budget_floats)
-    fc = FeatureCache(store, np.arange(N)[::-1].copy(), arena)  # node 49 is "highest degree"
+    fc = CachedFeatureStore(store, np.arange(N)[::-1].copy(), arena)  # node 49 is "highest degree"
     return store, fc, HistoryCache(N, [0, 1], D, arena, fc, staleness)
 
 
 def test_store_counts_rows_and_bytes_and_memmap_roundtrip(tmp_path):
     x = features()
-    store = FeatureStore(x)
-    assert torch.equal(store.gather(np.array([3, 1, 3])), torch.from_numpy(x[[3, 1, 3]]))
+    store = ArrayFeatureStore(x)
+    assert torch.equal(store.read(np.array([3, 1, 3])), torch.from_numpy(x[[3, 1, 3]]))
     assert store.counters() == {"rows_read": 3, "bytes_read": 3 * F * 4}
     mm = write_features(tmp_path / "x.npy", x)
-    disk = FeatureStore.open(tmp_path / "x.npy")
+    disk = ArrayFeatureStore.open(tmp_path / "x.npy")
     assert isinstance(mm, np.memmap) and disk.on_disk and not store.on_disk
-    assert torch.equal(disk.gather(np.arange(N)), torch.from_numpy(x))
+    assert torch.equal(disk.read(np.arange(N)), torch.from_numpy(x))
 
 
 def test_feature_cache_serves_top_rows_without_counting_them():
     store, fc, _ = shared(budget_floats=10 * F)
     assert fc.num_valid == 10 and set(fc.order) == set(range(40, 50))
     before = store.bytes_read
-    out = fc.gather(np.array([49, 0, 45, 1]))
+    out = fc.read(np.array([49, 0, 45, 1]))
     assert torch.equal(out, torch.from_numpy(features()[[49, 0, 45, 1]]))
     assert store.bytes_read - before == 2 * F * 4 and fc.rows_served == 2
 
@@ -57,7 +59,7 @@ def test_embeddings_displace_feature_rows_which_are_never_served_again():
     assert hc.max_slots == 8 and fc.num_valid == 12
     hc.admit(1, np.array([0, 1, 2]), torch.full((3, D), 1e6), now=1)  # 18 floats: 5 feature rows lost
     assert fc.num_valid == 7 and hc.bytes_used <= 12 * F * 4
-    out = fc.gather(np.arange(N))  # the arena tail now holds 1e6 garbage for features
+    out = fc.read(np.arange(N))  # the arena tail now holds 1e6 garbage for features
     assert torch.equal(out, torch.from_numpy(features())), "an invalidated feature row was served"
     assert (fc.slot[fc.order[7:]] == -1).all()
 
@@ -171,7 +173,7 @@ def test_engine_admits_stable_non_seed_candidates_only():
     got = cache.read(0, admitted, 2)[0]
     rows = {v: i for i, v in enumerate(batch.layer_nodes[0])}
     assert torch.equal(got, h.detach()[[rows[v] for v in admitted]])
-    assert engine.stats["candidates"] == m - 6 and engine.stats["admitted"] == len(admitted)
+    assert engine.counts["candidates"] == m - 6 and engine.counts["admitted"] == len(admitted)
 
 
 def test_engine_evicts_hits_with_large_gradients():
@@ -201,7 +203,7 @@ def test_engine_evicts_hits_with_large_gradients():
     ({"eval_batch_size": 0}, "eval_batch_size"), ({"features_path": "x.csv"}, "npy")])
 def test_bad_config_is_a_clear_error(kw, match):
     with pytest.raises(ValueError, match=match):
-        RefreshConfig(**kw)
+        TrainConfig.from_dict({"engine": "refresh", "refresh": kw})
 
 
 def test_bad_cache_arguments_are_clear_errors():
@@ -359,20 +361,21 @@ def test_cache_metadata_is_counted_in_the_budget(policy):
     data = planted_dataset()
     budget_mb = 0.05
     cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=16, epochs=1,
-                      progress=False, refresh=RefreshConfig(fanouts=[4, 4, 4], cache_mb=budget_mb, policy=policy))
+                      progress=False, minibatch=MiniBatchConfig(fanouts=[4, 4, 4], cache_mb=budget_mb),
+                      history=HistoryConfig(policy=policy))
     trainer = build_trainer(cfg, data)
     fc, budget = trainer.feature_cache, int(budget_mb * 2**20)
-    hc = trainer.engine.cache if trainer.engine else None
-    owned = _owned_bytes(*[o for o in (fc, hc) if o is not None], skip=(fc.store, trainer.sampler.deg))
+    hc = trainer.history.cache if trainer.history else None
+    owned = _owned_bytes(*[o for o in (fc, hc) if o is not None], skip=(fc.fallback, trainer.sampler.deg))
     assert owned <= budget
     assert owned == fc.rows.untyped_storage().nbytes() + trainer.cache_metadata_bytes()
     # and the budget is used: one more row's worth of arena would not fit
     arena = fc.rows.untyped_storage().nbytes() // 4
-    args = (data.num_nodes, fc.store.dim, 16 if hc else None, len(hc.layers) if hc else 0,
+    args = (data.num_nodes, fc.dim, 16 if hc else None, len(hc.layers) if hc else 0,
             hc.staleness if hc else None)
-    assert cache_bytes(arena, *args) <= budget < cache_bytes(arena + max(fc.store.dim, 16), *args)
+    assert cache_bytes(arena, *args) <= budget < cache_bytes(arena + max(fc.dim, 16), *args)
     if hc is not None:
-        assert trainer.engine.summary()["metadata_bytes"] == hc.metadata_bytes > 0
+        assert trainer.history.stats()["metadata_bytes"] == hc.metadata_bytes > 0
         assert all(ns.dtype == np.int32 for ns in hc.node_slot.values()) and fc.slot.dtype == np.int32
 
 
@@ -383,6 +386,6 @@ def test_budget_too_small_for_the_metadata_names_the_flag():
 
     data = planted_dataset()
     cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=2, hidden=16, epochs=1,
-                      progress=False, refresh=RefreshConfig(fanouts=[4, 4], cache_mb=1e-4))
+                      progress=False, minibatch=MiniBatchConfig(fanouts=[4, 4], cache_mb=1e-4))
     with pytest.raises(ValueError, match=r"--cache-mb .* at least .* MiB"):
         build_trainer(cfg, data)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from approxgnn.graph import CSRGraph, normalize
-from approxgnn.history.config import RefreshConfig
+from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.nn import GCN, GCNII, SAGE, ExactPropagation, build_model
 from approxgnn.ops import SparseOperator
 from approxgnn.train import TrainConfig, run
@@ -104,7 +104,7 @@ def test_training_with_dropout_on_over_several_epochs(engine: str, input_dropout
     data = planted_dataset(n=300)
     cfg = TrainConfig(dataset="planted", model="sage", engine=engine, hidden=32, epochs=12, lr=0.02, dropout=0.5,
                       input_dropout=input_dropout, progress=False,
-                      refresh=RefreshConfig(fanouts=[5, 5], batch_size=40, eval_batch_size=64))
+                      minibatch=MiniBatchConfig(fanouts=[5, 5], batch_size=40, eval_batch_size=64))
     result = run(cfg, data)
     assert result["input_dropout"] == input_dropout
     losses = [c["loss"] for c in result["curve"]]

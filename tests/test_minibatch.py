@@ -8,13 +8,9 @@ import torch.nn.functional as F
 
 from approxgnn.cli import main
 from approxgnn.graph import CSRGraph, normalize
+from approxgnn.history import HistoryEngine
 from approxgnn.history.cache import HistoryCache
-from approxgnn.history.config import RefreshConfig
-from approxgnn.history.engine import HistoryEngine
-from approxgnn.history.features import FeatureStore
-from approxgnn.history.loader import BatchLoader
-from approxgnn.history.propagation import BlockPropagation
-from approxgnn.history.sampler import NeighborSampler
+from approxgnn.minibatch import ArrayFeatureStore, BatchLoader, BlockPropagation, NeighborSampler
 from approxgnn.nn import ExactPropagation
 from approxgnn.ops import SparseOperator
 from approxgnn.train import TrainConfig, build_trainer, fit, read_checkpoint, run
@@ -28,7 +24,7 @@ def config(**kw) -> TrainConfig:
     base = {"dataset": "planted", "model": "sage", "engine": "refresh", "layers": 2, "hidden": 16, "epochs": 3,
             "dropout": 0.0, "lr": 0.01, "progress": False}
     base.update(kw)
-    return TrainConfig(**base, refresh=RefreshConfig(**rc))
+    return TrainConfig.from_dict({**base, "refresh": rc})  # the pre-split group, mapped by from_dict
 
 
 def full_batch_reference(trainer, data):
@@ -73,7 +69,7 @@ def test_evaluation_never_reads_the_history_cache():
     data = planted_dataset(n=300)
     trainer = build_trainer(config(refresh={"cache_mb": 0.05}), data)
     fit(trainer)
-    cache = trainer.engine.cache
+    cache = trainer.history.cache
     assert cache.entries > 0
     before = trainer.evaluate()
     lo = cache.max_slots - cache.claimed
@@ -87,7 +83,7 @@ def test_pruned_nodes_are_not_gathered():
     graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
     sampler = NeighborSampler(graph, [6, 4, 3])
     seeds = np.arange(20)
-    store = FeatureStore(data.x)
+    store = ArrayFeatureStore(data.x)
     plain = BatchLoader(sampler, store, None, torch.device("cpu")).load(seeds, 5, 0)
     bytes_plain = store.bytes_read
     assert bytes_plain == len(plain.sample.input_nodes) * store.row_bytes
@@ -124,22 +120,28 @@ def test_prefetch_changes_nothing_and_runs_repeat(policy):
     assert curves[0] == curves[1] == curves[2]
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("engine, policy, evict", [
+    ("refresh", "refresh", False), ("refresh", "refresh", True), ("refresh", "gas", False),
+    ("refresh", "feature", False), ("refresh", "none", False), ("sample", "none", False), ("sample", "feature", False)])
+def test_resume_is_exact(tmp_path, engine, policy, evict):
     data = planted_dataset(n=300)
-    straight = run(config(epochs=4, batch_norm=True, dropout=0.2), data)
-    cfg = config(epochs=2, batch_norm=True, dropout=0.2, out=str(tmp_path), checkpoint_every=2)
+    kw = dict(engine=engine, batch_norm=True, dropout=0.2, refresh={"policy": policy, "evict": evict})
+    straight = run(config(epochs=4, **kw), data)
+    cfg = config(epochs=2, out=str(tmp_path), checkpoint_every=2, **kw)
     run(cfg, data)
     state = read_checkpoint(tmp_path)
-    cfg = config(epochs=4, batch_norm=True, dropout=0.2, out=str(tmp_path), checkpoint_every=2)
+    cfg = config(epochs=4, out=str(tmp_path), checkpoint_every=2, **kw)
     resumed = run(cfg, data, resume_state=state)
-    keys = ("loss", "val", "feature_bytes_read", "hit_rate", "occupancy")
-    assert [[c[k] for k in keys] for c in straight["curve"]] == [[c[k] for k in keys] for c in resumed["curve"]]
+    keys = ("loss", "val", "feature_bytes_read", "feature_cache_rows_served", "hit_rate", "occupancy")
+    assert [[c.get(k) for k in keys] for c in straight["curve"]] == [[c.get(k) for k in keys] for c in resumed["curve"]]
+    if policy in ("gas", "refresh") and engine == "refresh":
+        assert straight["curve"][-1]["hit_rate"] > 0
 
 
 def test_engine_sample_has_no_history_and_bad_setups_fail_clearly():
     data = planted_dataset(n=100)
     trainer = build_trainer(config(engine="sample"), data)
-    assert trainer.engine is None and trainer.policy == "none"
+    assert trainer.history is None and trainer.policy == "none"
     with pytest.raises(ValueError, match="fanouts"):
         config(layers=3)  # two fanouts for three layers
     with pytest.raises(ValueError, match="mini-batch"):
@@ -162,3 +164,20 @@ def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys, shared_data):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--engine", "refresh", "--batch-size", "0", "--no-progress"])
     assert exit_.value.code == 2 and "batch_size must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["sample", "refresh"])
+def test_minibatch_step_is_guarded_against_nan(engine):
+    # The mini-batch trainer takes its steps through the trainer base's guarded step: a NaN loss
+    # stops the run before the optimiser touches the parameters.
+    from approxgnn.train import TrainingDiverged
+
+    data = planted_dataset(n=200)
+    trainer = build_trainer(config(engine=engine), data)
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        trainer.train_epoch(0)
+    after = list(trainer.model.parameters())
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(before, after))

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from approxgnn.rsc import Allocation, LayerStats, allocate_budget, budget_flops
+from approxgnn.rsc.budget import Allocation, LayerStats, allocate_budget, budget_flops
 
 
 def _stats(scores, degrees, width, fnorm=1.0):

@@ -10,7 +10,8 @@ import torch
 from approxgnn.graph import CSRGraph, normalize
 from approxgnn.nn import ExactPropagation, build_model
 from approxgnn.ops import SparseOperator
-from approxgnn.rsc import Allocation, RSCConfig, SampledPropagation, kernels
+from approxgnn.rsc import RSCConfig, SampledPropagation, kernels
+from approxgnn.rsc.budget import Allocation
 from approxgnn.train import TrainConfig, run
 
 from helpers import planted_dataset

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from approxgnn.graph import CSRGraph, gcn_norm, mean_norm
-from approxgnn.history.sampler import NeighborSampler, PruneTest, batch_key
+from approxgnn.minibatch.sampler import NeighborSampler, PruneTest, batch_key
 
 
 def random_graph(n: int = 400, degree: int = 8, seed: int = 0) -> CSRGraph:
@@ -89,7 +89,7 @@ def test_full_fanout_blocks_equal_the_normalised_adjacency():
 
 @pytest.mark.parametrize("norm", ["mean", "gcn"])
 def test_rows_block_with_mapped_columns_equals_the_adjacency_rows(norm):
-    from approxgnn.history.propagation import LayerwisePropagation
+    from approxgnn.minibatch.inference import LayerwisePropagation
 
     g = random_graph(n=90)
     dense = (mean_norm(g) if norm == "mean" else gcn_norm(g)).dense()
@@ -160,7 +160,7 @@ def test_bad_seeds_are_clear_errors():
 _KERNEL_PROBE = """
 import sys
 import numpy as np
-from approxgnn.history import sampler
+from approxgnn.minibatch import sampler
 kernel = getattr(sampler, sys.argv[1])
 rowptr, col = np.array([0, 2, 3, 4], np.int64), np.array([1, 2, 0, 1], np.int64)
 targets = np.array([0, 1], np.int64)
@@ -189,7 +189,7 @@ def test_parallel_and_serial_kernels_have_their_own_disk_cache_entries(tmp_path)
     # numba names a cache entry after the Python function, not the compile flags: had the two
     # kernels been two jits of one function, a later process would load the serial machine code
     # for the parallel kernel (a cache hit on an entry it never wrote).
-    from approxgnn.history.sampler import _sample_rows_par, _sample_rows_seq
+    from approxgnn.minibatch.sampler import _sample_rows_par, _sample_rows_seq
 
     assert _sample_rows_par.targetoptions.get("parallel") and not _sample_rows_seq.targetoptions.get("parallel")
     assert _sample_rows_par._cache._cache_file._index_name != _sample_rows_seq._cache._cache_file._index_name
@@ -200,7 +200,7 @@ def test_parallel_and_serial_kernels_have_their_own_disk_cache_entries(tmp_path)
 
 def test_kernels_and_keys_share_the_one_splitmix64():
     from approxgnn import _hash
-    from approxgnn.history import sampler
+    from approxgnn.minibatch import sampler
     from approxgnn.nn import dropout
 
     # SplitMix64 seeded with 0 (Steele, Lea & Flood; java.util.SplittableRandom): known outputs.
@@ -232,11 +232,10 @@ def test_repeated_seeds_are_rejected_not_counted_twice():
 
 
 def test_loader_rejects_repeated_seeds():
-    from approxgnn.history.features import FeatureStore
-    from approxgnn.history.loader import BatchLoader
+    from approxgnn.minibatch import ArrayFeatureStore, BatchLoader
 
     g = random_graph()
     x = np.zeros((g.num_nodes, 3), np.float32)
-    loader = BatchLoader(NeighborSampler(g, [3, 2]), FeatureStore(x), None, torch.device("cpu"))
+    loader = BatchLoader(NeighborSampler(g, [3, 2]), ArrayFeatureStore(x), None, torch.device("cpu"))
     with pytest.raises(ValueError, match="distinct"):
         loader.load(np.array([4, 4]), batch_key(0, 0, 0), now=0)

@@ -6,15 +6,15 @@ import math
 import pytest
 
 from approxgnn import cli
-from approxgnn.history.config import RefreshConfig
+from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig, run
 from approxgnn.train.checkpoint import PREVIOUS_NAME, load_checkpoint
 
 from helpers import planted_dataset
 
 ENGINES = {"exact": {"model": "gcn"}, "rsc": {"model": "gcn"},
-           "refresh": {"model": "sage", "refresh": RefreshConfig(fanouts=[5, 4], batch_size=40, cache_mb=0.02,
-                                                                 eval_batch_size=64)}}
+           "refresh": {"model": "sage", "minibatch": MiniBatchConfig(fanouts=[5, 4], batch_size=40, cache_mb=0.02,
+                                                                     eval_batch_size=64)}}
 
 
 def config(engine: str, **kw) -> TrainConfig:

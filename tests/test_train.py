@@ -67,12 +67,12 @@ def test_memory_check_names_the_fix():
     check_memory(cfg, data, available=need + 1)
     with pytest.raises(MemoryError, match="--engine refresh"):
         check_memory(cfg, data, available=need - 1)
-    from approxgnn.history import RefreshConfig
+    from approxgnn.minibatch import MiniBatchConfig
 
-    mb = TrainConfig(dataset="planted", engine="sample", layers=2, refresh=RefreshConfig(fanouts=[5, 5], cache_mb=0.0))
+    mb = TrainConfig(dataset="planted", engine="sample", layers=2, minibatch=MiniBatchConfig(fanouts=[5, 5], cache_mb=0.0))
     with pytest.raises(MemoryError, match="--features-on-disk"):
         check_memory(mb, data, available=1000)
-    mb.refresh.cache_mb = 1.0
+    mb.minibatch.cache_mb = 1.0
     with pytest.raises(MemoryError, match="--cache-mb"):
         check_memory(mb, data, available=1000)
 

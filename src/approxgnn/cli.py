@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
-from .history.config import POLICIES, RefreshConfig
+from .history.config import POLICIES, HistoryConfig
+from .minibatch.config import MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run, time_to_reach
+from .train.config import split_refresh
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS, apply_preset
 from .train.schedule import LR_SCHEDULES
@@ -105,26 +107,26 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--warmup", "rsc.warmup", {"type": int, "help": "RSC: exact epochs before the first allocation"}),
     ("--val-guard", "rsc.val_guard", {"action": "store_true", "help": "RSC: go exact early when validation stalls"}),
     # mini-batch / ReFresh
-    ("--fanouts", "refresh.fanouts",
+    ("--fanouts", "minibatch.fanouts",
      {"type": _int_list, "help": "neighbours per hop, seeds' hop first, one per layer (-1: all); "
                                  "default: 15,10,5 cut to --layers, extended with 5s"}),
-    ("--batch-size", "refresh.batch_size", {"type": int}),
-    ("--cache-mb", "refresh.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
-    ("--policy", "refresh.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),
-    ("--rate", "refresh.rate", {"type": _real, "help": "gradient-norm quantile admitted, in (0, 1]"}),
-    ("--evict", "refresh.evict", {"action": "store_true"}),
-    ("--staleness", "refresh.staleness", {"type": int, "help": "iterations after which a cached embedding is stale"}),
-    ("--cached-layers", "refresh.cached_layers", {"type": _int_list}),
-    ("--eval-batch-size", "refresh.eval_batch_size", {"type": int}),
-    ("--features-on-disk", "refresh.features_on_disk", {"action": "store_true"}),
-    ("--features-path", "refresh.features_path",
+    ("--batch-size", "minibatch.batch_size", {"type": int}),
+    ("--cache-mb", "minibatch.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
+    ("--policy", "history.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),
+    ("--rate", "history.rate", {"type": _real, "help": "gradient-norm quantile admitted, in (0, 1]"}),
+    ("--evict", "history.evict", {"action": "store_true"}),
+    ("--staleness", "history.staleness", {"type": int, "help": "iterations after which a cached embedding is stale"}),
+    ("--cached-layers", "history.cached_layers", {"type": _int_list}),
+    ("--eval-batch-size", "minibatch.eval_batch_size", {"type": int}),
+    ("--features-on-disk", "minibatch.features_on_disk", {"action": "store_true"}),
+    ("--features-path", "minibatch.features_path",
      {"type": str, "help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
-    ("--no-prefetch", "refresh.prefetch", {"action": "store_false"}),
+    ("--no-prefetch", "minibatch.prefetch", {"action": "store_false"}),
 ]
 
 
 # Flags whose valid values depend on another flag: checked when the whole config is built.
-_CROSS_FIELD = {"refresh.cached_layers"}
+_CROSS_FIELD = {"history.cached_layers"}
 
 
 def _checked(parse: Callable[[str], Any], dest: str) -> Callable[[str], Any]:
@@ -132,7 +134,7 @@ def _checked(parse: Callable[[str], Any], dest: str) -> Callable[[str], Any]:
     alone through the config dataclass that owns it (every other field at its default). argparse
     reports a failure as ``argument --flag: <the dataclass's message, with the valid range>``."""
     group, _, key = dest.rpartition(".")
-    owner = {"": TrainConfig, "rsc": RSCConfig, "refresh": RefreshConfig}[group]
+    owner = {"": TrainConfig, "rsc": RSCConfig, "minibatch": MiniBatchConfig, "history": HistoryConfig}[group]
 
     def convert(text: str) -> Any:
         value = parse(text)
@@ -230,6 +232,11 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
             base = base.get("config", base)  # also accept a result.json
         if not isinstance(base, dict):
             raise ValueError(f"--config {ns.config_file}: expected a JSON object of TrainConfig fields")
+    if "refresh" in base:  # a file written before the mini-batch / history split
+        try:
+            base.update(split_refresh(base.pop("refresh"), base))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     if getattr(ns, "rsc_preset", None):  # under the --config file's and the flags' values
         if not isinstance(base.get("rsc", {}), dict):
             raise ValueError(f"{where}: 'rsc' must be a JSON object")
@@ -248,8 +255,9 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
             base[dest] = value
     base = apply_preset(base)  # under the file and the flags: the user's values win
     rsc = _sub_config(RSCConfig, base.pop("rsc", {}), where, "rsc")
-    refresh = _sub_config(RefreshConfig, base.pop("refresh", {}), where, "refresh")
-    return _sub_config(TrainConfig, {**base, "rsc": rsc, "refresh": refresh}, where)
+    minibatch = _sub_config(MiniBatchConfig, base.pop("minibatch", {}), where, "minibatch")
+    history = _sub_config(HistoryConfig, base.pop("history", {}), where, "history")
+    return _sub_config(TrainConfig, {**base, "rsc": rsc, "minibatch": minibatch, "history": history}, where)
 
 
 Job = Callable[[], int]
@@ -313,8 +321,8 @@ def prepare_demo(ns: argparse.Namespace) -> Job:
             ("exact", "rsc", 0.005, dict(model="gcn", layers=3, hidden=128, epochs=ns.epochs)),
             ("sample", "refresh", 0.01, dict(model="sage", layers=2, hidden=128, epochs=ns.minibatch_epochs,
                                              dropout=0.1, batch_norm=True,
-                                             refresh=RefreshConfig(fanouts=[10, 10], batch_size=1024, cache_mb=4.0,
-                                                                   staleness=2 * batches))),
+                                             minibatch=MiniBatchConfig(fanouts=[10, 10], batch_size=1024, cache_mb=4.0),
+                                             history=HistoryConfig(staleness=2 * batches))),
         ]
         rows = []
         for base_engine, engine, margin, kw in pairs:
@@ -358,7 +366,7 @@ def prepare_prepare(ns: argparse.Namespace) -> Job:
 
     def job() -> int:
         from .datasets import load_dataset
-        from .history.features import write_features
+        from .minibatch import write_features
 
         data = load_dataset(ns.dataset, root=ns.data_root)
         x = write_features(ns.out, data.x)

@@ -1,23 +1,15 @@
-"""Historical-embedding engine (ReFresh): neighbour sampler, feature store/cache, history cache.
+"""Historical-embedding engine (ReFresh, GAS) for mini-batch training.
 
-* :class:`NeighborSampler` — numba, per-layer fanouts, blocks with targets first, cache pruning;
-* :class:`FeatureStore` (RAM or ``.npy`` memmap, counted gathers) and :class:`FeatureCache`;
-* :class:`HistoryCache` — per-layer embedding tables sharing the feature cache's byte budget;
-* :class:`HistoryEngine` — the ``gas`` and ``refresh`` policies (admission, staleness, eviction);
-* :class:`BatchLoader` / :class:`Prefetcher` — one batch ahead in a worker thread;
-* :class:`BlockPropagation` / :class:`LayerwisePropagation` — the models' propagation interface.
+* :class:`HistoryConfig` -- the policy and its knobs (the byte budget is the mini-batch config's);
+* :class:`HistoryEngine` -- builds the arena, feature cache and history cache under one byte
+  budget, prunes and serves hits, admits/evicts after each step, reports and checkpoints;
+* :class:`RefreshPolicy` / :class:`GasPolicy` -- the admission, eviction and staleness strategies.
 
-The trainer that composes them is :class:`approxgnn.train.minibatch.MiniBatchTrainer`.
+The sampler, feature stores, loader and blocks it plugs into are :mod:`approxgnn.minibatch`; the
+trainer that drives both is :class:`approxgnn.train.minibatch.MiniBatchTrainer`.
 """
-from .cache import HistoryCache
-from .config import POLICIES, RefreshConfig
-from .engine import HistoryEngine, admission_order, eviction_mask
-from .features import FeatureCache, FeatureStore, degree_order, write_features
-from .loader import Batch, BatchLoader, Prefetcher
-from .propagation import BlockPropagation, LayerOutput, LayerwisePropagation
-from .sampler import Block, NeighborSampler, PruneTest, SampledBatch, batch_key
+from .config import POLICIES, HistoryConfig
+from .engine import HistoryEngine
+from .policies import GasPolicy, RefreshPolicy
 
-__all__ = ["RefreshConfig", "POLICIES", "NeighborSampler", "SampledBatch", "Block", "PruneTest", "batch_key",
-           "FeatureStore", "FeatureCache", "degree_order", "write_features", "HistoryCache", "HistoryEngine",
-           "admission_order", "eviction_mask", "Batch", "BatchLoader", "Prefetcher", "BlockPropagation",
-           "LayerwisePropagation", "LayerOutput"]
+__all__ = ["POLICIES", "HistoryConfig", "HistoryEngine", "GasPolicy", "RefreshPolicy"]

@@ -1,6 +1,7 @@
 """History cache: tables of node embeddings ``h_v^(l)`` with per-entry write iterations.
 
-One float32 *arena* holds the whole cache budget. The :class:`~.features.FeatureCache` fills it
+One float32 *arena* holds the whole cache budget. The feature cache
+(:class:`~approxgnn.minibatch.feature_cache.CachedFeatureStore`) fills it
 from the front with raw feature rows; this class claims embedding rows (``dim`` floats each) from
 the back. Claiming a row that overlaps feature rows truncates the feature cache first, so a
 feature row is invalidated *before* an embedding overwrites it and is never served again:
@@ -31,8 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .features import FeatureCache, index_dtype
-from .sampler import PruneTest
+from ..minibatch.feature_cache import CachedFeatureStore
+from ..minibatch.sampler import PruneTest
+from ..minibatch.stores import index_dtype
 from .slots import SlotOrder, order_metadata_bytes
 
 NEVER = -(1 << 62)  # write iteration of an empty slot: never fresh
@@ -54,9 +56,10 @@ class HistoryCache:
     """
 
     SLOT_BYTES = 4 + 2 + 8 + 4  # slot_node, slot_layer, slot_iter, slot_ver
+    VERSION = 1  # of state_dict()
 
     def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
-                 feature_cache: FeatureCache | None = None, staleness: int | None = 200,
+                 feature_cache: CachedFeatureStore | None = None, staleness: int | None = 200,
                  weight: np.ndarray | None = None) -> None:
         if dim < 1:
             raise ValueError(f"embedding width must be >= 1, got {dim}")
@@ -206,7 +209,7 @@ class HistoryCache:
         self.claimed += rows
         if self.feature_cache is not None:
             free_from = self._base + (self.max_slots - self.claimed) * self.dim  # first float now ours
-            self.feature_cache.truncate(free_from // self.feature_cache.store.dim)
+            self.feature_cache.truncate(free_from // self.feature_cache.dim)
 
     # ---- figures and state ---------------------------------------------------------------
     @property
@@ -225,13 +228,15 @@ class HistoryCache:
 
     def state_dict(self) -> dict[str, Any]:
         lo = self.max_slots - self.claimed
-        return {"claimed": self.claimed, "rows": self.table[lo:].cpu().clone(),
+        return {"version": self.VERSION, "claimed": self.claimed, "rows": self.table[lo:].cpu().clone(),
                 "slot_node": torch.from_numpy(self.slot_node[lo:].copy()),
                 "slot_layer": torch.from_numpy(self.slot_layer[lo:].copy()),
                 "slot_iter": torch.from_numpy(self.slot_iter[lo:].copy()),
                 "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != self.VERSION:
+            raise ValueError(f"unsupported history cache state (version {state.get('version')!r})")
         if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
             raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
         self.slot_node[:], self.slot_layer[:], self.slot_iter[:] = -1, -1, NEVER

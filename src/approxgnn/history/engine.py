@@ -1,15 +1,14 @@
-"""Cache policies around a :class:`~.cache.HistoryCache`: what to serve, what to admit, what to evict.
+"""The history engine: one object that builds, prunes, serves, updates and checkpoints the cache.
 
-* ``refresh`` (ReFresh): entries older than ``staleness`` iterations are misses. After
-  ``backward()`` and ``optimizer.step()``, the candidates of cached layer ``l`` are this batch's
-  computed non-seed nodes without a fresh entry; with ``g_v = ‖∂L/∂h_v^(l)‖₂`` (the retained
-  ``.grad``), those with ``g_v ≤ quantile_rate(g)`` are admitted, most stable first, with the
-  value of this iteration's forward pass. With ``evict``, served hits whose gradient (taken on the
-  cached rows) lies above their own ``rate`` quantile are dropped.
-* ``gas`` (GNNAutoScale-style): no criteria — every computed non-seed embedding is pushed,
-  entries never go stale, any present entry is served.
+Per mini-batch, the trainer's loader asks :meth:`HistoryEngine.prune_tests` (the sampler skips
+the sub-trees of fresh hits) and :meth:`HistoryEngine.serve` (copies of the hits' rows); after
+``backward()`` and the optimiser step the trainer calls :meth:`HistoryEngine.update`, which admits
+(and evicts) under the :mod:`policy <.policies>`. Served rows are constants for autograd (as in
+GAS): no gradient flows into a hit's sub-tree. The trainer drives the rest through the
+:class:`~approxgnn.nn.engine.Engine` protocol.
 
-Served rows are constants for autograd (as in GAS): no gradient flows into a hit's sub-tree.
+:meth:`HistoryEngine.build` assembles the pieces under one byte budget: the arena
+(:mod:`.arena`), the feature cache over the given store (its front), the history cache (its back).
 """
 from __future__ import annotations
 
@@ -19,65 +18,87 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..minibatch.feature_cache import CachedFeatureStore
+from ..minibatch.sampler import PruneTest, SampledBatch
+from ..minibatch.stores import FeatureStore
+from ..nn.engine import Engine
+from .arena import arena_floats
 from .cache import HistoryCache
-from .sampler import PruneTest, SampledBatch
-
-HISTORY_POLICIES = ("gas", "refresh")
-
-
-def admission_order(grad_norm: Tensor, rate: float) -> Tensor:
-    """Indices of the rows to admit: ``grad_norm ≤ quantile(grad_norm, rate)``, smallest first."""
-    if grad_norm.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=grad_norm.device)
-    thr = torch.quantile(grad_norm.double(), rate)
-    idx = torch.nonzero(grad_norm.double() <= thr).flatten()
-    return idx[torch.argsort(grad_norm[idx], stable=True)]
+from .config import HistoryConfig
+from .policies import HistoryPolicy, make_policy
 
 
-def eviction_mask(grad_norm: Tensor, rate: float) -> Tensor:
-    """Rows whose ``grad_norm`` lies in the top ``1 − rate`` (strictly above the quantile)."""
-    if grad_norm.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=grad_norm.device)
-    return grad_norm.double() > torch.quantile(grad_norm.double(), rate)
+class HistoryEngine(Engine):
+    """Serves hits from ``cache`` and updates it after each step under ``policy``.
 
+    ``policy``: a :class:`~.policies.HistoryPolicy`, or its name (then built with ``rate``,
+    ``evict`` and the cache's staleness). ``features``: the cached feature store sharing the
+    cache's arena, owned (and checkpointed) by the engine when given.
+    """
 
-class HistoryEngine:
-    """Serves hits from ``cache`` and updates it after each step under ``policy``."""
+    VERSION = 1
 
-    def __init__(self, cache: HistoryCache, policy: str = "refresh", rate: float = 0.9, evict: bool = False) -> None:
-        if policy not in HISTORY_POLICIES:
-            raise ValueError(f"history policy must be one of {HISTORY_POLICIES}, got {policy!r}")
-        if not 0.0 < rate <= 1.0:
-            raise ValueError(f"rate must be in (0, 1], got {rate}")
-        self.cache, self.policy, self.rate = cache, policy, rate
-        self.evict = evict and policy == "refresh"
-        self.reset_stats()
+    def __init__(self, cache: HistoryCache, policy: str | HistoryPolicy = "refresh", rate: float = 0.9,
+                 evict: bool = False, *, features: CachedFeatureStore | None = None) -> None:
+        if isinstance(policy, str):
+            policy = make_policy(policy, rate, cache.staleness, evict)
+        self.cache, self.policy, self.features = cache, policy, features
+        self.reset_counts()
+
+    @classmethod
+    def build(cls, cfg: HistoryConfig, store: FeatureStore, order: np.ndarray, weight: np.ndarray,
+              num_layers: int, hidden: int, budget_bytes: int, device: torch.device) -> "HistoryEngine":
+        """Arena, feature cache (rows of ``order``) and history cache within ``budget_bytes``.
+
+        ``weight [N]`` (float64, e.g. degrees, used in place) guards capacity: a uniform sampler
+        reaches a node about in proportion to it.
+        """
+        layers = cfg.cached_layers if cfg.cached_layers is not None else [num_layers - 2]
+        if num_layers < 2 or not layers:
+            raise ValueError(f"policy {cfg.policy!r} caches hidden layers; a {num_layers}-layer model has none")
+        layers = sorted(set(layers))
+        policy = make_policy(cfg.policy, cfg.rate, cfg.staleness, cfg.evict)
+        # The budget holds the caches' metadata too: the arena is what is left of it.
+        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, hidden, len(layers), policy.max_age)
+        arena = torch.empty(floats, dtype=torch.float32, device=device)
+        features = CachedFeatureStore(store, order, arena)
+        cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight)
+        return cls(cache, policy, features=features)
 
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(self.cache.layers)
 
-    def reset_stats(self) -> None:
-        self.stats = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0}
+    def reset_counts(self) -> None:
+        self.counts = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0}
 
+    # ---- per batch -----------------------------------------------------------------------
     def prune_tests(self, now: int) -> dict[int, PruneTest]:
         """Per cached layer, the fresh-hit test the sampler prunes with at iteration ``now``."""
         return {l: self.cache.prune_test(l, now) for l in self.cache.layers}
 
-    def serve(self, batch: SampledBatch, now: int) -> dict[int, Tensor]:
-        """Copies of the cached rows of ``batch``'s hits (taken now: later writes cannot alter them)."""
+    def serve(self, batch: SampledBatch, now: int, device: torch.device | None = None) -> dict[int, Tensor]:
+        """Copies ``[k_l, d]`` of the cached rows of ``batch``'s hits, on ``device`` (taken now:
+        later writes cannot alter them). They require grad when the policy evicts, which ranks
+        hits by the gradient on their rows."""
         out = {}
         seeds = len(batch.seeds)
         for l in self.cache.layers:
             rows, ages = self.cache.read(l, batch.hits(l), now)
-            out[l] = rows
-            self.stats["served"] += len(ages)
-            self.stats["age_sum"] += int(ages.sum())
-            self.stats["nonseed"] += len(batch.layer_nodes[l]) - seeds
+            out[l] = rows if device is None else rows.to(device)
+            if self.policy.evicts:
+                out[l].requires_grad_(True)
+            self.counts["served"] += len(ages)
+            self.counts["age_sum"] += int(ages.sum())
+            self.counts["nonseed"] += len(batch.layer_nodes[l]) - seeds
         return out
 
     def update(self, batch: SampledBatch, recorded: dict[int, Tensor], hits: dict[int, Tensor], now: int) -> None:
-        """Admission (and eviction) after the optimizer step; drops the retained gradients."""
+        """Admission (and eviction) after the optimiser step; drops the retained gradients.
+
+        ``recorded[l]``: layer ``l``'s computed output ``[m_l, d]`` with its gradient retained
+        (seeds first); ``hits[l]``: the rows :meth:`serve` gave this batch.
+        """
         seeds = len(batch.seeds)
         for l in self.cache.layers:
             h = recorded.get(l)
@@ -85,9 +106,9 @@ class HistoryEngine:
             if h is not None and m > seeds:
                 self._admit(l, batch.layer_nodes[l][seeds:m], h, seeds, m, now)
             hit = hits.get(l)
-            if self.evict and hit is not None and hit.grad is not None and hit.size(0):
-                drop = eviction_mask(hit.grad.norm(dim=1), self.rate).cpu().numpy()
-                self.stats["evicted"] += self.cache.evict(l, batch.hits(l)[drop])
+            if self.policy.evicts and hit is not None and hit.grad is not None and hit.size(0):
+                drop = self.policy.evict(hit.grad)
+                self.counts["evicted"] += self.cache.evict(l, batch.hits(l)[drop])
             if h is not None:
                 h.grad = None
             if hit is not None:
@@ -97,20 +118,19 @@ class HistoryEngine:
     def _admit(self, layer: int, nodes: np.ndarray, h: Tensor, lo: int, hi: int, now: int) -> None:
         """Admit rows ``lo:hi`` of ``h`` (the non-seed computed nodes ``nodes``) under the policy."""
         rows = h.detach()[lo:hi]
-        if self.policy == "gas":  # push everything, overwriting older entries
-            order = torch.arange(len(nodes))
-        else:
-            cand = torch.from_numpy(np.flatnonzero(~self.cache.fresh(layer, nodes, now)))
-            g = h.grad[lo:hi] if h.grad is not None else torch.zeros_like(rows)
-            norms = g[cand.to(g.device)].norm(dim=1)
-            order = cand[admission_order(norms, self.rate).cpu()]
-            self.stats["candidates"] += len(cand)
-        self.stats["admitted"] += self.cache.admit(layer, nodes[order.numpy()], rows[order.to(rows.device)], now)
+        grad = h.grad[lo:hi] if h.grad is not None else None
+        order, candidates = self.policy.admit(rows, grad, lambda: self.cache.fresh(layer, nodes, now))
+        self.counts["candidates"] += candidates
+        self.counts["admitted"] += self.cache.admit(layer, nodes[order.numpy()], rows[order.to(rows.device)], now)
 
-    def summary(self) -> dict[str, float]:
+    # ---- Engine protocol -----------------------------------------------------------------
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        self.reset_counts()  # figures are per epoch
+
+    def stats(self) -> dict[str, Any]:
         """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy,
-        and the bytes of the cache's metadata (counted in its budget)."""
-        s = self.stats
+        entries, the bytes of the cache's metadata (counted in its budget), admissions, evictions."""
+        s = self.counts
         return {"hit_rate": s["served"] / s["nonseed"] if s["nonseed"] else 0.0,
                 "mean_age": s["age_sum"] / s["served"] if s["served"] else 0.0,
                 "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
@@ -118,8 +138,15 @@ class HistoryEngine:
                 "admitted": s["admitted"], "evicted": s["evicted"]}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cache": self.cache.state_dict(), "stats": dict(self.stats)}
+        state = {"version": self.VERSION, "cache": self.cache.state_dict(), "counts": dict(self.counts)}
+        if self.features is not None:
+            state["features"] = self.features.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != self.VERSION:
+            raise ValueError(f"unsupported history engine state (version {state.get('version')!r})")
         self.cache.load_state_dict(state["cache"])
-        self.stats = dict(state["stats"])
+        self.counts = dict(state["counts"])
+        if self.features is not None:
+            self.features.load_state_dict(state["features"])

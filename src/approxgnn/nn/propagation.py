@@ -9,12 +9,10 @@ output of every hidden layer. Engines implement this class:
 * RSC's sampled backward (``approxgnn.rsc``),
 * sampled blocks with a historical cache (``approxgnn.history``),
 
-so models do not know which engine runs them. Trainers drive the engine's schedule through
-:meth:`on_epoch_start` and read :meth:`stats` for progress bars and results.
+so models do not know which engine runs them. This class holds only what models call; the hooks
+trainers drive (schedule, figures, state) are the separate :class:`~.engine.Engine` protocol.
 """
 from __future__ import annotations
-
-from typing import Any
 
 from torch import Tensor
 
@@ -22,7 +20,7 @@ from ..ops import SparseOperator, spmm
 
 
 class Propagation:
-    """Base class: identity hooks, no state. Subclasses implement :meth:`__call__`."""
+    """What a model calls. Defaults: every row is a target, hidden outputs pass unchanged."""
 
     def __call__(self, x: Tensor, layer: int) -> Tensor:
         raise NotImplementedError
@@ -34,23 +32,6 @@ class Propagation:
     def hidden(self, h: Tensor, layer: int) -> Tensor:
         """Called on the output of hidden layer ``layer``; returns the next layer's input."""
         return h
-
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        """Engine schedule hook (e.g. RSC's switch to exact)."""
-
-    def on_epoch_end(self, epoch: int, val_metric: float) -> None:
-        """Validation feedback after each epoch (e.g. RSC's validation-guarded switch)."""
-
-    def stats(self) -> dict[str, Any]:
-        """Engine figures for the progress bar and ``result.json``."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
 class ExactPropagation(Propagation):

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..nn.engine import Engine
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
 from . import kernels
@@ -185,8 +186,11 @@ def _ratio(s: LayerSampler) -> str:
     return "-" if s.alloc is None else f"{s.alloc.ratio:.2f}"
 
 
-class SampledPropagation(Propagation):
+class SampledPropagation(Propagation, Engine):
     """RSC's training-time operator: ``Â @ x`` exactly, ``Âᵀ G`` sampled under a FLOPs budget.
+
+    It is both what the model calls (:class:`Propagation`) and what the trainer drives
+    (:class:`Engine`: the schedule's epoch hooks, :meth:`stats`, :meth:`state_dict`).
 
     Args:
         op: the exact operator (``Â_off`` CSR + diagonal); its forward is reused as is.
@@ -230,6 +234,7 @@ class SampledPropagation(Propagation):
             return spmm(self.op, x)
         return SampledSpMM.apply(x, self.op, sampler)
 
+    # -- the trainer-facing interface (Engine) ------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         if num_epochs != self.schedule.epochs:
             self._reschedule(num_epochs)

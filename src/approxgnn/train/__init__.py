@@ -7,7 +7,8 @@ from ..datasets import Dataset, load_dataset
 from .checkpoint import seed_everything
 from .config import ENGINES, FULL_BATCH_ENGINES, TrainConfig
 from .memory import check_memory
-from .loop import Trainer, TrainingDiverged, check_out_dir, fit, read_checkpoint, time_to_reach
+from .base import Trainer, TrainingDiverged
+from .loop import check_out_dir, fit, read_checkpoint, time_to_reach
 
 
 def load_data(cfg: TrainConfig) -> Dataset:

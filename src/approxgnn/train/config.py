@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..history.config import RefreshConfig, default_fanouts
+from ..history.config import HistoryConfig
+from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
 from ..rsc.config import RSCConfig
 from .presets import PRESETS
@@ -12,6 +13,7 @@ from .schedule import LR_SCHEDULES
 
 ENGINES = ("exact", "rsc", "sample", "refresh")
 FULL_BATCH_ENGINES = ("exact", "rsc")
+MINI_BATCH_ENGINES = ("sample", "refresh")
 
 # Input dropout when ``TrainConfig.input_dropout`` is None, per engine family: True drops the raw
 # features at the hidden rate ``dropout`` (Kipf's GCN), False leaves them untouched (PyG's
@@ -45,15 +47,16 @@ class TrainConfig:
     out: str | None = None
     checkpoint_every: int = 0
     progress: bool = True
-    rsc: RSCConfig = field(default_factory=RSCConfig)
-    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    rsc: RSCConfig = field(default_factory=RSCConfig)  # --engine rsc
+    minibatch: MiniBatchConfig = field(default_factory=MiniBatchConfig)  # --engine sample and refresh
+    history: HistoryConfig = field(default_factory=HistoryConfig)  # --engine refresh
 
     def __post_init__(self) -> None:
-        if self.refresh.fanouts is None and self.layers >= 1:
+        if self.minibatch.fanouts is None and self.layers >= 1:
             # Fanouts the user left out follow --layers (one per layer). A copy, so that a
-            # RefreshConfig shared by several configs is not pinned to the first one's depth; the
-            # resolved list is what result.json records.
-            self.refresh = replace(self.refresh, fanouts=default_fanouts(self.layers))
+            # MiniBatchConfig shared by several configs is not pinned to the first one's depth;
+            # the resolved list is what result.json records.
+            self.minibatch = replace(self.minibatch, fanouts=default_fanouts(self.layers))
         self.validate()
 
     def validate(self) -> None:
@@ -93,11 +96,21 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.engine in ("sample", "refresh") and len(self.refresh.fanouts) != self.layers:
-            raise ValueError(f"{len(self.refresh.fanouts)} fanouts given for {self.layers} layers; "
+        if self.engine in MINI_BATCH_ENGINES and len(self.minibatch.fanouts) != self.layers:
+            raise ValueError(f"{len(self.minibatch.fanouts)} fanouts given for {self.layers} layers; "
                              "give one fanout per layer (or leave --fanouts out to get one per layer)")
         self.rsc.validate()
-        self.refresh.validate()
+        self.minibatch.validate()
+        self.history.validate()
+        self.history.check_depth(self.layers)
+
+    def cache_policy(self) -> str:
+        """The cache policy a mini-batch run uses. ``--engine refresh``: ``history.policy``.
+        ``--engine sample`` never keeps a history: ``none``, or ``feature`` (a raw-feature cache
+        within ``--cache-mb``) when ``--policy feature`` asks for one, as it always could."""
+        if self.engine == "sample":
+            return "feature" if self.history.policy == "feature" else "none"
+        return self.history.policy
 
     def resolved_input_dropout(self) -> float:
         """The input-feature dropout rate this run uses: ``input_dropout`` if set, else the engine
@@ -115,16 +128,42 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"refresh"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         if isinstance(d.get("rsc"), dict):
             d["rsc"] = RSCConfig(**d["rsc"])
-        if isinstance(d.get("refresh"), dict):
-            d["refresh"] = RefreshConfig(**d["refresh"])
+        if "refresh" in d:  # written before the split (result.json, --config files, old checkpoints)
+            d.update(split_refresh(d.pop("refresh"), d))
+        if isinstance(d.get("minibatch"), dict):
+            d["minibatch"] = MiniBatchConfig(**d["minibatch"])
+        if isinstance(d.get("history"), dict):
+            d["history"] = HistoryConfig(**d["history"])
         if "input_dropout" not in d and "dropout" in d:
             # Recorded before input dropout was its own knob, when inputs were always dropped at
             # the hidden rate: a resumed run keeps training the way it started.
             d["input_dropout"] = d["dropout"]
         return cls(**d)
+
+
+MINIBATCH_KEYS = frozenset(f.name for f in fields(MiniBatchConfig))
+HISTORY_KEYS = frozenset(f.name for f in fields(HistoryConfig))
+
+
+def split_refresh(refresh: Any, d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``minibatch`` and ``history`` groups of ``d`` with a legacy ``refresh`` group (one
+    config for both, before the split) laid under them: each key goes to the group that now
+    owns it, and values already in ``d``'s groups win."""
+    if not isinstance(refresh, dict):
+        raise ValueError(f"'refresh' must be a JSON object, got {type(refresh).__name__}")
+    unknown = sorted(set(refresh) - MINIBATCH_KEYS - HISTORY_KEYS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in 'refresh'; valid: {', '.join(sorted(MINIBATCH_KEYS | HISTORY_KEYS))}")
+    out = {}
+    for group, keys in (("minibatch", MINIBATCH_KEYS), ("history", HISTORY_KEYS)):
+        given = d.get(group, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"'{group}' must be a JSON object when 'refresh' is given too")
+        out[group] = {**{k: v for k, v in refresh.items() if k in keys}, **given}
+    return out

@@ -1,4 +1,8 @@
-"""Full-batch training: the exact engine and RSC share this trainer; only the propagation differs."""
+"""Full-batch training: the exact engine and RSC share this trainer; only the propagation differs.
+
+Exact training runs the model on :class:`ExactPropagation` with the do-nothing :class:`Engine`; RSC's
+:class:`~approxgnn.rsc.SampledPropagation` is both the model's operator and the trainer's engine.
+"""
 from __future__ import annotations
 
 import time
@@ -9,18 +13,12 @@ import torch.nn.functional as F
 
 from ..datasets import Dataset
 from ..graph import CSRGraph, normalize
-from ..nn import ExactPropagation, Propagation, build_model
+from ..nn import Engine, ExactPropagation, Propagation, build_model
 from ..ops import SparseOperator
+from .base import Trainer, resolve_device, synchronizer
 from .config import TrainConfig
-from .loop import Trainer, backward_and_step
 from .schedule import build_scheduler
 from .metrics import evaluate_logits
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_propagation(cfg: TrainConfig, op: SparseOperator, model: torch.nn.Module,
@@ -48,6 +46,8 @@ class FullBatchTrainer(Trainer):
         self.op = SparseOperator.from_adjacency(adj).to(self.device)
         self.eval_prop = ExactPropagation(self.op)
         self.prop = build_propagation(cfg, self.op, self.model, adj.row_norm().to(self.device))
+        # RSC's operator is its own engine; the exact operator has none (the no-op Engine).
+        self.engine = self.prop if isinstance(self.prop, Engine) else Engine()
         self.x = torch.as_tensor(data.x, dtype=torch.float32).to(self.device)
         self.y = torch.as_tensor(data.y).to(self.device)
         self.masks = {k: torch.as_tensor(getattr(data, f"{k}_mask")).to(self.device) for k in ("train", "val", "test")}
@@ -57,15 +57,14 @@ class FullBatchTrainer(Trainer):
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout()}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        sync = _synchronizer(self.device)
+        sync = synchronizer(self.device)
         t0 = time.perf_counter()
-        self.prop.on_epoch_start(epoch, self.cfg.epochs)
+        self.engine.on_epoch_start(epoch, self.cfg.epochs)
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         out = self.model(self.x, self.prop)
         m = self.masks["train"]
         loss = F.cross_entropy(out[m], self.y[m])
-        grad_norm = backward_and_step(loss, self.model, self.optimizer)
+        grad_norm = self.step(loss)
         sync()
         return {"loss": float(loss.detach()), "grad_norm": grad_norm, "step_time_s": time.perf_counter() - t0}
 
@@ -75,24 +74,6 @@ class FullBatchTrainer(Trainer):
         out = self.model(self.x, self.eval_prop)
         return {k: evaluate_logits(out[m], self.y[m], self.metric) for k, m in self.masks.items()}
 
-    def on_epoch_end(self, epoch: int, val: float) -> None:
-        self.prop.on_epoch_end(epoch, val)
-
-    def engine_stats(self) -> dict[str, Any]:
-        return self.prop.stats()
-
-    def engine_state_dict(self) -> dict[str, Any]:
-        return self.prop.state_dict()
-
-    def load_engine_state_dict(self, state: dict[str, Any]) -> None:
-        self.prop.load_state_dict(state)
-
     def run_info(self) -> dict[str, Any]:
         return self._info
 
-
-def _synchronizer(device: torch.device):
-    """Timings on CUDA need a sync before reading the clock."""
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None

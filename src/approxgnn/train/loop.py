@@ -1,8 +1,9 @@
 """The epoch loop every trainer shares: evaluation, best-validation selection, progress bar,
 NaN guard, checkpoints and ``result.json``.
 
-A trainer (full-batch or mini-batch) supplies :class:`Trainer`'s four methods; :func:`fit` does
-the rest, so both engines get the same bookkeeping and the same resume semantics.
+A trainer (full-batch or mini-batch, on the :class:`~.base.Trainer` base) supplies ``train_epoch``
+and ``evaluate``; :func:`fit` does the rest, so every engine gets the same bookkeeping and the same
+resume semantics, and is driven through the one :class:`~approxgnn.nn.engine.Engine` protocol.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import os
 import statistics
 import time
 import warnings
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CHECKPOINT_NAME, atomic_write_bytes, load_latest_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import TrainConfig
+from .base import Trainer, TrainingDiverged
 
 RESULT_NAME = "result.json"
 # Levels below the run's best validation metric at which ``result.json`` records the training time
@@ -42,61 +42,6 @@ def time_to_reach(curve: list[dict[str, Any]], level: float) -> float | None:
 def time_to_val(curve: list[dict[str, Any]], best: float) -> dict[str, float | None]:
     """``{"best-0.005": seconds, ...}`` for each margin in :data:`TIME_TO_VAL_MARGINS`."""
     return {f"best-{m:g}": time_to_reach(curve, best - m - 1e-12) for m in TIME_TO_VAL_MARGINS}
-
-
-class TrainingDiverged(RuntimeError):
-    """Loss or gradients became NaN/inf; the last good checkpoint is kept."""
-
-
-def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
-    """``loss.backward()`` then ``optimizer.step()``, refusing NaN/inf loss or gradients.
-
-    The check comes before the step so the parameters (and any later checkpoint) stay finite.
-    Returns the total gradient norm.
-    """
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss became {float(loss.detach())}")
-    loss.backward()
-    grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    norm = torch.stack(grads).norm() if grads else torch.zeros(())
-    if not torch.isfinite(norm):
-        raise TrainingDiverged(f"gradient norm became {float(norm)}")
-    optimizer.step()
-    return float(norm)
-
-
-class Trainer(ABC):
-    """What :func:`fit` needs from an engine-specific trainer."""
-
-    cfg: TrainConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped by fit() once per epoch
-    metric: str
-
-    @abstractmethod
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One epoch of optimisation; returns at least ``loss`` and ``step_time_s``."""
-
-    @abstractmethod
-    def evaluate(self) -> dict[str, float]:
-        """Exact evaluation: the metric on ``train``, ``val`` and ``test``."""
-
-    def on_epoch_end(self, epoch: int, val: float) -> None:
-        """Feedback to the engine (default: none)."""
-
-    def engine_stats(self) -> dict[str, Any]:
-        return {}
-
-    def engine_state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_engine_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def run_info(self) -> dict[str, Any]:
-        """Static facts recorded in the result (graph size, device, ...)."""
-        return {}
 
 
 def check_out_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: bool) -> None:
@@ -126,7 +71,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         trainer.optimizer.load_state_dict(resume_state["optimizer"])
         if trainer.scheduler is not None:  # its epoch count; the current lr is in the optimizer's state
             trainer.scheduler.load_state_dict(resume_state["scheduler"])
-        trainer.load_engine_state_dict(resume_state["engine"])
+        trainer.load_state_dict(resume_state["trainer"])
         s.update(resume_state["loop"])
         set_rng_state(resume_state["rng"])
 
@@ -147,13 +92,13 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         t0 = time.perf_counter()
         ev = trainer.evaluate()
         s["eval_time_s"] += time.perf_counter() - t0
-        trainer.on_epoch_end(epoch, ev["val"])
+        trainer.engine.on_epoch_end(epoch, ev["val"])
         if ev["val"] > s["best_val"]:
             s.update(best_val=ev["val"], best_test=ev["test"], best_epoch=epoch,
                      best_model=copy.deepcopy(trainer.model.state_dict()))
         s["curve"].append({"epoch": epoch, "time_s": s["train_time_s"], **rec, **ev})
         s["epoch"] = epoch + 1
-        bar.set_postfix(_postfix(rec, ev, trainer.engine_stats()), refresh=False)
+        bar.set_postfix(_postfix(rec, ev, trainer.stats()), refresh=False)
         if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
             save_checkpoint(out, _checkpoint(trainer, s))
@@ -169,7 +114,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         "checkpoint_time_median_s": statistics.median(s["checkpoint_time_s"]) if s["checkpoint_time_s"] else None,
         "time_to_val": time_to_val(s["curve"], s["best_val"]),
         "final": s["curve"][-1] if s["curve"] else None,
-        "engine_stats": trainer.engine_stats(),
+        "engine_stats": trainer.stats(),
         **trainer.run_info(),
         "config": cfg.to_dict(),
         "curve": s["curve"],
@@ -184,7 +129,7 @@ def _checkpoint(trainer: Trainer, s: dict[str, Any]) -> dict[str, Any]:
     return {"config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-            "engine": trainer.engine_state_dict(),
+            "trainer": trainer.state_dict(),
             "loop": dict(s), "rng": rng_state()}
 
 

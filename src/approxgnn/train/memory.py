@@ -26,7 +26,7 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
     """Rough peak bytes by part. Full batch: features, graph, activations kept for backward
     (≈ 4 tensors of ``N × width`` per layer). Mini-batch: features (unless on disk) and caches."""
     n, f, nnz = data.num_nodes, data.num_features, 2 * data.num_edges
-    on_disk = isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and cfg.refresh.features_on_disk)
+    on_disk = isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and cfg.minibatch.features_on_disk)
     parts = {"features": 0 if on_disk else n * f * 4,
              "graph": nnz * (8 + 4) * (2 if cfg.model == "sage" else 1) + n * 16}
     if cfg.engine in FULL_BATCH_ENGINES:
@@ -34,7 +34,7 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
         parts["features"] = n * f * 4 * 2  # the float32 copy plus dropout's mask/output
         parts["activations"] = 4 * cfg.layers * n * width * 4
     else:
-        parts["caches"] = int(cfg.refresh.cache_mb * (1 << 20))
+        parts["caches"] = int(cfg.minibatch.cache_mb * (1 << 20))
     return parts
 
 

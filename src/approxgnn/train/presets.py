@@ -2,7 +2,7 @@
 
 Order of precedence, lowest first: the dataclass defaults, the preset, the ``--config`` file, the
 flags on the command line. A preset is plain data -- field names of :class:`TrainConfig`, with
-``rsc`` / ``refresh`` sub-dicts -- and the run records its name (``config.preset``) next to the
+``rsc`` / ``minibatch`` / ``history`` sub-dicts -- and the run records its name (``config.preset``) next to the
 values it ended up with.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "refresh": {
         "engine": "refresh", "model": "sage", "layers": 3, "hidden": 256, "batch_norm": True, "dropout": 0.1,
         "lr": 1e-4, "lr_schedule": "cosine",
-        "refresh": {"fanouts": [10, 15, 20], "batch_size": 1000},
+        "minibatch": {"fanouts": [10, 15, 20], "batch_size": 1000},
     },
 }
 
@@ -27,11 +27,11 @@ PRESET_HELP = {
                "fanouts 10,15,20, batch size 1000, Adam lr 1e-4 with a cosine schedule",
 }
 
-_GROUPS = ("rsc", "refresh")
+_GROUPS = ("rsc", "minibatch", "history")
 
 
 def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` (TrainConfig fields, ``rsc``/``refresh`` as dicts) laid over the preset they name
+    """``values`` (TrainConfig fields, ``rsc``/``minibatch``/``history`` as dicts) laid over the preset they name
     in ``values["preset"]``; returned as a new dict. A value given in ``values`` always wins.
 
     One exception keeps a changed depth consistent: when ``values`` sets ``layers`` to another
@@ -44,9 +44,9 @@ def apply_preset(values: dict[str, Any]) -> dict[str, Any]:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     preset = copy.deepcopy(PRESETS[name])
-    given_refresh = values.get("refresh") if isinstance(values.get("refresh"), dict) else {}
-    if "layers" in values and values["layers"] != preset.get("layers") and "fanouts" not in given_refresh:
-        preset.get("refresh", {}).pop("fanouts", None)
+    given_mb = values.get("minibatch") if isinstance(values.get("minibatch"), dict) else {}
+    if "layers" in values and values["layers"] != preset.get("layers") and "fanouts" not in given_mb:
+        preset.get("minibatch", {}).pop("fanouts", None)
     out = {**preset, **values}
     for group in _GROUPS:
         if isinstance(values.get(group), dict) or group in preset:

@@ -1,8 +1,10 @@
 """Turning seed ids into a ready batch, and doing it one batch ahead in a worker thread.
 
-:meth:`BatchLoader.load` samples (pruning with the cache's fresh hits), gathers the input
-features (feature cache, then the counted store), copies the hits' cached rows and builds the
-block operators. :class:`Prefetcher` runs the next batch's ``load`` in one worker thread while the
+:meth:`BatchLoader.load` samples (pruning with a history's fresh hits), reads the input
+features through a :class:`~.stores.FeatureStore` (a cache over the counted store, or the store
+itself), copies the hits' cached rows and builds the block operators. The history is anything with
+:class:`HistoryServer`'s two methods, so this package never imports an engine.
+:class:`Prefetcher` runs the next batch's ``load`` in one worker thread while the
 current batch trains: numba kernels and torch ops release the GIL, so the two overlap.
 
 The trainer keeps the result independent of timing: batch ``b+1`` is loaded against the cache
@@ -14,16 +16,27 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..ops import SparseOperator
-from .engine import HistoryEngine
-from .features import FeatureCache, FeatureStore
-from .sampler import NeighborSampler, SampledBatch
+from .sampler import NeighborSampler, PruneTest, SampledBatch
+from .stores import FeatureStore
+
+
+class HistoryServer(Protocol):
+    """What the loader asks of a history cache (e.g. :class:`approxgnn.history.HistoryEngine`)."""
+
+    def prune_tests(self, now: int) -> dict[int, PruneTest]:
+        """Per cached layer, the fresh-hit test the sampler prunes with at iteration ``now``."""
+        ...
+
+    def serve(self, batch: SampledBatch, now: int, device: torch.device) -> dict[int, Tensor]:
+        """Per cached layer, ``[k_l, d]`` copies of the hits' rows on ``device``."""
+        ...
 
 
 @dataclass
@@ -40,24 +53,20 @@ class Batch:
 class BatchLoader:
     """``load(seeds, key, now)`` → :class:`Batch` (see the module docstring)."""
 
-    def __init__(self, sampler: NeighborSampler, features: FeatureStore | FeatureCache,
-                 engine: HistoryEngine | None, device: torch.device) -> None:
-        self.sampler, self.features, self.engine, self.device = sampler, features, engine, device
+    def __init__(self, sampler: NeighborSampler, features: FeatureStore, history: HistoryServer | None,
+                 device: torch.device) -> None:
+        self.sampler, self.features, self.history, self.device = sampler, features, history, device
         self.times = {"sample_s": 0.0, "gather_s": 0.0, "serve_s": 0.0, "blocks_s": 0.0}
 
     def load(self, seeds: np.ndarray, key: int, now: int) -> Batch:
+        """Batch of ``seeds`` drawn with ``key`` against the history as of iteration ``now``."""
         t0 = time.perf_counter()
-        prune = self.engine.prune_tests(now) if self.engine is not None else None
+        prune = self.history.prune_tests(now) if self.history is not None else None
         sample = self.sampler.sample(seeds, key, prune)
         t1 = time.perf_counter()
-        x = self.features.gather(sample.input_nodes).to(self.device, non_blocking=True)
+        x = self.features.read(sample.input_nodes).to(self.device, non_blocking=True)
         t2 = time.perf_counter()
-        hits: dict[int, Tensor] = {}
-        if self.engine is not None:
-            hits = {l: r.to(self.device) for l, r in self.engine.serve(sample, now).items()}
-            if self.engine.evict:  # eviction ranks hits by the gradient on their cached rows
-                for r in hits.values():
-                    r.requires_grad_(True)
+        hits = self.history.serve(sample, now, self.device) if self.history is not None else {}
         t3 = time.perf_counter()
         ops = [b.operator(self.device) for b in sample.blocks]
         t4 = time.perf_counter()

@@ -1,0 +1,21 @@
+"""Neighbour-sampled mini-batches, the ground floor both mini-batch engines stand on.
+
+* :class:`MiniBatchConfig` -- fanouts, batch size, cache budget, feature placement, prefetching;
+* :class:`NeighborSampler` -- numba, per-layer fanouts, blocks with targets first, cache pruning;
+* feature stores behind one ``read(ids)`` protocol (:class:`FeatureStore`): :class:`ArrayFeatureStore`
+  (RAM or ``.npy`` memmap, counted) and :class:`CachedFeatureStore` (a cache over any store);
+* :class:`BatchLoader` / :class:`Prefetcher` -- one batch ahead in a worker thread;
+* :class:`BlockPropagation` -- a model on one batch's blocks;
+* :func:`layerwise_inference` -- exact inference over full neighbourhoods, chunk by chunk.
+"""
+from .blocks import BlockPropagation
+from .config import MiniBatchConfig, default_fanouts
+from .feature_cache import CachedFeatureStore
+from .inference import layerwise_inference
+from .loader import Batch, BatchLoader, Prefetcher
+from .sampler import NeighborSampler, SampledBatch, batch_key
+from .stores import ArrayFeatureStore, FeatureStore, degree_order, write_features
+
+__all__ = ["MiniBatchConfig", "default_fanouts", "NeighborSampler", "SampledBatch", "batch_key", "FeatureStore",
+           "ArrayFeatureStore", "CachedFeatureStore", "degree_order", "write_features", "Batch", "BatchLoader",
+           "Prefetcher", "BlockPropagation", "layerwise_inference"]

@@ -1,0 +1,64 @@
+"""Mini-batch configuration: sampling, batches, feature stores and the cache byte budget.
+
+Shared by both mini-batch engines (``sample`` and ``refresh``); the history cache's own knobs
+live in :class:`approxgnn.history.HistoryConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The fanouts of the common 3-layer setup (e.g. PyG's ogbn-products GraphSAGE example): wide next to
+# the seeds, narrow towards the features, where each hop multiplies the number of nodes read.
+STANDARD_FANOUTS = (15, 10, 5)
+
+
+def default_fanouts(layers: int) -> list[int]:
+    """The fanouts used when none are given: the first ``layers`` entries of ``[15, 10, 5]``,
+    extended with 5s for deeper models (2 layers: ``[15, 10]``; 4 layers: ``[15, 10, 5, 5]``)."""
+    return [STANDARD_FANOUTS[i] if i < len(STANDARD_FANOUTS) else STANDARD_FANOUTS[-1] for i in range(layers)]
+
+
+@dataclass
+class MiniBatchConfig:
+    """Knobs of neighbour-sampled training.
+
+    * ``fanouts``: neighbours sampled per hop, PyG's ``num_neighbors`` order: ``fanouts[0]`` for
+      the seeds' own neighbours (the last layer), ``fanouts[-1]`` for the hop that reaches the
+      raw features; ``-1`` takes every neighbour. ``len(fanouts)`` is the number of layers.
+      ``None`` (the default): one per layer by :func:`default_fanouts`, filled in by
+      ``TrainConfig``, which knows the number of layers.
+    * ``batch_size``: seed nodes per mini-batch.
+    * ``cache_mb``: one byte budget for the caches, shared by the feature cache and (under the
+      history policies) the history cache; it holds their metadata too.
+    * ``eval_batch_size``: nodes per chunk in exact layer-wise evaluation.
+    * ``features_on_disk``: keep features in a memory-mapped ``.npy`` instead of RAM (written
+      to ``<out>/features.npy``, or a temporary directory without ``--out``).
+    * ``features_path``: memory-map this ``.npy`` (from ``approxgnn prepare``) as the features.
+    * ``prefetch``: sample the next batch in a worker thread while this one trains.
+    """
+
+    fanouts: list[int] | None = None
+    batch_size: int = 1024
+    cache_mb: float = 512.0
+    eval_batch_size: int = 65536
+    features_on_disk: bool = False
+    features_path: str | None = None
+    prefetch: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.fanouts is not None and not self.fanouts:
+            raise ValueError("fanouts must list at least one layer")
+        for f in self.fanouts or ():
+            if f != -1 and f <= 0:
+                raise ValueError(f"fanouts must be positive or -1 (all neighbours), got {f}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.eval_batch_size <= 0:
+            raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
+        if self.cache_mb < 0:
+            raise ValueError(f"cache budget must be >= 0 MB, got {self.cache_mb}")
+        if self.features_path is not None and not str(self.features_path).endswith(".npy"):
+            raise ValueError(f"features_path must name a .npy file, got {self.features_path!r}")

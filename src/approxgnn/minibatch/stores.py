@@ -1,0 +1,134 @@
+"""Where raw node features come from: one protocol, ``read(ids)``, and the store that ends the chain.
+
+Shaped like DGL GraphBolt's feature stores: a :class:`FeatureStore` is anything that turns node
+ids into rows. :class:`ArrayFeatureStore` is the ground floor -- ``x [N, F]`` float32 in RAM or
+in a ``.npy`` file opened with ``np.memmap`` (so features may exceed RAM) -- and counts every row
+it reads: the "memory access" figure ReFresh reduces. A cache (:mod:`.feature_cache`) wraps any
+store behind the same ``read`` and forwards only its misses, so the count is what really left
+the slow store.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+
+def index_dtype(count: int) -> type:
+    """int32 while every node id fits, else int64 (slot maps have one entry per node)."""
+    return np.int32 if count <= 2**31 else np.int64
+
+
+@runtime_checkable
+class FeatureStore(Protocol):
+    """Rows of a node-feature matrix ``[num_nodes, dim]`` by id."""
+
+    @property
+    def num_nodes(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def read(self, ids: np.ndarray) -> Tensor:
+        """``x[ids]`` as a new float32 tensor ``[len(ids), dim]`` (on the store's device)."""
+        ...
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _gather_rows(x, ids, out):
+    """``out[i] = x[ids[i]]``; parallel, without the GIL (works on memmaps too)."""
+    for i in prange(ids.shape[0]):
+        out[i] = x[ids[i]]
+
+
+class ArrayFeatureStore:
+    """Raw features ``x [N, F]`` (float32 array or ``np.memmap``) behind one counted ``read``."""
+
+    VERSION = 1
+
+    def __init__(self, x: np.ndarray) -> None:
+        if x.ndim != 2:
+            raise ValueError(f"features must be 2-D [N, F], got shape {x.shape}")
+        if isinstance(x, np.memmap):
+            if x.dtype != np.float32:
+                raise ValueError(f"memory-mapped features must be float32, got {x.dtype}")
+        else:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        self.x = x
+        self.rows_read = 0
+        self.bytes_read = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ArrayFeatureStore":
+        """Memory-map a ``.npy`` written by :func:`write_features` (nothing is read yet)."""
+        return cls(np.load(path, mmap_mode="r"))
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dim * 4
+
+    @property
+    def on_disk(self) -> bool:
+        return isinstance(self.x, np.memmap)
+
+    def read(self, ids: np.ndarray) -> Tensor:
+        """Rows ``x[ids]`` as a new CPU float32 tensor ``[len(ids), F]``; counts them as read."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        out = np.empty((ids.shape[0], self.dim), np.float32)
+        if ids.size:
+            _gather_rows(self.x, ids, out)
+        self.rows_read += int(ids.size)
+        self.bytes_read += int(ids.size) * self.row_bytes
+        return torch.from_numpy(out)
+
+    def full(self) -> Tensor:
+        """All of ``x`` as a tensor sharing its memory (a memmap stays on disk); counted as one
+        full scan. For exact inference, which reads every row anyway."""
+        self.rows_read += self.num_nodes
+        self.bytes_read += self.num_nodes * self.row_bytes
+        with warnings.catch_warnings():  # a read-only memmap: torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self.x)
+
+    def counters(self) -> dict[str, int]:
+        return {"rows_read": self.rows_read, "bytes_read": self.bytes_read}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.VERSION, **self.counters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
+
+
+def degree_order(rowptr: np.ndarray) -> np.ndarray:
+    """Node ids by degree, highest first (ties: lower id first)."""
+    deg = np.diff(rowptr)
+    return np.argsort(-deg, kind="stable")
+
+
+def write_features(path: str | os.PathLike, x: np.ndarray, *, chunk: int = 1 << 16) -> np.memmap:
+    """Write ``x`` (any array or memmap) to a float32 ``.npy`` in row chunks; return it memory-mapped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(x.shape))
+    for s in range(0, x.shape[0], chunk):
+        out[s : s + chunk] = x[s : s + chunk]
+    out.flush()
+    del out
+    os.replace(tmp, path)  # a reader never sees a half-written file
+    return np.load(path, mmap_mode="r")

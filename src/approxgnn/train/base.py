@@ -1,0 +1,111 @@
+"""The base every trainer stands on: the guarded optimiser step, the device, the engine slot.
+
+A trainer (full-batch or mini-batch) implements :meth:`Trainer.train_epoch` and
+:meth:`Trainer.evaluate`; :func:`~.loop.fit` does the rest. Trainers drive their engine through the
+one :class:`~approxgnn.nn.engine.Engine` protocol held in :attr:`Trainer.engine`, and take every
+optimiser step through :meth:`Trainer.step`, which refuses NaN/inf before the parameters change.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+
+from ..nn.engine import Engine
+from .config import TrainConfig
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradients became NaN/inf; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; any other name as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Timings on CUDA need a sync before reading the clock; elsewhere a no-op."""
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """``loss.backward()`` then ``optimizer.step()``, refusing NaN/inf loss or gradients.
+
+    The check comes before the step, so the parameters (and any later checkpoint) stay finite.
+    Returns the total gradient norm ``‖(∂L/∂θ_1, …, ∂L/∂θ_P)‖₂``.
+    """
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss became {float(loss.detach())}")
+    loss.backward()
+    grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    norm = torch.stack(grads).norm() if grads else torch.zeros(())
+    if not torch.isfinite(norm):
+        raise TrainingDiverged(f"gradient norm became {float(norm)}")
+    optimizer.step()
+    return float(norm)
+
+
+class Trainer(ABC):
+    """What :func:`~.loop.fit` needs from an engine family's trainer.
+
+    Subclasses set ``cfg``, ``model``, ``optimizer``, ``scheduler`` (or None), ``metric``,
+    ``device`` and ``engine`` (an :class:`Engine`; the exact engine is ``Engine()`` itself).
+    """
+
+    STATE_VERSION = 1
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped by fit() once per epoch
+    metric: str
+    device: torch.device
+    engine: Engine
+
+    @abstractmethod
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of optimisation; returns at least ``loss`` and ``step_time_s``. Calls
+        ``engine.on_epoch_start`` first (inside the timed epoch: the engine's schedule is work)."""
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Exact evaluation: the metric on ``train``, ``val`` and ``test``."""
+
+    def step(self, loss: torch.Tensor) -> float:
+        """The one optimiser step: clear gradients, then the guarded backward and step
+        (:func:`backward_and_step`). Returns the gradient norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return backward_and_step(loss, self.model, self.optimizer)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for the progress bar and ``result["engine_stats"]`` (default: the engine's)."""
+        return self.engine.stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's resumable state besides model, optimiser and RNGs: the engine's, plus
+        whatever :meth:`extra_state` adds."""
+        return {"version": self.STATE_VERSION, "engine": self.engine.state_dict(), **self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"unsupported trainer state (version {state.get('version')!r}); "
+                             "checkpoints from before the engine refactor cannot be resumed")
+        self.engine.load_state_dict(state["engine"])
+        self.load_extra_state(state)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Trainer-owned state beyond the engine (e.g. iteration counters); default none."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def run_info(self) -> dict[str, Any]:
+        """Static facts recorded in the result (graph size, device, ...)."""
+        return {}
