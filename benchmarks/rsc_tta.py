@@ -51,9 +51,9 @@ def main() -> None:
         for engine, tr in trainers.items():
             rec = tr.train_epoch(epoch)
             ev = tr.evaluate()
-            tr.on_epoch_end(epoch, ev["val"])
+            tr.engine.on_epoch_end(epoch, ev["val"])
             spent = (curves[engine][-1]["time_s"] if curves[engine] else 0.0) + rec["step_time_s"]
-            phase = tr.engine_stats().get("rsc", "exact")
+            phase = tr.stats().get("rsc", "exact")
             curves[engine].append({"epoch": epoch, "time_s": spent, "step_time_s": rec["step_time_s"],
                                    "phase": phase, **ev})
             print(f"  {engine:5s} epoch {epoch:3d} ({phase:6s}) step {rec['step_time_s']:6.2f}s "
