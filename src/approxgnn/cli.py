@@ -1,4 +1,4 @@
-"""``approxgnn`` command line: train, demo, datasets, bench, prepare.
+"""``approxgnn`` command line: train, demo, datasets, bench, prepare, report.
 
 Exit codes: 0 success; 2 usage error (an invalid flag value, an unknown model/engine/dataset, an
 ``--out`` that holds another run, ``--resume`` of a directory without a checkpoint); 1 run failure
@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from . import report
 from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
 from .history.config import POLICIES, HistoryConfig
 from .minibatch.config import MiniBatchConfig
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
     b.add_argument("name", help="e.g. spmm → benchmarks/exact_spmm.py, or a script name")
     b.add_argument("args", nargs=argparse.REMAINDER)
+
+    r = sub.add_parser("report", help="a Markdown table and validation curves of finished runs")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by `approxgnn train --out`")
+    r.add_argument("--out", default="report", help="where report.md and the PNG plots go (default: report)")
     return p
 
 
@@ -397,7 +402,7 @@ def prepare_bench(ns: argparse.Namespace) -> Job:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Job]] = {
     "train": prepare_train, "demo": prepare_demo, "datasets": prepare_datasets, "prepare": prepare_prepare,
-    "bench": prepare_bench,
+    "bench": prepare_bench, "report": report.prepare,
 }
 
 
