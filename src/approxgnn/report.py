@@ -125,7 +125,8 @@ def plot_runs(runs: Sequence[dict[str, Any]], out: str | os.PathLike) -> list[Pa
     paths = []
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         group = [{**r, "label": f"{r['run']} ({engine_label(r)})"} for r in runs if r["dataset"] == dataset]
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(dataset).name)
+        name = Path(dataset).stem if os.sep in dataset else dataset  # a dataset given by path: its file name
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         path = Path(out) / f"curves_{safe}.png"
         plot_curves(group, path, title=dataset)
         paths.append(path)
