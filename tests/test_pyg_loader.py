@@ -193,7 +193,23 @@ def test_history_cache_trains_cora_like_no_cache(shared_data, one_torch_thread: 
             acc[policy].append(float((pred == d.y[test]).mean()))
             if policy == "refresh":
                 hit_rates.append(wrapped.stats()["hit_rate"])
-    print(acc, hit_rates)
     assert min(hit_rates) > 0.2, hit_rates  # the cache was really used
     assert np.mean(acc["none"]) > 0.7, acc
     assert abs(np.mean(acc["refresh"]) - np.mean(acc["none"])) < 0.01, acc
+
+
+def test_readme_pyg_example_runs(shared_data, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                 one_torch_thread: None) -> None:
+    """The README's "ReFresh in a PyG training loop" example, as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("### ReFresh in a PyG training loop"):]
+    code = section[section.index("```python") + len("```python"): section.index("```", section.index("```python") + 3)]
+    assert "for epoch in range(20):" in code
+    code = code.replace("for epoch in range(20):", "for epoch in range(8):")  # the suite's time budget
+    monkeypatch.setenv("APPROXGNN_DATA", str(shared_data))
+    namespace: dict = {}
+    exec(compile(code, "README.md (PyG example)", "exec"), namespace)
+    assert "test accuracy" in capsys.readouterr().out
+    assert namespace["acc"] > 0.6 and namespace["model"].stats()["hit_rate"] > 0.2
