@@ -60,10 +60,13 @@ def _is_baseline(r: dict[str, Any]) -> bool:
     return r["engine"] == "exact" if _family(r) == "full-batch" else r.get("policy", "none") == "none"
 
 
+OWN_POLICY = {"sample": "none", "refresh": "refresh"}  # the cache policy an engine runs unless told
+
+
 def engine_label(r: dict[str, Any]) -> str:
-    """The engine, with the cache policy when it is not the engine's own (``sample/feature``)."""
+    """The engine, with the cache policy when it is not the engine's own (``refresh/gas``)."""
     policy = r.get("policy")
-    return r["engine"] if policy in (None, "none", r["engine"]) else f"{r['engine']}/{policy}"
+    return r["engine"] if policy in (None, OWN_POLICY.get(r["engine"])) else f"{r['engine']}/{policy}"
 
 
 def find_baseline(r: dict[str, Any], runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:

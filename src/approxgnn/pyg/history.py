@@ -53,6 +53,14 @@ def _conv_kind(conv: nn.Module) -> str:
     raise ValueError(f"unsupported layer {type(conv).__name__}: PropagationGNN runs SAGEConv and GCNConv stacks")
 
 
+def _node_ids(nodes: Any, num_nodes: int) -> np.ndarray:
+    """``None`` (every node), a bool mask or ids (numpy or torch) → int64 ids."""
+    if nodes is None:
+        return np.arange(num_nodes, dtype=np.int64)
+    ids = np.asarray(nodes.cpu() if isinstance(nodes, Tensor) else nodes)
+    return np.flatnonzero(ids) if ids.dtype == np.bool_ else ids.astype(np.int64).ravel()
+
+
 class PropagationGNN(nn.Module):
     """A PyG ``BasicGNN`` (``GraphSAGE`` or ``GCN``, ``jk=None``) called as ``model(x, prop)``.
 
@@ -167,9 +175,7 @@ class HistoryGNN(nn.Module):
         """Exact logits ``[len(nodes), C]`` (all nodes by default) over full neighbourhoods, one
         layer at a time, ``chunk_size`` targets per block; the history is never read."""
         loader = self.loader
-        ids = np.arange(loader.graph.num_nodes) if nodes is None else np.asarray(
-            nodes.cpu() if isinstance(nodes, Tensor) else nodes)
-        ids = np.flatnonzero(ids) if ids.dtype == np.bool_ else ids.astype(np.int64)
+        ids = _node_ids(nodes, loader.graph.num_nodes)
         was_training = self.training
         try:
             return layerwise_inference(self.gnn, loader.sampler, loader.store, ids, features=loader.features,
