@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..history import HistoryConfig, HistoryEngine
-from ..history.config import HISTORY_POLICIES, POLICIES
+from ..history.config import HISTORY_POLICIES
 from ..minibatch import BlockPropagation, CachedFeatureStore, degree_order, layerwise_inference
 from ..minibatch.sampler import PruneTest, SampledBatch
 from ..nn.propagation import Propagation
@@ -108,6 +108,7 @@ class HistoryGNN(nn.Module):
     ``cache_mb``: one byte budget for the feature cache and the history (metadata included).
     ``cached_layers``: hidden layers whose outputs are cached (default the second-to-last).
 
+    Its parameters are ``model``'s own (optimise ``model.parameters()``, save ``model.state_dict()``).
     In the loop: ``out = wrapped(batch)[:batch.batch_size]``, ``loss.backward()``,
     ``opt.step()``, then ``wrapped.push(batch)``. Evaluate with :meth:`inference` (exact, layer
     by layer over full neighbourhoods; it never reads the history).
@@ -134,8 +135,7 @@ class HistoryGNN(nn.Module):
             loader.attach(self, self.engine.features)
         elif policy == "feature":
             loader.attach(None, CachedFeatureStore.within_budget(loader.store, order, budget, loader.device))
-        else:
-            assert policy in POLICIES
+        else:  # "none"
             loader.attach(None)
 
     # ---- what the loader asks (the HistoryServer protocol, at this wrapper's iteration) ----

@@ -37,17 +37,16 @@ from torch import Tensor
 
 from ..graph import CSRGraph
 from ..minibatch import ArrayFeatureStore, Batch, BatchLoader, FeatureStore, NeighborSampler, batch_key, epoch_seeds
-from ..minibatch.sampler import PruneTest, SampledBatch
+from ..minibatch.loader import HistoryServer
+from ..minibatch.sampler import SampledBatch
 
 
-class BatchHistory(Protocol):
-    """What the loader needs of an attached history (:class:`~approxgnn.pyg.history.HistoryGNN`)."""
+class BatchHistory(HistoryServer, Protocol):
+    """What the loader needs of an attached history (:class:`~approxgnn.pyg.history.HistoryGNN`):
+    the :class:`~approxgnn.minibatch.loader.HistoryServer` methods, the iteration the next batch
+    is trained at, and the start of an epoch (the cache's figures are per epoch)."""
 
-    iteration: int  # the iteration the next batch is trained at
-
-    def prune_tests(self, now: int) -> dict[int, PruneTest]: ...
-
-    def serve(self, batch: SampledBatch, now: int, device: torch.device) -> dict[int, Tensor]: ...
+    iteration: int
 
     def on_epoch_start(self, epoch: int) -> None: ...
 
