@@ -213,3 +213,25 @@ def test_readme_pyg_example_runs(shared_data, monkeypatch: pytest.MonkeyPatch, c
     exec(compile(code, "README.md (PyG example)", "exec"), namespace)
     assert "test accuracy" in capsys.readouterr().out
     assert namespace["acc"] > 0.6 and namespace["model"].stats()["hit_rate"] > 0.2
+
+
+def test_history_state_resumes_the_same_batches(one_torch_thread: None) -> None:
+    d, loader, model, wrapped = _cached_setup([4, 3], layers=2, policy="refresh")
+    state = wrapped.history_state_dict()
+    loader2 = NeighborBatchLoader(d, [4, 3], batch_size=40, input_nodes=d.train_mask, seed=0)
+    model2 = GraphSAGE(d.x.shape[1], 16, 2, d.num_classes, dropout=0.3)
+    model2.load_state_dict(model.state_dict())
+    wrapped2 = HistoryGNN(model2, loader2, cache_mb=1.0, policy="refresh", staleness=50)
+    wrapped2.load_history_state_dict(state)
+    served = 0
+    for b1, b2 in zip(loader, loader2):  # the next epoch, from the original and the resumed state
+        np.testing.assert_array_equal(b1.n_id.numpy(), b2.n_id.numpy())
+        torch.testing.assert_close(b1.edge_index, b2.edge_index)
+        for layer, rows in b1.sampled_batch.hits.items():
+            torch.testing.assert_close(rows, b2.sampled_batch.hits[layer])
+            served += len(rows)
+        wrapped.eval(), wrapped2.eval()
+        torch.testing.assert_close(wrapped(b1), wrapped2(b2))
+    assert served > 0
+    with pytest.raises(ValueError, match="another cache policy"):
+        HistoryGNN(GraphSAGE(d.x.shape[1], 16, 2, d.num_classes), loader2, policy="none").load_history_state_dict(state)

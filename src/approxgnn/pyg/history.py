@@ -111,8 +111,11 @@ class HistoryGNN(nn.Module):
     Its parameters are ``model``'s own (optimise ``model.parameters()``, save ``model.state_dict()``).
     In the loop: ``out = wrapped(batch)[:batch.batch_size]``, ``loss.backward()``,
     ``opt.step()``, then ``wrapped.push(batch)``. Evaluate with :meth:`inference` (exact, layer
-    by layer over full neighbourhoods; it never reads the history).
+    by layer over full neighbourhoods; it never reads the history). To resume, save
+    :meth:`history_state_dict` next to the model's and the optimiser's.
     """
+
+    VERSION = 1  # of history_state_dict()
 
     def __init__(self, model: nn.Module, loader: NeighborBatchLoader, *, cache_mb: float = 64.0,
                  policy: str = "refresh", rate: float = 0.9, staleness: int = 200, evict: bool = False,
@@ -182,6 +185,27 @@ class HistoryGNN(nn.Module):
                                        chunk_size=chunk_size, device=loader.device, progress=progress)
         finally:
             self.train(was_training)
+
+    def history_state_dict(self) -> dict[str, Any]:
+        """What resuming needs besides the model and optimiser: the cache (or feature cache), the
+        iteration and the loader's epoch (its next epoch's batches and samples follow from it)."""
+        state: dict[str, Any] = {"version": self.VERSION, "iteration": self.iteration, "epoch": self.loader.epoch}
+        if self.engine is not None:
+            state["engine"] = self.engine.state_dict()
+        elif isinstance(self.loader.features, CachedFeatureStore):
+            state["features"] = self.loader.features.state_dict()
+        return state
+
+    def load_history_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != self.VERSION:
+            raise ValueError(f"unsupported HistoryGNN state (version {state.get('version')!r})")
+        if ("engine" in state) != (self.engine is not None):
+            raise ValueError(f"the state was saved with another cache policy than {self.policy!r}")
+        self.iteration, self.loader.epoch = int(state["iteration"]), int(state["epoch"])
+        if self.engine is not None:
+            self.engine.load_state_dict(state["engine"])
+        elif "features" in state:
+            self.loader.features.load_state_dict(state["features"])
 
     def stats(self) -> dict[str, Any]:
         """The history's figures since the epoch began (hit rate, mean age, occupancy, …)."""
