@@ -165,6 +165,8 @@ def test_errors_are_clear() -> None:
         HistoryGNN(GAT(d.x.shape[1], 8, 2, 3), loader)
     with pytest.raises(ValueError, match="jk=None"):
         HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3, jk="cat"), loader)
+    with pytest.raises(ValueError, match="samples 2 hop"):
+        HistoryGNN(GraphSAGE(d.x.shape[1], 8, 3, 3), loader)
     with pytest.raises(ValueError, match="not a hidden layer"):
         HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3), loader, cached_layers=[1])
     wrapped = HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3), loader, cache_mb=1.0)

@@ -124,6 +124,9 @@ class HistoryGNN(nn.Module):
         self.gnn = PropagationGNN(model)
         if loader.sampler.norm != self.gnn.norm:
             raise ValueError(f"the model needs {self.gnn.norm!r} blocks; build the loader with norm={self.gnn.norm!r}")
+        if loader.sampler.num_layers != self.gnn.num_layers:
+            raise ValueError(f"the loader samples {loader.sampler.num_layers} hop(s) (num_neighbors), "
+                             f"the model has {self.gnn.num_layers} layers")
         if cache_mb < 0:
             raise ValueError(f"cache budget must be >= 0 MB, got {cache_mb}")
         cfg = HistoryConfig(policy=policy, rate=rate, evict=evict, staleness=staleness, cached_layers=cached_layers)
