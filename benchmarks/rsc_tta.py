@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json")
     a = p.parse_args()
@@ -44,7 +45,7 @@ def main() -> None:
     print(f"[{a.dataset}] {data.num_nodes} nodes, {data.num_edges} edges, {int(data.train_mask.sum())} training "
           f"nodes; torch threads {torch.get_num_threads()}", flush=True)
     trainers = {e: build_trainer(TrainConfig(dataset=a.dataset, model=a.model, engine=e, layers=a.layers,
-                                             hidden=a.hidden, epochs=a.epochs, seed=a.seed, progress=False), data)
+                                             hidden=a.hidden, epochs=a.epochs, lr=a.lr, seed=a.seed, progress=False), data)
                 for e in ("exact", "rsc")}
     curves: dict[str, list[dict]] = {e: [] for e in trainers}
     for epoch in range(a.epochs):
