@@ -29,7 +29,7 @@ from .history.config import POLICIES, HistoryConfig
 from .minibatch.config import MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
-from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run, time_to_reach
+from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.config import split_refresh
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS, apply_preset
@@ -332,12 +332,9 @@ def prepare_demo(ns: argparse.Namespace) -> Job:
         rows = []
         for base_engine, engine, margin, kw in pairs:
             pair = [run(TrainConfig(dataset=data.name, engine=e, **kw), data) for e in (base_engine, engine)]
-            level = pair[0]["val"] - margin
-            base_tta = time_to_reach(pair[0]["curve"], level)
             for r in pair:
                 r["speedup"] = pair[0]["train_time_s"] / r["train_time_s"]
-                tta = time_to_reach(r["curve"], level)
-                r["tta_speedup"] = "not reached" if tta is None else base_tta / max(tta, 1e-9)
+                r["tta_speedup"] = report.tta_speedup(pair[0], r, margin)
             rows += pair
         print(format_table(rows, RESULT_COLUMNS + ["speedup", "tta_speedup"]))
         print("tta_speedup: time for the baseline to reach its best validation metric minus 0.5 pp (RSC) or "

@@ -88,13 +88,24 @@ def report_row(r: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]
         return row
     row["Δtest_pp"] = 100.0 * (r["test"] - base["test"])
     row["speedup"] = base["train_time_s"] / r["train_time_s"] if r["train_time_s"] > 0 else None
-    level = base["val"] - TTA_MARGIN
+    row["tta_speedup"] = tta_speedup(base, r)
+    return row
+
+
+def tta_speedup(base: dict[str, Any], r: dict[str, Any], margin: float = TTA_MARGIN) -> float | str | None:
+    """Time-to-accuracy speed-up of run ``r`` over ``base`` (both with ``val``, the best validation
+    metric, and ``curve``, rows with cumulative training ``time_s`` and ``val``):
+
+    .. math:: \\frac{t_\\text{base}(\\ell)}{t_r(\\ell)}, \\qquad \\ell = \\text{val}_\\text{base} - \\text{margin},
+
+    where :math:`t(\\ell)` is the training time after which the curve first reaches ``ℓ``
+    (:func:`~approxgnn.train.time_to_reach`). ``"not reached"`` when ``r`` never got there, None
+    when ``base``'s own curve does not (a curve cut short of its best epoch)."""
+    level = base["val"] - margin
     t_base, t_run = time_to_reach(base["curve"], level), time_to_reach(r["curve"], level)
     if t_run is None:
-        row["tta_speedup"] = "not reached"
-    elif t_base is not None:
-        row["tta_speedup"] = t_base / max(t_run, 1e-9)
-    return row
+        return "not reached"
+    return None if t_base is None else t_base / max(t_run, 1e-9)
 
 
 def _cell(v: Any, column: str) -> str:
