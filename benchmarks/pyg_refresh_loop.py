@@ -5,9 +5,12 @@
 
 Per dataset and seed, the same PyG ``GraphSAGE`` (same initialisation, batches and samples) is
 trained by the loop of the README through :class:`approxgnn.pyg.HistoryGNN` with policy ``none``
-(no cache: the baseline) and ``refresh``. Reported: the test metric after the last epoch (exact
-layer-wise inference), the median training time per epoch (loading, forward, backward, step, push;
-evaluation excluded), the feature MiB read from the store per epoch (median) and the hit rate.
+(no cache: the baseline) and ``refresh``. Each run is evaluated after every epoch by exact
+layer-wise inference (not timed) and reported by :mod:`approxgnn.report`, as ``approxgnn report``
+reports ``approxgnn train`` runs: the test metric at the best validation epoch, Δ against the
+``none`` run of the same seed, training time (loading, forward, backward, step, push) and its
+speed-up, time-to-accuracy speed-up, feature MiB read from the store per epoch (median); then a
+table over seeds that adds the hit rate. ``--report DIR`` writes the report's Markdown and curves.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from torch_geometric.nn.models import GraphSAGE
 
 from approxgnn.datasets import load_dataset
 from approxgnn.pyg import HistoryGNN, NeighborBatchLoader
-from approxgnn.report import markdown_table
+from approxgnn.report import COLUMNS, build_report, markdown_table, render
 from approxgnn.train.metrics import evaluate_logits
 
 # Per dataset: sampling, model and cache settings. Staleness is about two epochs' worth of batches,
@@ -39,6 +42,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def one_run(data, name: str, policy: str, seed: int, epochs: int) -> dict[str, Any]:
+    """One run of the README's loop, as a ``result.json``-shaped dict (what :mod:`approxgnn.report`
+    reads): after every epoch, exact layer-wise inference gives the validation and test metrics
+    (not timed); ``test`` is taken at the best validation epoch, ``test_last`` after the last."""
     p = PRESETS[name]
     torch.manual_seed(seed)
     loader = NeighborBatchLoader(data, p["fanouts"], batch_size=p["batch_size"], input_nodes=data.train_mask,
@@ -47,8 +53,10 @@ def one_run(data, name: str, policy: str, seed: int, epochs: int) -> dict[str, A
     cache_mb = 2 * data.num_nodes * max(data.x.shape[1], p["hidden"]) * 4 / 2**20
     wrapped = HistoryGNN(model, loader, cache_mb=cache_mb, policy=policy, staleness=p["staleness"])
     opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
-    times, reads, hits = [], [], []
-    for _ in range(epochs):
+    y = torch.as_tensor(data.y)
+    split = {k: torch.from_numpy(np.flatnonzero(getattr(data, f"{k}_mask"))) for k in ("val", "test")}
+    curve, times, reads, hits, spent = [], [], [], [], 0.0
+    for epoch in range(epochs):
         read0, t0 = loader.store.bytes_read, time.perf_counter()
         wrapped.train()
         for batch in loader:
@@ -58,36 +66,51 @@ def one_run(data, name: str, policy: str, seed: int, epochs: int) -> dict[str, A
             opt.step()
             wrapped.push(batch)
         times.append(time.perf_counter() - t0)
+        spent += times[-1]
         reads.append(loader.store.bytes_read - read0)
         hits.append(wrapped.stats().get("hit_rate"))
-    test = np.flatnonzero(data.test_mask)
-    metric = evaluate_logits(wrapped.inference(test), torch.as_tensor(data.y[test]), data.metric)
-    row = {"dataset": name, "policy": policy, "seed": seed, "metric": data.metric, "test": metric,
-           "epoch_s": statistics.median(times), "MB_read": statistics.median(reads) / 2**20,
-           "hit_rate": hits[-1]}
-    print(f"  {name} {policy:8s} seed {seed}: test {metric:.4f}  epoch {row['epoch_s']:.3f}s  "
-          f"read {row['MB_read']:.2f} MB/epoch  hit {row['hit_rate']}", flush=True)
-    return row
+        logits = wrapped.inference()  # every node: val and test from one exact pass
+        ev = {k: evaluate_logits(logits[ids], y[ids], data.metric) for k, ids in split.items()}
+        curve.append({"epoch": epoch, "time_s": spent, **ev})
+    best = max(curve, key=lambda c: c["val"])
+    r = {"run": f"{name}-{policy}-s{seed}", "dataset": name, "model": "pyg-sage", "engine": "pyg", "policy": policy,
+         "metric": data.metric, "val": best["val"], "test": best["test"], "test_last": curve[-1]["test"],
+         "best_epoch": best["epoch"], "train_time_s": spent, "epoch_time_median_s": statistics.median(times),
+         "feature_bytes_read": statistics.median(reads), "hit_rate": hits[-1], "curve": curve,
+         "config": {"seed": seed, **p, "cache_mb": cache_mb}}
+    print(f"  {name} {policy:8s} seed {seed}: test {r['test']:.4f} (last {r['test_last']:.4f})  "
+          f"epoch {r['epoch_time_median_s']:.3f}s  read {r['feature_bytes_read'] / 2**20:.2f} MB/epoch  "
+          f"hit {r['hit_rate']}", flush=True)
+    return r
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per dataset and policy: test mean ± sd over seeds, Δ against ``none``, medians of the rest."""
+def summarise(runs: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset and policy, over seeds: the test metric (mean ± sd) and the medians of the
+    report's per-run comparisons with the ``none`` run of the same seed (``rows``: build_report)."""
     out = []
-    for name in dict.fromkeys(r["dataset"] for r in rows):
-        base = [r for r in rows if r["dataset"] == name and r["policy"] == "none"]
-        b_test = 100 * statistics.mean(r["test"] for r in base)
-        b_time = statistics.median(r["epoch_s"] for r in base)
-        for policy in dict.fromkeys(r["policy"] for r in rows):
-            rs = [r for r in rows if r["dataset"] == name and r["policy"] == policy]
-            tests = [100 * r["test"] for r in rs]
-            t = statistics.median(r["epoch_s"] for r in rs)
-            hit = [r["hit_rate"] for r in rs if r["hit_rate"] is not None]
-            out.append({"dataset": name, "policy": policy, "metric": rs[0]["metric"],
+    for name in dict.fromkeys(r["dataset"] for r in runs):
+        for policy in dict.fromkeys(r["policy"] for r in runs):
+            pick = [i for i, r in enumerate(runs) if r["dataset"] == name and r["policy"] == policy]
+            if not pick:
+                continue
+            tests = [100 * runs[i]["test"] for i in pick]
+            tta = [rows[i]["tta_speedup"] for i in pick]
+            reached = [t for t in tta if isinstance(t, float)]
+            out.append({"dataset": name, "policy": policy, "metric": runs[pick[0]]["metric"],
                         "test_%": f"{statistics.mean(tests):.2f} ± {statistics.pstdev(tests):.2f}",
-                        "Δtest_pp": f"{statistics.mean(tests) - b_test:+.2f}", "epoch_s": t, "speedup": b_time / t,
-                        "MB_read_per_epoch": statistics.median(r["MB_read"] for r in rs),
-                        "hit_rate": statistics.median(hit) if hit else None, "seeds": len(rs)})
+                        "Δtest_pp": statistics.mean(rows[i]["Δtest_pp"] for i in pick),
+                        "epoch_s": statistics.median(runs[i]["epoch_time_median_s"] for i in pick),
+                        "speedup": statistics.median(rows[i]["speedup"] for i in pick),
+                        "tta_speedup": statistics.median(reached) if reached else None,
+                        "reached": f"{len(reached)}/{len(tta)}",
+                        "MB_read_per_epoch": statistics.median(runs[i]["feature_bytes_read"] for i in pick) / 2**20,
+                        "hit_rate": _median([runs[i]["hit_rate"] for i in pick]), "seeds": len(pick)})
     return out
+
+
+def _median(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def main() -> None:
@@ -100,19 +123,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the graphs are small)")
     p.add_argument("--quick", action="store_true", help="smoke test: Cora, one seed, 3 epochs")
     p.add_argument("--json")
+    p.add_argument("--report", metavar="DIR", help="also write `approxgnn report`'s report.md and curves into DIR")
     a = p.parse_args()
     if a.quick:
         a.datasets, a.seeds, a.epochs = "cora", "0", 3
     torch.set_num_threads(a.threads)
-    rows = []
+    runs = []
     for name in a.datasets.split(","):
         data = load_dataset(name, root=a.data_root, split=0, seed=0)
         for seed in (int(s) for s in a.seeds.split(",")):
             for policy in ("none", "refresh"):
-                rows.append(one_run(data, name, policy, seed, a.epochs or PRESETS[name]["epochs"]))
-    summary = summarise(rows)
-    print(markdown_table(summary))
-    _common.write_json(a.json, {"args": vars(a), "presets": PRESETS, "summary": summary, "runs": rows})
+                runs.append(one_run(data, name, policy, seed, a.epochs or PRESETS[name]["epochs"]))
+    rows = build_report(runs)  # per run, against the `none` run of the same dataset and seed
+    summary = summarise(runs, rows)
+    print(markdown_table(rows, COLUMNS), markdown_table(summary), sep="\n\n")
+    if a.report:
+        print(f"wrote {render(runs, a.report)[0]}")
+    _common.write_json(a.json, {"args": vars(a), "presets": PRESETS, "summary": summary, "rows": rows, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ pytest.importorskip("torch_geometric", reason="torch_geometric (the [pyg] extra)
 from torch_geometric.nn.models import GCN, GraphSAGE  # noqa: E402
 
 from approxgnn.minibatch import BlockPropagation  # noqa: E402
-from approxgnn.nn.models import SAGE  # noqa: E402
+from approxgnn.nn.models import GCN as OurGCN, SAGE  # noqa: E402
 from approxgnn.pyg import HistoryGNN, NeighborBatchLoader  # noqa: E402
 
 from helpers import planted_dataset  # noqa: E402
@@ -29,11 +29,12 @@ def _train_steps(wrapped: HistoryGNN, loader: NeighborBatchLoader, epochs: int, 
             wrapped.push(batch)
 
 
-def _cached_setup(fanouts: list[int], layers: int, seed: int = 0, policy: str = "gas"):
+def _cached_setup(fanouts: list[int], layers: int, seed: int = 0, policy: str = "gas", kind: str = "sage"):
     d = planted_dataset(n=400, degree=5, seed=seed)
     torch.manual_seed(seed)
-    loader = NeighborBatchLoader(d, fanouts, batch_size=40, input_nodes=d.train_mask, seed=seed)
-    model = GraphSAGE(d.x.shape[1], 16, layers, d.num_classes, dropout=0.3)
+    loader = NeighborBatchLoader(d, fanouts, batch_size=40, input_nodes=d.train_mask, seed=seed,
+                                 norm="mean" if kind == "sage" else "gcn")
+    model = (GraphSAGE if kind == "sage" else GCN)(d.x.shape[1], 16, layers, d.num_classes, dropout=0.3)
     wrapped = HistoryGNN(model, loader, cache_mb=1.0, policy=policy, staleness=50)
     _train_steps(wrapped, loader, epochs=2)  # fills the cache: later batches hold hits
     return d, loader, model, wrapped
@@ -91,22 +92,34 @@ def test_batches_follow_pyg_conventions(one_torch_thread: None) -> None:
         assert sum(batch.num_sampled_nodes) == len(batch.sampled_batch.sample.input_nodes)
 
 
-def _our_sage(model: GraphSAGE) -> SAGE:
-    """approxgnn's SAGE with the PyG model's weights (lin_l: neighbours + bias, lin_r: self)."""
-    ours = SAGE(model.in_channels, model.hidden_channels, model.out_channels, model.num_layers, dropout=0.0,
-                input_dropout=0.0)
+def _ours(model: GraphSAGE | GCN) -> SAGE | OurGCN:
+    """approxgnn's own model with the PyG model's weights. SAGE: ``lin_l`` (neighbours, bias),
+    ``lin_r`` (self). GCN: ours adds the bias before propagating (``Â(HW + b)``), PyG's after
+    (``ÂHW + b``), so both biases are zeroed; the layerwise test checks PyG's bias placement."""
+    kw = dict(dropout=0.0, input_dropout=0.0)
+    args = (model.in_channels, model.hidden_channels, model.out_channels, model.num_layers)
+    ours = SAGE(*args, **kw) if isinstance(model, GraphSAGE) else OurGCN(*args, **kw)
     with torch.no_grad():
-        for conv, ls, ln in zip(model.convs, ours.lins_self, ours.lins_neigh):
-            ln.weight.copy_(conv.lin_l.weight)
-            ls.weight.copy_(conv.lin_r.weight)
-            ls.bias.copy_(conv.lin_l.bias)
+        if isinstance(model, GraphSAGE):
+            for conv, ls, ln in zip(model.convs, ours.lins_self, ours.lins_neigh):
+                ln.weight.copy_(conv.lin_l.weight)
+                ls.weight.copy_(conv.lin_r.weight)
+                ls.bias.copy_(conv.lin_l.bias)
+        else:
+            for conv, lin in zip(model.convs, ours.lins):
+                lin.weight.copy_(conv.lin.weight)
+                lin.bias.zero_()
+                conv.bias.zero_()
     return ours.eval()
 
 
-def test_wrapped_pyg_sage_matches_our_sage_on_pruned_batches(one_torch_thread: None) -> None:
+@pytest.mark.parametrize("kind", ["sage", "gcn"])
+def test_wrapped_pyg_model_matches_ours_on_pruned_batches(kind: str, one_torch_thread: None) -> None:
+    # Cached rows join after the cached layer: the wrapped PyG model and approxgnn's own model,
+    # on the same pruned batches with the same served rows, agree.
     fanouts = [3, 3, 2]
-    d, loader, model, wrapped = _cached_setup(fanouts, layers=3)
-    ours = _our_sage(model)
+    d, loader, model, wrapped = _cached_setup(fanouts, layers=3, kind=kind)
+    ours = _ours(model)
     wrapped.eval()
     served = 0
     for batch in loader:
