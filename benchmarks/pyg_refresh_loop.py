@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common  # noqa: F401  (puts src/ on the path)
+import _common  # puts src/ on the path
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -127,7 +127,7 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.datasets, a.seeds, a.epochs = "cora", "0", 3
-    torch.set_num_threads(a.threads)
+    _common.set_torch_threads(a.threads)  # after numba's pool starts, or it undoes this
     runs = []
     for name in a.datasets.split(","):
         data = load_dataset(name, root=a.data_root, split=0, seed=0)
