@@ -31,24 +31,6 @@ def time_runs(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: bo
     return out
 
 
-def set_torch_threads(n: int) -> None:
-    """``torch.set_num_threads(n)``, after starting numba's thread pool. numba's OpenMP threading
-    layer sets the calling thread's OpenMP thread count to its pool size when the pool starts (at
-    the first parallel kernel), and torch's intra-op count *is* that OpenMP setting: without this,
-    the first parallel sampler or SpMM call silently puts torch back on every core."""
-    from numba import njit, prange
-
-    @njit(parallel=True)
-    def start_pool(n: int) -> int:
-        s = 0
-        for i in prange(n):
-            s += i
-        return s
-
-    start_pool(4)
-    torch.set_num_threads(n)
-
-
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
