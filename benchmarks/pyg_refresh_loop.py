@@ -5,7 +5,8 @@
 
 Per dataset and seed, the same PyG ``GraphSAGE`` (same initialisation, batches and samples) is
 trained by the loop of the README through :class:`approxgnn.pyg.HistoryGNN` with policy ``none``
-(no cache: the baseline) and ``refresh``. Each run is evaluated after every epoch by exact
+(no cache: the baseline), ``feature`` (the same byte budget as a feature cache only) and
+``refresh``. Each run is evaluated after every epoch by exact
 layer-wise inference (not timed) and reported by :mod:`approxgnn.report`, as ``approxgnn report``
 reports ``approxgnn train`` runs: the test metric at the best validation epoch, Δ against the
 ``none`` run of the same seed, training time (loading, forward, backward, step, push) and its
@@ -118,6 +119,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="cora,tolokers")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--policies", default="none,feature,refresh",
+                   help="HistoryGNN policies; `none` (the baseline) always runs")
     p.add_argument("--epochs", type=int, help="override the preset")
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     p.add_argument("--data-root", default=os.environ.get("APPROXGNN_DATA") or (str(shared) if shared.exists() else None))
@@ -133,7 +136,7 @@ def main() -> None:
     for name in a.datasets.split(","):
         data = load_dataset(name, root=a.data_root, split=0, seed=0)
         for seed in (int(s) for s in a.seeds.split(",")):
-            for policy in ("none", "refresh"):
+            for policy in dict.fromkeys(["none", *a.policies.split(",")]):
                 runs.append(one_run(data, name, policy, seed, a.epochs or PRESETS[name]["epochs"]))
     rows = build_report(runs)  # per run, against the `none` run of the same dataset and seed
     summary = summarise(runs, rows)
