@@ -1,17 +1,18 @@
 """A PyG user's mini-batch loop (README, "ReFresh in a PyG training loop") with and without the cache.
 
-    python benchmarks/pyg_refresh_loop.py --datasets cora,tolokers --seeds 0,1,2 --json pyg_refresh_loop.json
+    OMP_NUM_THREADS=1 python benchmarks/pyg_refresh_loop.py --datasets cora,tolokers --seeds 0,1,2 \
+        --json benchmarks/pyg_refresh_loop.json --report /tmp/pyg_loop_report
     python benchmarks/pyg_refresh_loop.py --quick          # smoke test: Cora, one seed, 3 epochs
 
 Per dataset and seed, the same PyG ``GraphSAGE`` (same initialisation, batches and samples) is
 trained by the loop of the README through :class:`approxgnn.pyg.HistoryGNN` with policy ``none``
-(no cache: the baseline), ``feature`` (the same byte budget as a feature cache only) and
-``refresh``. Each run is evaluated after every epoch by exact
-layer-wise inference (not timed) and reported by :mod:`approxgnn.report`, as ``approxgnn report``
-reports ``approxgnn train`` runs: the test metric at the best validation epoch, Δ against the
-``none`` run of the same seed, training time (loading, forward, backward, step, push) and its
-speed-up, time-to-accuracy speed-up, feature MiB read from the store per epoch (median); then a
-table over seeds that adds the hit rate. ``--report DIR`` writes the report's Markdown and curves.
+(no cache: the baseline), ``feature`` (the same byte budget spent on a feature cache only) and
+``refresh``. Each run is evaluated after every epoch by exact layer-wise inference (not timed) and
+reported by :mod:`approxgnn.report`, as ``approxgnn report`` reports ``approxgnn train`` runs: the
+test metric at the best validation epoch, Δ against the ``none`` run of the same seed, training
+time (loading, forward, backward, step, push) and its speed-up, time-to-accuracy speed-up, feature
+MiB read from the store per epoch (median); then a table over seeds that adds the hit rate.
+``--report DIR`` writes the report's Markdown and validation-vs-time curves.
 """
 from __future__ import annotations
 
