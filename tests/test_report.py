@@ -91,3 +91,17 @@ def test_report_names_a_directory_without_result(runs: Path, tmp_path: Path, cap
     err = capsys.readouterr().err
     assert f"{empty}: no result.json" in err
     assert not (tmp_path / "rep").exists()  # nothing written
+
+
+def test_tta_speedup_cases() -> None:
+    from approxgnn.report import tta_speedup
+
+    def run(vals: list[float], dt: float) -> dict:
+        return {"val": max(vals), "curve": [{"time_s": dt * (i + 1), "val": v} for i, v in enumerate(vals)]}
+
+    base = run([0.5, 0.7, 0.8], dt=2.0)  # reaches 0.8 - 0.005 at 6 s
+    assert tta_speedup(base, run([0.6, 0.8, 0.8], dt=1.0)) == pytest.approx(3.0)  # there at 2 s
+    assert tta_speedup(base, run([0.6, 0.79, 0.79], dt=1.0)) == "not reached"
+    assert tta_speedup(base, run([0.6, 0.79], dt=1.0), margin=0.02) == pytest.approx(3.0)
+    cut = {"val": 0.9, "curve": base["curve"]}  # its best epoch is not in the curve
+    assert tta_speedup(cut, run([0.9], dt=1.0)) is None
