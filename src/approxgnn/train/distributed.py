@@ -241,16 +241,16 @@ class DistContext:
         try:
             lost, failed = self.heartbeat.lost()
         except Exception:  # the store itself is gone: the launcher (or its host) was lost
-            return RankLost(f"rank {self.rank}: lost the rendezvous store at {os.environ.get('MASTER_ADDR')}:"
+            return RankLost(f"lost the rendezvous store at {os.environ.get('MASTER_ADDR')}:"
                             f"{os.environ.get('MASTER_PORT')} (the launcher died) after: {error}")
         if lost:
             names = ", ".join(map(str, lost))
-            return RankLost(f"rank {self.rank}: lost rank {names} (no heartbeat for {STALE_S:g} s; "
+            return RankLost(f"lost rank {names} (no heartbeat for {STALE_S:g} s; "
                             f"it died or hangs); stopping. The last complete checkpoint can be resumed with "
                             f"--resume. Failed collective: {type(error).__name__}: {_first_line(error)}")
         if failed:
             r, msg = next(iter(failed.items()))
-            return RankLost(f"rank {self.rank}: stopping because rank {r} failed: {msg}")
+            return RankLost(f"stopping because rank {r} failed: {msg}")
         return error
 
     def close(self, error: BaseException | None = None) -> None:
@@ -289,14 +289,16 @@ def _child(rank: int, world: int, env: dict[str, str], fn: Callable[..., int], a
         os._exit(code)  # skip interpreter teardown: a faulted process group may block in it
 
 
-def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: float = 60.0) -> int:
+def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: float = 60.0,
+           deadline_s: float | None = None) -> int:
     """Run ``fn(*args)`` in ``nproc`` spawned ranks on this machine; return the exit status.
 
     The parent hosts the rendezvous store (so it outlives any rank) and sets the variables
     torchrun would (``TORCHELASTIC_USE_AGENT_STORE`` tells ``env://`` that the store is hosted).
     When a rank fails, the others get ``grace_s`` to stop on their own, with their message, then
     are terminated. The status is 0 when every rank returned 0, else the first failure's
-    (1 for a rank killed by a signal), and 130 when interrupted.
+    (1 for a rank killed by a signal), 130 when interrupted, and 124 when ``deadline_s`` (a bound
+    on the whole run, e.g. for tests) passed first.
     """
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
@@ -304,10 +306,16 @@ def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: flo
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(r, nproc, env, fn, args), name=f"approxgnn-rank{r}")
              for r in range(nproc)]
-    for p in procs:
-        p.start()
+    saved = dict(os.environ)
     try:
-        return _supervise(procs, grace_s)
+        for r, p in enumerate(procs):  # each child starts with its variables, as under torchrun
+            os.environ.update(env, RANK=str(r), LOCAL_RANK=str(r))
+            p.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        return _supervise(procs, grace_s, deadline_s)
     except KeyboardInterrupt:
         _terminate(procs)
         return 130
@@ -315,18 +323,19 @@ def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: flo
         del store
 
 
-def _supervise(procs: list[Any], grace_s: float) -> int:
+def _supervise(procs: list[Any], grace_s: float, deadline_s: float | None) -> int:
     """Wait for every rank; after the first failure, wait at most ``grace_s`` for the rest."""
-    status, deadline = 0, None
+    status = 0
+    end = None if deadline_s is None else time.monotonic() + deadline_s
     alive = list(procs)
     while alive:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        timeout = None if end is None else max(0.0, end - time.monotonic())
         ready = wait_any([p.sentinel for p in alive], timeout=timeout)
-        if not ready:  # survivors did not stop within the grace period
-            print(f"approxgnn: ranks {[procs.index(p) for p in alive]} did not stop within {grace_s:g} s "
-                  "of the failure; terminating them", file=sys.stderr)
+        if not ready:  # survivors did not stop within the grace period (or the run's deadline passed)
+            print(f"approxgnn: ranks {[procs.index(p) for p in alive]} did not stop in time; terminating them",
+                  file=sys.stderr)
             _terminate(alive)
-            break
+            return status or 124
         for p in [p for p in alive if p.sentinel in ready]:
             p.join()
             alive.remove(p)
@@ -338,7 +347,8 @@ def _supervise(procs: list[Any], grace_s: float) -> int:
                     print(f"approxgnn: rank {rank} (pid {p.pid}) was killed by {name}", file=sys.stderr)
                 if status == 0:
                     status = code if code > 0 else 1
-                    deadline = time.monotonic() + grace_s
+                    grace_end = time.monotonic() + grace_s
+                    end = grace_end if end is None else min(end, grace_end)
     return status
 
 
