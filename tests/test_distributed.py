@@ -53,6 +53,9 @@ def test_shards_refuse_fewer_seeds_than_ranks() -> None:
 
 
 # ---- workers (run inside the spawned ranks) --------------------------------------------------
+BIG_NODES, BIG_DIM = 20_000, 16_384  # 1.3 GB of float32 in a sparse file: only touched pages cost
+
+
 def _dataset(spec: dict) -> Dataset:
     if spec["kind"] == "planted":
         return planted_dataset(n=spec["n"])
@@ -63,16 +66,31 @@ def _dataset(spec: dict) -> Dataset:
     return load_dataset(spec["kind"], root=spec["root"])
 
 
-def _worker(cfg: TrainConfig, spec: dict, report: str, nan_rank: int | None = None) -> int:
-    """Train as one rank; record the result, parameter agreement after each step, the store and RSS."""
+def _big_features_dataset(path: Path) -> Dataset:
+    """20k nodes whose features are a 1.3 GB memory-mapped file; 128 nodes in the splits."""
+    rng = np.random.default_rng(0)
+    n = BIG_NODES
+    src, dst = rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)
+    masks = [np.zeros(n, bool) for _ in range(3)]
+    chosen = rng.choice(n, 128, replace=False)
+    masks[0][chosen[:64]], masks[1][chosen[64:96]], masks[2][chosen[96:]] = True, True, True
+    return Dataset("big", np.load(path, mmap_mode="r"), rng.integers(0, 3, n), np.stack([src, dst]), *masks,
+                   num_classes=3)
+
+
+def _worker(jobs: list[dict], report: str) -> int:
+    """Run ``jobs`` one after the other as one rank of one process group; for each, record the
+    result, the parameter agreement after every step, the feature store and the memory use."""
     import torch
     import torch.distributed as dist
 
     from approxgnn.train import ddp
+    from approxgnn.train.distributed import DistContext
 
     rank = int(os.environ["RANK"])
-    seen: dict = {"param_diffs": []}
+    ctx = DistContext.from_env(DistConfig(timeout_s=60), torch.device("cpu"))
     step, forward = ddp.DistributedMiniBatchTrainer.step, ddp.DistributedMiniBatchTrainer._forward
+    seen: dict = {}
 
     def checked_step(self, loss):
         norm = step(self, loss)
@@ -88,48 +106,71 @@ def _worker(cfg: TrainConfig, spec: dict, report: str, nan_rank: int | None = No
         return (loss * float("nan") if self.iteration >= 3 else loss), prop
 
     ddp.DistributedMiniBatchTrainer.step = checked_step
-    if nan_rank == rank:
-        ddp.DistributedMiniBatchTrainer._forward = poisoned_forward
-    try:
-        result = ddp.run_rank(cfg, _dataset(spec))
-        seen.update(loss=[c["loss"] for c in result["curve"]], val=result["val"], test=result["test"],
-                    world_size=result["world_size"], per_rank=result["per_rank"])
-    except Exception as e:  # noqa: BLE001 - reported to the test
-        seen["error"] = f"{type(e).__name__}: {e}"
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    seen["rss"] = {k: int(status[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile") if k in status}
-    Path(report.format(rank=rank)).write_text(json.dumps(seen))
+    out = {}
+    for job in jobs:
+        seen = {"param_diffs": []}
+        ddp.DistributedMiniBatchTrainer._forward = poisoned_forward if job.get("nan_rank") == rank else forward
+        try:
+            result = ddp.run_rank(job["cfg"], _dataset(job["spec"]), ctx=ctx)
+            seen.update(loss=[c["loss"] for c in result["curve"]], val=result["val"], test=result["test"],
+                        world_size=result["world_size"], per_rank=result["per_rank"])
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            seen["error"] = f"{type(e).__name__}: {e}"
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        seen["rss"] = {k: int(status[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
+        out[job["name"]] = seen
+    ctx.close()
+    Path(report.format(rank=rank)).write_text(json.dumps(out))
     return 0
-
-
-def _launch(tmp_path: Path, cfg: TrainConfig, spec: dict, **kw) -> list[dict]:
-    report = str(tmp_path / "rank{rank}.json")
-    code = launch(_worker, 2, (cfg, spec, report, kw.get("nan_rank")), deadline_s=DEADLINE_S)
-    assert code == 0, f"launch exited {code}"
-    return [json.loads(Path(report.format(rank=r)).read_text()) for r in range(2)]
 
 
 def _config(engine: str, batch_size: int, **kw) -> TrainConfig:
     mb = kw.pop("minibatch", {})
-    return TrainConfig(dataset="planted", engine=engine, model="sage", layers=2, hidden=16, epochs=3, lr=0.01,
-                       dropout=0.0, progress=False, seed=3,
-                       minibatch=MiniBatchConfig(fanouts=[4, 4], batch_size=batch_size, **mb),
+    base = dict(dataset="planted", model="sage", layers=2, hidden=16, epochs=3, lr=0.01, dropout=0.0,
+                progress=False, seed=3)
+    return TrainConfig(engine=engine, minibatch=MiniBatchConfig(fanouts=[4, 4], batch_size=batch_size, **mb),
                        history=HistoryConfig(policy=kw.pop("policy", "refresh"), staleness=4),
-                       dist=DistConfig(nproc=2, timeout_s=60), **kw)
+                       dist=DistConfig(nproc=2, timeout_s=60), **{**base, **kw})
 
 
-# ---- numerics ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("engine, policy", [("sample", "none"), ("refresh", "none")])
-def test_two_processes_trace_one_process_at_the_same_global_batch(tmp_path, engine, policy, one_torch_thread):
-    data = planted_dataset(n=600)  # 200 training nodes: 3 global batches of 64 and one of 8 (4 per rank)
-    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}), data)
-    ranks = _launch(tmp_path, _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0}),
-                    {"kind": "planted", "n": 600})
+# Per rank batch size B; one process runs 2B. 600 planted nodes have 200 training nodes: three
+# global batches of 64 and one of 8 (4 per rank). `feature`: a raw-feature cache on, no history.
+EQUIVALENT = {"sample": ("sample", "none"), "refresh-feature-cache": ("refresh", "feature")}
+CORA = dict(dataset="cora", epochs=15, hidden=32, minibatch={"cache_mb": 2.0})
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
+    """One 2-rank launch running every worker job; the shared data's directory if present."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    big = tmp / "x.npy"
+    np.lib.format.open_memmap(big, mode="w+", dtype=np.float32, shape=(BIG_NODES, BIG_DIM))  # all holes
+    jobs = [{"name": "big", "cfg": _config("refresh", 16, dataset="big", epochs=1, minibatch={"cache_mb": 1.0}),
+             "spec": {"kind": "big", "path": str(big)}}]
+    jobs += [{"name": name, "cfg": _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0}),
+              "spec": {"kind": "planted", "n": 600}} for name, (engine, policy) in EQUIVALENT.items()]
+    jobs.append({"name": "nan", "cfg": _config("sample", 32, policy="none"), "spec": {"kind": "planted", "n": 600},
+                 "nan_rank": 1})
+    data_dir = (ROOT / ".." / "shared" / "data").resolve()
+    if data_dir.is_dir():
+        jobs.append({"name": "cora", "cfg": _config("refresh", 35, **CORA), "spec": {"kind": "cora", "root": str(data_dir)}})
+    report = str(tmp / "rank{rank}.json")
+    code = launch(_worker, 2, (jobs, report), deadline_s=DEADLINE_S)
+    assert code == 0, f"launch exited {code}"
+    return [json.loads(Path(report.format(rank=r)).read_text()) for r in range(2)], \
+        (data_dir if data_dir.is_dir() else None)
+
+
+@pytest.mark.parametrize("name", list(EQUIVALENT))
+def test_two_processes_trace_one_process_at_the_same_global_batch(two_ranks, name, one_torch_thread):
+    ranks = [r[name] for r in two_ranks[0]]
+    engine, policy = EQUIVALENT[name]
+    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}), planted_dataset(n=600))
     for r in ranks:
         assert "error" not in r, r.get("error")
         assert r["world_size"] == 2
-        assert max(r["param_diffs"]) == 0.0, "parameters differ between the ranks after a step"
         assert len(r["param_diffs"]) == 3 * 4  # 4 batches per rank and epoch
+        assert max(r["param_diffs"]) == 0.0, "parameters differ between the ranks after a step"
         # The features: one memory-mapped file, written by rank 0, opened by both.
         assert r["store"]["memmap"] and r["store"]["file"] == ranks[0]["store"]["file"]
     np.testing.assert_allclose(ranks[0]["loss"], [c["loss"] for c in one["curve"]], rtol=2e-5)
@@ -137,54 +178,32 @@ def test_two_processes_trace_one_process_at_the_same_global_batch(tmp_path, engi
     assert abs(ranks[0]["test"] - one["test"]) < 0.01
 
 
-def test_history_cache_per_rank_keeps_the_metric_on_cora(tmp_path, shared_data, one_torch_thread):
+def test_history_cache_per_rank_keeps_the_metric_on_cora(two_ranks, one_torch_thread):
+    if two_ranks[1] is None:
+        pytest.skip("needs the real datasets at ../shared/data")
     from approxgnn.datasets import load_dataset
 
-    kw = dict(dataset="cora", epochs=15, hidden=32, minibatch={"cache_mb": 2.0})
-    one = run(_config("refresh", 70, **kw), load_dataset("cora", root=shared_data))
-    ranks = _launch(tmp_path, _config("refresh", 35, **kw), {"kind": "cora", "root": str(shared_data)})
+    ranks = [r["cora"] for r in two_ranks[0]]
+    one = run(_config("refresh", 70, **CORA), load_dataset("cora", root=two_ranks[1]))
     assert "error" not in ranks[0], ranks[0].get("error")
     assert max(ranks[0]["param_diffs"]) == 0.0
     assert all(p["hit_rate"] > 0 for p in ranks[0]["per_rank"]), "each rank's cache must serve hits"
     assert abs(ranks[0]["test"] - one["test"]) <= 0.01, (ranks[0]["test"], one["test"])
 
 
-def test_nan_on_one_rank_stops_both_naming_it(tmp_path):
-    ranks = _launch(tmp_path, _config("sample", 32, policy="none"), {"kind": "planted", "n": 600}, nan_rank=1)
-    for r in ranks:
-        assert r.get("error", "").startswith("TrainingDiverged: loss became nan on rank 1"), r.get("error")
+def test_nan_on_one_rank_stops_both_naming_it(two_ranks):
+    for r in two_ranks[0]:
+        assert r["nan"].get("error", "").startswith("TrainingDiverged: loss became nan on rank 1"), r["nan"]
 
 
-# ---- the shared feature file -------------------------------------------------------------------
-BIG_NODES, BIG_DIM = 20_000, 16_384  # 1.3 GB of float32, a sparse file: only touched pages cost
-
-
-def _big_features_dataset(path: Path) -> Dataset:
-    rng = np.random.default_rng(0)
-    n = BIG_NODES
-    src = rng.integers(0, n, 3 * n)
-    dst = rng.integers(0, n, 3 * n)
-    masks = [np.zeros(n, bool) for _ in range(3)]
-    chosen = rng.choice(n, 128, replace=False)
-    masks[0][chosen[:64]], masks[1][chosen[64:96]], masks[2][chosen[96:]] = True, True, True
-    return Dataset("big", np.load(path, mmap_mode="r"), rng.integers(0, 3, n), np.stack([src, dst]), *masks,
-                   num_classes=3)
-
-
-def test_feature_file_is_mapped_not_copied(tmp_path):
-    path = tmp_path / "x.npy"
-    x = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(BIG_NODES, BIG_DIM))
-    x[:, 0] = 1.0  # touches one page per row, so the file is mostly holes
-    del x
+def test_feature_file_is_mapped_not_copied(two_ranks):
     feature_bytes = BIG_NODES * BIG_DIM * 4
-    cfg = _config("refresh", 16, dataset="big", epochs=1, minibatch={"cache_mb": 1.0})
-    ranks = _launch(tmp_path, cfg, {"kind": "big", "path": str(path)})
-    for r in ranks:
+    for r in (ranks["big"] for ranks in two_ranks[0]):
         assert "error" not in r, r.get("error")
-        assert r["store"] == {"memmap": True, "file": str(path)}
-        # A private copy would be anonymous memory of the feature size; mapped pages are file pages.
-        assert r["rss"]["RssAnon"] < 0.25 * feature_bytes, r["rss"]
-        assert r["rss"]["VmRSS"] < 0.6 * feature_bytes, r["rss"]
+        assert r["store"]["memmap"] and r["store"]["file"].endswith("x.npy")
+        # Mapped pages are shared page cache (RssFile, stored once however many ranks map them);
+        # a private copy of the features would be anonymous memory of at least the feature size.
+        assert r["rss"]["RssAnon"] < 0.5 * feature_bytes, r["rss"]
 
 
 # ---- the command line: faults, resume, torchrun --------------------------------------------------

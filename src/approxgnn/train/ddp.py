@@ -230,11 +230,14 @@ def load_resume_state(out: str | Path, ctx: DistContext) -> dict[str, Any]:
     return state
 
 
-def run_rank(cfg: TrainConfig, data: Dataset | None = None, *, resume: bool = False) -> dict[str, Any]:
+def run_rank(cfg: TrainConfig, data: Dataset | None = None, *, resume: bool = False,
+             ctx: DistContext | None = None) -> dict[str, Any]:
     """Train as one rank of the group in the environment (the one code path of both launches);
-    every rank returns the result, rank 0 writes it. ``resume``: continue ``cfg.out``."""
+    every rank returns the result, rank 0 writes it. ``resume``: continue ``cfg.out``. ``ctx``:
+    a group already joined (several runs in one group); by default this call joins and leaves it."""
     cfg = copy.deepcopy(cfg)
-    ctx = DistContext.from_env(cfg.dist, resolve_device(cfg.device))
+    own = ctx is None
+    ctx = DistContext.from_env(cfg.dist, resolve_device(cfg.device)) if ctx is None else ctx
     error: BaseException | None = None
     try:
         cfg.dist.nproc = ctx.world_size  # the run records the world it ran in
@@ -254,7 +257,8 @@ def run_rank(cfg: TrainConfig, data: Dataset | None = None, *, resume: bool = Fa
             raise
         raise error from e
     finally:
-        ctx.close(error)
+        if own:
+            ctx.close(error)
 
 
 def _load(cfg: TrainConfig) -> Dataset:
