@@ -208,7 +208,7 @@ def test_feature_file_is_mapped_not_copied(two_ranks):
 
 # ---- the command line: faults, resume, torchrun --------------------------------------------------
 CLI_ARGS = ["train", "--dataset", "synthetic-3k", "--engine", "refresh", "--model", "sage", "--layers", "2",
-            "--hidden", "16", "--fanouts", "4,4", "--batch-size", "64", "--cache-mb", "1", "--epochs", "16",
+            "--hidden", "16", "--fanouts", "4,4", "--batch-size", "64", "--cache-mb", "1", "--epochs", "10",
             "--seed", "5", "--no-progress", "--dist-timeout", "60"]
 
 
