@@ -224,14 +224,16 @@ def _final(run_dir: Path) -> tuple:
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
-    """The child of ``parent`` started with ``RANK=rank`` in its environment."""
+    """The spawned child of ``parent`` started with ``RANK=rank`` in its environment (not the
+    multiprocessing resource tracker, which may have inherited the variable)."""
     for task in Path(f"/proc/{parent}/task").iterdir():
         for pid in (task / "children").read_text().split():
             try:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if f"RANK={rank}".encode() in env:
+            if f"RANK={rank}".encode() in env and b"spawn_main" in cmd:
                 return int(pid)
     return None
 
