@@ -13,8 +13,9 @@ as processes instead of threads), bytes the feature store read per rank and epoc
 gradient all-reduce time per step (DDP's comm hook, launch to completion).
 
 To keep evaluation cheap on a shared machine, the validation and test sets are cut to
-``--eval-fraction`` of the nodes each (the training set is the preset's 2 %); one extra 2-process
-run with ``--dist-eval rank0`` compares the evaluation time of the two evaluation modes.
+``--eval-fraction`` of the nodes each (the training set is the preset's 2 %). After the
+2-process ``sample`` run, both ranks time one exact evaluation sharded (``--dist-eval sharded``)
+and on rank 0 alone (``rank0``), alternating, three times each.
 
 Projection to P processes, one core each, per-rank batch fixed (``B = batch/2`` as measured):
 ``epoch(P) = ceil(n_train / (P·B)) · (t_step + t_ar(P))`` with ``t_step`` the measured per-step
@@ -89,6 +90,23 @@ def _allreduce_probe(sizes: list[int], repeats: int = 20) -> dict[int, float]:
     return out
 
 
+def _eval_probe(cfg: TrainConfig, data: Dataset, ctx: Any, repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds of one exact evaluation, sharded and on rank 0, alternating (same load for both)."""
+    from approxgnn.train.ddp import DistributedMiniBatchTrainer
+
+    trainer = DistributedMiniBatchTrainer(cfg, data, ctx)
+    out: dict[str, list[float]] = {"sharded": [], "rank0": []}
+    for _ in range(repeats):
+        for mode in out:
+            trainer.cfg.dist.eval = mode
+            ctx.barrier()
+            t0 = time.perf_counter()
+            trainer.evaluate()
+            ctx.barrier()
+            out[mode].append(time.perf_counter() - t0)
+    return out
+
+
 def _worker(cfg: TrainConfig, files: dict[str, str], report: str) -> int:
     """One rank: the plain trainer alone (1 process) or DDP (2); rank 0 writes the report."""
     world = int(os.environ["WORLD_SIZE"])
@@ -108,6 +126,8 @@ def _worker(cfg: TrainConfig, files: dict[str, str], report: str) -> int:
         result = run_rank(cfg, data, ctx=ctx)
         model_bytes = 4 * sum(p.numel() for p in build_model_params(cfg, data))
         probe = _allreduce_probe(_allreduce_sizes(model_bytes))
+        if cfg.engine == "sample":
+            result["eval_probe"] = _eval_probe(cfg, data, ctx)
         ctx.close()
     if int(os.environ["RANK"]) == 0:
         result.pop("best_model", None)
@@ -185,9 +205,9 @@ def main() -> None:
     files = prepare(args.dataset, work, args.eval_fraction)
     g = np.load(files["graph"])
     n_train = int(g["train"].sum())
-    rows, raw, probe = [], {}, {}
+    rows, raw, probe, evals = [], {}, {}, {}
     for engine in args.engines.split(","):
-        for nproc, threads, ev in ((1, 2, "sharded"), (2, 1, "sharded")) + (((2, 1, "rank0"),) if engine == "sample" else ()):
+        for nproc, threads, ev in ((1, 2, "sharded"), (2, 1, "sharded")):
             cfg = TrainConfig(dataset=args.dataset, engine=engine, model="sage", layers=2, hidden=args.hidden,
                               epochs=args.epochs, dropout=0.1, progress=False, seed=0,
                               minibatch=MiniBatchConfig(fanouts=[10, 10], batch_size=args.batch_size // nproc,
@@ -201,6 +221,8 @@ def main() -> None:
             row = summarise(r, nproc, threads, n_train)
             row["eval"] = ev
             rows.append(row)
+            if r.get("eval_probe"):
+                evals = {k: statistics.median(v) for k, v in r["eval_probe"].items()}
             if r.get("allreduce_probe"):
                 probe = {k: float(v) for k, v in r["allreduce_probe"].items()}
             model_bytes = int(r["model_bytes"])
@@ -219,12 +241,14 @@ def main() -> None:
             for where, (a, b) in (("loopback", (alpha, beta)), ("25Gbit", (NETWORK["alpha_s"], NETWORK["beta_Bps"]))):
                 projections.append({"engine": r["engine"], "network": where,
                                     **project(r, n_train, args.batch_size // 2, model_bytes, a, b)})
+    print(f"one exact evaluation with 2 processes (median of 3, alternating): {evals}")
     print(f"all-reduce fit on loopback: alpha {alpha * 1e6:.1f} us, beta {beta / 1e9:.2f} GB/s; "
           f"model {model_bytes / 2**20:.2f} MiB")
     print(format_table(projections, list(projections[0]) if projections else []))
     from _common import write_json
 
     write_json(args.json, {"args": vars(args), "n_train": n_train, "rows": rows, "projections": projections,
+                           "eval_s_2proc": evals,
                            "allreduce_probe": probe, "alpha_s": alpha, "beta_Bps": beta, "model_bytes": model_bytes,
                            "runs": {k: {kk: v[kk] for kk in ("curve", "per_rank", "world_size", "train_time_s",
                                                             "eval_time_s") if kk in v} for k, v in raw.items()}})
