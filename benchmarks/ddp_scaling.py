@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -202,6 +203,14 @@ def main() -> None:
     if args.quick:
         args.dataset, args.epochs, args.batch_size, args.hidden = "synthetic-hard-20k", 2, 128, 32
     work = Path(tempfile.mkdtemp(prefix="approxgnn-ddp-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the generated features (hundreds of MB)
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    """Generate the data set into ``work``, run every set-up, print and write the figures."""
     files = prepare(args.dataset, work, args.eval_fraction)
     g = np.load(files["graph"])
     n_train = int(g["train"].sum())
