@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +56,9 @@ def test_shards_refuse_fewer_seeds_than_ranks() -> None:
 BIG_NODES, BIG_DIM = 20_000, 16_384  # 1.3 GB of float32 in a sparse file: only touched pages cost
 
 
-def _dataset(spec: dict) -> Dataset:
+def _dataset(spec: dict | None) -> Dataset | None:
+    if spec is None:  # the configuration's own data set, loaded by run_rank
+        return None
     if spec["kind"] == "planted":
         return planted_dataset(n=spec["n"])
     if spec["kind"] == "big":
@@ -113,7 +115,7 @@ def _worker(jobs: list[dict], report: str) -> int:
         try:
             result = ddp.run_rank(job["cfg"], _dataset(job["spec"]), ctx=ctx)
             seen.update(loss=[c["loss"] for c in result["curve"]], val=result["val"], test=result["test"],
-                        world_size=result["world_size"], per_rank=result["per_rank"])
+                        world_size=result["world_size"], per_rank=result["per_rank"], final=_final(result))
         except Exception as e:  # noqa: BLE001 - reported to the test
             seen["error"] = f"{type(e).__name__}: {e}"
         status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -131,6 +133,18 @@ def _config(engine: str, batch_size: int, **kw) -> TrainConfig:
     return TrainConfig(engine=engine, minibatch=MiniBatchConfig(fanouts=[4, 4], batch_size=batch_size, **mb),
                        history=HistoryConfig(policy=kw.pop("policy", "refresh"), staleness=4),
                        dist=DistConfig(nproc=2, timeout_s=60), **{**base, **kw})
+
+
+# The command line's runs (`--nproc 2`; killed and resumed; torchrun) all train this.
+CLI_ARGS = ["train", "--dataset", "synthetic-3k", "--engine", "refresh", "--model", "sage", "--layers", "2",
+            "--hidden", "16", "--fanouts", "4,4", "--batch-size", "64", "--cache-mb", "1", "--epochs", "10",
+            "--seed", "5", "--no-progress", "--dist-timeout", "60"]
+
+
+def _cli_config() -> TrainConfig:
+    from approxgnn.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(CLI_ARGS + ["--nproc", "2"]))
 
 
 # Per rank batch size B; one process runs 2B. 600 planted nodes have 200 training nodes: three
@@ -151,6 +165,7 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
               "spec": {"kind": "planted", "n": 600}} for name, (engine, policy) in EQUIVALENT.items()]
     jobs.append({"name": "nan", "cfg": _config("sample", 32, policy="none"), "spec": {"kind": "planted", "n": 600},
                  "nan_rank": 1})
+    jobs.append({"name": "cli", "cfg": _cli_config(), "spec": None})  # the uninterrupted --nproc 2 run
     data_dir = (ROOT / ".." / "shared" / "data").resolve()
     if data_dir.is_dir():
         jobs.append({"name": "cora", "cfg": _config("refresh", 35, **CORA), "spec": {"kind": "cora", "root": str(data_dir)}})
@@ -207,9 +222,8 @@ def test_feature_file_is_mapped_not_copied(two_ranks):
 
 
 # ---- the command line: faults, resume, torchrun --------------------------------------------------
-CLI_ARGS = ["train", "--dataset", "synthetic-3k", "--engine", "refresh", "--model", "sage", "--layers", "2",
-            "--hidden", "16", "--fanouts", "4,4", "--batch-size", "64", "--cache-mb", "1", "--epochs", "10",
-            "--seed", "5", "--no-progress", "--dist-timeout", "60"]
+def _final(result: dict) -> list:
+    return [result["val"], result["test"], result["best_epoch"], result["curve"][-1]["loss"], result["world_size"]]
 
 
 def _cli(args: list[str], launcher: list[str] | None = None) -> subprocess.Popen:
@@ -218,61 +232,59 @@ def _cli(args: list[str], launcher: list[str] | None = None) -> subprocess.Popen
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _final(run_dir: Path) -> tuple:
-    r = json.loads((run_dir / "result.json").read_text())
-    return r["val"], r["test"], r["best_epoch"], r["curve"][-1]["loss"], r["world_size"]
+def _result(run_dir: Path) -> list:
+    return _final(json.loads((run_dir / "result.json").read_text()))
 
 
-def _rank_pid(parent: int, rank: int) -> int | None:
-    """The spawned child of ``parent`` started with ``RANK=rank`` in its environment (not the
-    multiprocessing resource tracker, which may have inherited the variable)."""
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if f"RANK={rank}".encode() in env and b"spawn_main" in cmd:
-                return int(pid)
-    return None
+def _ranks(parent: int) -> list[int]:
+    """The ranks ``--nproc`` started: the children of the launcher's children (its fork server)."""
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+        except OSError:
+            return []
+
+    return [g for c in children(parent) for g in children(c)]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp-cli") / "full"
-    p = _cli(CLI_ARGS + ["--nproc", "2", "--out", str(out), "--checkpoint-every", "8"])
-    _, err = p.communicate(timeout=DEADLINE_S)
-    assert p.returncode == 0, err
-    return out
-
-
-def test_killed_rank_stops_the_survivor_then_resume_matches(tmp_path, uninterrupted):
-    out = tmp_path / "killed"
+def killed_then_resumed(tmp_path_factory) -> tuple[Path, int, str, float]:
+    """A ``--nproc 2`` run with a rank SIGKILLed after its second checkpoint, then ``--resume``d:
+    the run directory, the killed pid, the killed run's stderr and the seconds it took to exit."""
+    out = tmp_path_factory.mktemp("ddp-cli") / "killed"
     p = _cli(CLI_ARGS + ["--nproc", "2", "--out", str(out), "--checkpoint-every", "2"])
     deadline = time.monotonic() + DEADLINE_S
     while not (out / "checkpoint.prev.pt").exists():
         assert p.poll() is None, "the run ended before it could be killed: make it longer"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    victim = _rank_pid(p.pid, 1)
-    assert victim is not None
+    ranks = _ranks(p.pid)
+    assert len(ranks) == 2, ranks
+    victim = max(ranks)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
     _, err = p.communicate(timeout=90)  # bounded: the collective timeout (60 s) is the worst case
-    assert p.returncode != 0
-    assert "rank 0: RankLost: lost rank 1" in err, err[-2000:]
-    assert time.monotonic() - t0 < 60
-    assert not (out / "result.json").exists()
-
+    elapsed = time.monotonic() - t0
+    assert p.returncode != 0 and not (out / "result.json").exists(), err
     resumed = _cli(["train", "--resume", str(out), "--no-progress"])
-    _, err = resumed.communicate(timeout=DEADLINE_S)
-    assert resumed.returncode == 0, err
-    assert _final(out) == _final(uninterrupted)
+    _, rerr = resumed.communicate(timeout=DEADLINE_S)
+    assert resumed.returncode == 0, rerr
+    return out, victim, err, elapsed
+
+
+def test_killed_rank_stops_the_survivor_then_resume_matches(two_ranks, killed_then_resumed):
+    out, victim, err, elapsed = killed_then_resumed
+    lost = re.search(rf"rank (\d) \(pid {victim}\) was killed by SIGKILL", err)
+    assert lost, err[-2000:]  # the launcher names the rank it lost
+    dead = int(lost.group(1))
+    assert f"rank {1 - dead}: RankLost: lost rank {dead}" in err, err[-2000:]  # and so does the survivor
+    assert elapsed < 60, "the survivor must stop within the collective timeout"
+    # Resumed from the last complete checkpoint, the run ends where an uninterrupted one does.
+    assert _result(out) == two_ranks[0][0]["cli"]["final"]
     assert len(list(out.glob("checkpoint.e*.rank*.pt"))) <= 4  # only the shards of the last two checkpoints
 
 
-def test_torchrun_gives_the_nproc_result(tmp_path, uninterrupted):
+def test_torchrun_gives_the_nproc_result(tmp_path, two_ranks):
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun not installed next to this interpreter")
@@ -281,20 +293,36 @@ def test_torchrun_gives_the_nproc_result(tmp_path, uninterrupted):
              launcher=[str(torchrun), "--standalone", "--nproc-per-node", "2"])
     _, err = p.communicate(timeout=DEADLINE_S)
     assert p.returncode == 0, err
-    assert _final(out) == _final(uninterrupted)
+    assert _result(out) == two_ranks[0][0]["cli"]["final"]  # the uninterrupted --nproc 2 run's
 
 
-def test_resume_with_another_world_size_is_a_usage_error(tmp_path, uninterrupted):
-    run_dir = tmp_path / "copy"
-    shutil.copytree(uninterrupted, run_dir)
-    if not (run_dir / "checkpoint.pt").exists():
-        pytest.skip("the uninterrupted run wrote no checkpoint")
-    p = _cli(["train", "--resume", str(run_dir), "--nproc", "3"])
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 2 and "checkpointed by 2 process(es)" in err, err
+def _usage_error(args: list[str], capsys) -> str:
+    from approxgnn.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    return capsys.readouterr().err
 
 
-def test_nproc_with_a_full_batch_engine_is_a_usage_error():
-    p = _cli(["train", "--dataset", "synthetic", "--engine", "rsc", "--nproc", "2"])
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 2 and "mini-batch engines" in err, err
+def test_resume_with_another_world_size_is_a_usage_error(killed_then_resumed, capsys, monkeypatch):
+    out = str(killed_then_resumed[0])
+    assert "checkpointed by 2 process(es)" in _usage_error(["train", "--resume", out, "--nproc", "3"], capsys)
+    assert "checkpointed by 2 process(es)" in _usage_error(["train", "--resume", out, "--nproc", "1"], capsys)
+    # Under torchrun the world size is the launcher's.
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert "cannot be resumed by 4" in _usage_error(["train", "--resume", out], capsys)
+
+
+def test_nproc_with_a_full_batch_engine_is_a_usage_error(capsys, monkeypatch):
+    for engine in ("exact", "rsc"):
+        assert "mini-batch engines" in _usage_error(["train", "--dataset", "synthetic", "--engine", engine,
+                                                     "--nproc", "2"], capsys)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "mini-batch engines" in _usage_error(["train", "--dataset", "synthetic", "--engine", "rsc"], capsys)

@@ -3,8 +3,8 @@
 Two launches end in one code path. ``torchrun --nproc-per-node N -m approxgnn train …`` sets
 ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` and hosts the rendezvous store in its
 agent; ``approxgnn train … --nproc N`` (:func:`launch`) does the same itself -- it hosts a
-``TCPStore`` in the parent and spawns N processes (``torch.multiprocessing``) with those variables
-set. Either way each rank calls :meth:`DistContext.from_env`, which joins the default process
+``TCPStore`` in the parent and starts N processes (``torch.multiprocessing``, forked from a
+fresh fork server) with those variables set. Either way each rank calls :meth:`DistContext.from_env`, which joins the default process
 group through ``env://`` (gloo on CPU, NCCL on CUDA) with a bounded collective timeout.
 
 Faults. A rank that dies closes its sockets, so a peer's next collective fails at once (gloo);
@@ -16,6 +16,7 @@ the survivors time to exit with that message, then terminates stragglers, so not
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -283,15 +284,36 @@ def _child(rank: int, world: int, env: dict[str, str], fn: Callable[..., int], a
         if os.environ.get("APPROXGNN_TRACEBACK"):
             traceback.print_exc()
         code = 1
+    exit_rank(code)
+
+
+def exit_rank(code: int) -> None:
+    """End this rank's process with ``code`` now: flush, run the exit handlers (temporary feature
+    files) after a success, then skip the interpreter's teardown -- seconds of freeing torch's
+    modules on a busy machine, and after a fault it can block on the dead peer's process group."""
     sys.stderr.flush()
     sys.stdout.flush()
-    if code:
-        os._exit(code)  # skip interpreter teardown: a faulted process group may block in it
+    if code == 0:
+        atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _start_method(fn: Callable[..., int]) -> Any:
+    """``forkserver`` where there is one (Linux, macOS), else ``spawn``. The server is a fresh
+    interpreter that imports ``fn``'s module and ``torch._dynamo`` (which the optimiser imports on
+    first use, seconds) once; the ranks fork from it. Unlike a fork of the launcher, a rank inherits
+    no threads, sockets or CUDA state -- the caller may have any (the rendezvous store's among them)."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([fn.__module__, "torch._dynamo"])
+    return ctx
 
 
 def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: float = 60.0,
            deadline_s: float | None = None) -> int:
-    """Run ``fn(*args)`` in ``nproc`` spawned ranks on this machine; return the exit status.
+    """Run ``fn(*args)`` in ``nproc`` new ranks on this machine (:func:`_start_method`); return
+    the exit status.
 
     The parent hosts the rendezvous store (so it outlives any rank) and sets the variables
     torchrun would (``TORCHELASTIC_USE_AGENT_STORE`` tells ``env://`` that the store is hosted).
@@ -303,12 +325,12 @@ def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: flo
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
            "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
-    ctx = mp.get_context("spawn")
+    ctx = _start_method(fn)
     procs = [ctx.Process(target=_child, args=(r, nproc, env, fn, args), name=f"approxgnn-rank{r}")
              for r in range(nproc)]
     saved = dict(os.environ)
     try:
-        for r, p in enumerate(procs):  # each child starts with its variables, as under torchrun
+        for r, p in enumerate(procs):  # a spawned child starts with its variables, as under torchrun
             os.environ.update(env, RANK=str(r), LOCAL_RANK=str(r))
             p.start()
     finally:
