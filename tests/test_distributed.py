@@ -53,7 +53,7 @@ def test_shards_refuse_fewer_seeds_than_ranks() -> None:
 
 
 # ---- workers (run inside the spawned ranks) --------------------------------------------------
-BIG_NODES, BIG_DIM = 20_000, 16_384  # 1.3 GB of float32 in a sparse file: only touched pages cost
+BIG_NODES, BIG_DIM = 80_000, 4_096  # 1.3 GB of float32 in a sparse file: only touched pages cost
 
 
 def _dataset(spec: dict | None) -> Dataset | None:
@@ -69,7 +69,7 @@ def _dataset(spec: dict | None) -> Dataset | None:
 
 
 def _big_features_dataset(path: Path) -> Dataset:
-    """20k nodes whose features are a 1.3 GB memory-mapped file; 128 nodes in the splits."""
+    """80k nodes whose features are a 1.3 GB memory-mapped file; 128 nodes in the splits."""
     rng = np.random.default_rng(0)
     n = BIG_NODES
     src, dst = rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n)
@@ -115,7 +115,8 @@ def _worker(jobs: list[dict], report: str) -> int:
         try:
             result = ddp.run_rank(job["cfg"], _dataset(job["spec"]), ctx=ctx)
             seen.update(loss=[c["loss"] for c in result["curve"]], val=result["val"], test=result["test"],
-                        world_size=result["world_size"], per_rank=result["per_rank"], final=_final(result))
+                        world_size=result["world_size"], per_rank=result["per_rank"], final=_final(result),
+                        last_epoch=result["curve"][-1])
         except Exception as e:  # noqa: BLE001 - reported to the test
             seen["error"] = f"{type(e).__name__}: {e}"
         status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -132,7 +133,7 @@ def _config(engine: str, batch_size: int, **kw) -> TrainConfig:
                 progress=False, seed=3)
     return TrainConfig(engine=engine, minibatch=MiniBatchConfig(fanouts=[4, 4], batch_size=batch_size, **mb),
                        history=HistoryConfig(policy=kw.pop("policy", "refresh"), staleness=4),
-                       dist=DistConfig(nproc=2, timeout_s=60), **{**base, **kw})
+                       dist=kw.pop("dist", DistConfig(nproc=2, timeout_s=60)), **{**base, **kw})
 
 
 # The command line's runs (`--nproc 2`; killed and resumed; torchrun) all train this.
@@ -163,6 +164,9 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
              "spec": {"kind": "big", "path": str(big)}}]
     jobs += [{"name": name, "cfg": _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0}),
               "spec": {"kind": "planted", "n": 600}} for name, (engine, policy) in EQUIVALENT.items()]
+    jobs.append({"name": "sample-rank0-eval", "cfg": _config("sample", 32, policy="none", minibatch={"cache_mb": 1.0},
+                                                              dist=DistConfig(nproc=2, timeout_s=60, eval="rank0")),
+                 "spec": {"kind": "planted", "n": 600}})
     jobs.append({"name": "nan", "cfg": _config("sample", 32, policy="none"), "spec": {"kind": "planted", "n": 600},
                  "nan_rank": 1})
     jobs.append({"name": "cli", "cfg": _cli_config(), "spec": None})  # the uninterrupted --nproc 2 run
@@ -191,6 +195,21 @@ def test_two_processes_trace_one_process_at_the_same_global_batch(two_ranks, nam
     np.testing.assert_allclose(ranks[0]["loss"], [c["loss"] for c in one["curve"]], rtol=2e-5)
     assert ranks[0]["loss"] == ranks[1]["loss"]
     assert abs(ranks[0]["test"] - one["test"]) < 0.01
+    # The run's counted figures are the sums of the ranks' own (with the feature cache on, the
+    # 600 planted nodes fit in it and nothing is read from the store after the first epoch).
+    last = ranks[0]["last_epoch"]
+    for key in ("feature_bytes_read", "feature_rows_read"):
+        assert last[key] == sum(p[key] for p in last["per_rank"])
+    if policy == "none":
+        assert 0 < last["per_rank"][0]["feature_rows_read"] < last["feature_rows_read"]
+
+
+def test_evaluation_on_rank0_equals_the_sharded_one(two_ranks):
+    sharded, rank0 = two_ranks[0][0]["sample"], two_ranks[0][0]["sample-rank0-eval"]
+    assert "error" not in rank0, rank0.get("error")
+    assert rank0["loss"] == sharded["loss"]  # the same training; only the evaluation differs
+    assert (rank0["val"], rank0["test"]) == pytest.approx((sharded["val"], sharded["test"]), abs=1e-6)
+    assert two_ranks[0][1]["sample-rank0-eval"]["test"] == rank0["test"]  # broadcast to every rank
 
 
 def test_history_cache_per_rank_keeps_the_metric_on_cora(two_ranks, one_torch_thread):
@@ -203,6 +222,8 @@ def test_history_cache_per_rank_keeps_the_metric_on_cora(two_ranks, one_torch_th
     assert "error" not in ranks[0], ranks[0].get("error")
     assert max(ranks[0]["param_diffs"]) == 0.0
     assert all(p["hit_rate"] > 0 for p in ranks[0]["per_rank"]), "each rank's cache must serve hits"
+    rates = [p["hit_rate"] for p in ranks[0]["last_epoch"]["per_rank"]]
+    assert min(rates) <= ranks[0]["last_epoch"]["hit_rate"] <= max(rates)  # from the summed counts
     assert abs(ranks[0]["test"] - one["test"]) <= 0.01, (ranks[0]["test"], one["test"])
 
 
@@ -281,6 +302,8 @@ def test_killed_rank_stops_the_survivor_then_resume_matches(two_ranks, killed_th
     assert elapsed < 60, "the survivor must stop within the collective timeout"
     # Resumed from the last complete checkpoint, the run ends where an uninterrupted one does.
     assert _result(out) == two_ranks[0][0]["cli"]["final"]
+    written = json.loads((out / "result.json").read_text())  # by rank 0, with every rank's figures
+    assert written["world_size"] == 2 and [p["rank"] for p in written["per_rank"]] == [0, 1]
     assert len(list(out.glob("checkpoint.e*.rank*.pt"))) <= 4  # only the shards of the last two checkpoints
 
 
