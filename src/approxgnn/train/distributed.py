@@ -324,7 +324,11 @@ def launch(fn: Callable[..., int], nproc: int, args: tuple = (), *, grace_s: flo
     """
     store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
-           "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+           "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True",
+           # The fork server imports from its environment's path, not ours (Python 3.11 drops the
+           # path it is given), and may run in another directory: give it ours, absolute, so that
+           # it preloads the same approxgnn (a relative PYTHONPATH=src, or an installed copy).
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if os.path.isabs(p))}
     ctx = _start_method(fn)
     procs = [ctx.Process(target=_child, args=(r, nproc, env, fn, args), name=f"approxgnn-rank{r}")
              for r in range(nproc)]
