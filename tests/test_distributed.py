@@ -349,3 +349,12 @@ def test_nproc_with_a_full_batch_engine_is_a_usage_error(capsys, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "mini-batch engines" in _usage_error(["train", "--dataset", "synthetic", "--engine", "rsc"], capsys)
+
+
+def test_more_processes_than_gpus_is_a_usage_error(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    args = ["train", "--dataset", "synthetic", "--engine", "sample", "--nproc", "2"]
+    assert "but 1 GPU(s)" in _usage_error(args + ["--device", "cuda"], capsys)
+    assert "NCCL cannot run 2 processes on one GPU" in _usage_error(args + ["--device", "cuda:0"], capsys)

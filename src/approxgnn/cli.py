@@ -30,8 +30,9 @@ from .minibatch.config import MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run, time_to_reach
+from .train.base import resolve_device
 from .train.config import BACKENDS, DIST_EVAL_MODES, FULL_BATCH_ENGINES, DistConfig, split_refresh
-from .train.distributed import env_world_size, under_launcher
+from .train.distributed import check_devices, env_world_size, under_launcher
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS, apply_preset
 from .train.schedule import LR_SCHEDULES
@@ -329,7 +330,10 @@ def prepare_train(ns: argparse.Namespace) -> Job:
 
 
 def _world_size(ns: argparse.Namespace, cfg: TrainConfig) -> int:
-    """The processes this run will have: torchrun's world, else ``--nproc`` (or the recorded one)."""
+    """The processes this run will have: torchrun's world, else ``--nproc`` (or the recorded one);
+    checked against the GPUs when it trains on CUDA."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", env_world_size())) if under_launcher() else cfg.dist.nproc
+    check_devices(resolve_device(cfg.device), local, cfg.dist.backend)
     if not under_launcher():
         return cfg.dist.nproc
     world = env_world_size()

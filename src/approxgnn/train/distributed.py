@@ -83,6 +83,20 @@ def threads_per_rank(dc: DistConfig, local_world: int) -> int:
     return max(1, cores // max(1, local_world))
 
 
+def check_devices(device: torch.device, local_world: int, backend: str | None) -> None:
+    """Refuse a layout whose ranks cannot each have their own GPU: rank ``r`` on a machine drives
+    ``cuda:<local rank>`` (or the one device named), and NCCL cannot run two ranks on one GPU."""
+    if device.type != "cuda" or local_world == 1:
+        return
+    count = torch.cuda.device_count()
+    if device.index is None and local_world > count:
+        raise ValueError(f"{local_world} processes on this machine but {count} GPU(s); each process drives its own: "
+                         f"run at most {count} (--nproc / --nproc-per-node), or train on the CPU (--device cpu)")
+    if device.index is not None and (backend or "nccl") == "nccl":
+        raise ValueError(f"--device {device}: NCCL cannot run {local_world} processes on one GPU; "
+                         "give --device cuda (one GPU per process) or --backend gloo")
+
+
 def set_threads(n: int) -> None:
     """Torch's intra-op threads and numba's parallel threads (the sampler's kernels)."""
     torch.set_num_threads(n)
