@@ -250,7 +250,19 @@ def _final(result: dict) -> list:
 def _cli(args: list[str], launcher: list[str] | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     cmd = (launcher or [sys.executable, "-m", "approxgnn"]) + args
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: _stderr can end all of it
+
+
+def _stderr(p: subprocess.Popen, timeout: float) -> str:
+    """``p``'s stderr once it exits; past ``timeout`` its whole process group is killed and the
+    test fails (nothing it started outlives the test)."""
+    try:
+        return p.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail(f"{p.args} did not exit within {timeout} s")
 
 
 def _result(run_dir: Path) -> list:
@@ -275,20 +287,24 @@ def killed_then_resumed(tmp_path_factory) -> tuple[Path, int, str, float]:
     out = tmp_path_factory.mktemp("ddp-cli") / "killed"
     p = _cli(CLI_ARGS + ["--nproc", "2", "--out", str(out), "--checkpoint-every", "2"])
     deadline = time.monotonic() + DEADLINE_S
-    while not (out / "checkpoint.prev.pt").exists():
-        assert p.poll() is None, "the run ended before it could be killed: make it longer"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    ranks = _ranks(p.pid)
-    assert len(ranks) == 2, ranks
+    try:
+        while not (out / "checkpoint.prev.pt").exists():
+            assert p.poll() is None, "the run ended before it could be killed: make it longer"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        ranks = _ranks(p.pid)
+        assert len(ranks) == 2, ranks
+    except AssertionError:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
     victim = max(ranks)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
-    _, err = p.communicate(timeout=90)  # bounded: the collective timeout (60 s) is the worst case
+    err = _stderr(p, 90)  # bounded: the collective timeout (60 s) is the worst case
     elapsed = time.monotonic() - t0
     assert p.returncode != 0 and not (out / "result.json").exists(), err
     resumed = _cli(["train", "--resume", str(out), "--no-progress"])
-    _, rerr = resumed.communicate(timeout=DEADLINE_S)
+    rerr = _stderr(resumed, DEADLINE_S)
     assert resumed.returncode == 0, rerr
     return out, victim, err, elapsed
 
@@ -314,7 +330,7 @@ def test_torchrun_gives_the_nproc_result(tmp_path, two_ranks):
     out = tmp_path / "torchrun"
     p = _cli(["-m", "approxgnn"] + CLI_ARGS + ["--out", str(out)],
              launcher=[str(torchrun), "--standalone", "--nproc-per-node", "2"])
-    _, err = p.communicate(timeout=DEADLINE_S)
+    err = _stderr(p, DEADLINE_S)
     assert p.returncode == 0, err
     assert _result(out) == two_ranks[0][0]["cli"]["final"]  # the uninterrupted --nproc 2 run's
 
