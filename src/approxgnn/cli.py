@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import runpy
 import sys
 from collections.abc import Callable
@@ -30,7 +31,9 @@ from .minibatch.config import MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
-from .train.config import split_refresh
+from .train.base import resolve_device
+from .train.config import BACKENDS, DIST_EVAL_MODES, FULL_BATCH_ENGINES, DistConfig, split_refresh
+from .train.distributed import check_devices, env_world_size, under_launcher
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS, apply_preset
 from .train.schedule import LR_SCHEDULES
@@ -123,6 +126,16 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--features-path", "minibatch.features_path",
      {"type": str, "help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
     ("--no-prefetch", "minibatch.prefetch", {"action": "store_false"}),
+    # multi-process (data-parallel) mini-batch training
+    ("--nproc", "dist.nproc",
+     {"type": int, "help": "train in N local processes (torch.distributed; --engine sample/refresh; "
+                           "--batch-size is per process); under torchrun the world size is torchrun's"}),
+    ("--backend", "dist.backend", {"choices": BACKENDS, "help": "process-group backend (default: nccl on CUDA, else gloo)"}),
+    ("--dist-timeout", "dist.timeout_s",
+     {"type": _real, "help": "seconds any collective may wait before the run stops with an error"}),
+    ("--dist-eval", "dist.eval",
+     {"choices": DIST_EVAL_MODES, "help": "exact evaluation sharded over the processes, or on rank 0 alone"}),
+    ("--threads", "dist.threads", {"type": int, "help": "torch threads per process (default: cores / processes)"}),
 ]
 
 
@@ -135,7 +148,8 @@ def _checked(parse: Callable[[str], Any], dest: str) -> Callable[[str], Any]:
     alone through the config dataclass that owns it (every other field at its default). argparse
     reports a failure as ``argument --flag: <the dataclass's message, with the valid range>``."""
     group, _, key = dest.rpartition(".")
-    owner = {"": TrainConfig, "rsc": RSCConfig, "minibatch": MiniBatchConfig, "history": HistoryConfig}[group]
+    owner = {"": TrainConfig, "rsc": RSCConfig, "minibatch": MiniBatchConfig, "history": HistoryConfig,
+             "dist": DistConfig}[group]
 
     def convert(text: str) -> Any:
         value = parse(text)
@@ -262,7 +276,9 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     rsc = _sub_config(RSCConfig, base.pop("rsc", {}), where, "rsc")
     minibatch = _sub_config(MiniBatchConfig, base.pop("minibatch", {}), where, "minibatch")
     history = _sub_config(HistoryConfig, base.pop("history", {}), where, "history")
-    return _sub_config(TrainConfig, {**base, "rsc": rsc, "minibatch": minibatch, "history": history}, where)
+    dist = _sub_config(DistConfig, base.pop("dist", {}), where, "dist")
+    return _sub_config(TrainConfig, {**base, "rsc": rsc, "minibatch": minibatch, "history": history, "dist": dist},
+                       where)
 
 
 Job = Callable[[], int]
@@ -278,10 +294,10 @@ def _given_flags(ns: argparse.Namespace) -> list[str]:
 def prepare_train(ns: argparse.Namespace) -> Job:
     resume_state = None
     if getattr(ns, "resume", None):
-        extra = [f for f in _given_flags(ns) if f not in ("--resume", "--no-progress")]
+        extra = [f for f in _given_flags(ns) if f not in ("--resume", "--no-progress", "--nproc")]
         if extra:
             raise ValueError(f"--resume continues a run with its recorded configuration; drop {', '.join(extra)} "
-                             "(only --no-progress may be added)")
+                             "(only --no-progress and --nproc may be added)")
         try:
             resume_state = read_checkpoint(ns.resume)
         except FileNotFoundError as e:
@@ -293,19 +309,63 @@ def prepare_train(ns: argparse.Namespace) -> Job:
         cfg.out = ns.resume
         if hasattr(ns, "progress"):
             cfg.progress = ns.progress
+        cfg.dist.nproc = getattr(ns, "dist.nproc", cfg.dist.nproc)
     else:
         cfg = config_from_args(ns)
         check_out_dir(cfg.out, resume=False, overwrite=getattr(ns, "overwrite", False))
     check_dataset_name(cfg.dataset)
+    world = _world_size(ns, cfg)
+    if resume_state is not None:
+        from .train.ddp import check_world_size
+
+        check_world_size(resume_state, world, ns.resume)
 
     def job() -> int:
+        if under_launcher():  # torchrun (or any launcher that set RANK, WORLD_SIZE, MASTER_*)
+            return _train_rank(cfg, resume_state is not None)
+        if world > 1:
+            from .train.distributed import launch
+
+            return launch(_train_rank, world, (cfg, resume_state is not None), grace_s=cfg.dist.timeout_s + 10)
         result = run(cfg, resume_state=resume_state)
-        print(format_table([result], RESULT_COLUMNS))
-        if cfg.out:
-            print(f"result: {Path(cfg.out) / 'result.json'}")
+        _print_result(result, cfg)
         return EXIT_OK
 
     return job
+
+
+def _world_size(ns: argparse.Namespace, cfg: TrainConfig) -> int:
+    """The processes this run will have: torchrun's world, else ``--nproc`` (or the recorded one);
+    checked against the GPUs when it trains on CUDA."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", env_world_size())) if under_launcher() else cfg.dist.nproc
+    check_devices(resolve_device(cfg.device), local, cfg.dist.backend)
+    if not under_launcher():
+        return cfg.dist.nproc
+    world = env_world_size()
+    given = getattr(ns, "dist.nproc", None)
+    if given is not None and given != world:
+        raise ValueError(f"--nproc {given} under a launcher whose WORLD_SIZE is {world}: drop --nproc "
+                         "(torchrun sets the number of processes)")
+    if world > 1 and cfg.engine in FULL_BATCH_ENGINES:
+        raise ValueError(f"WORLD_SIZE {world}: multi-process training runs the mini-batch engines (sample, refresh), "
+                         f"not --engine {cfg.engine}")
+    return world
+
+
+def _train_rank(cfg: TrainConfig, resume: bool) -> int:
+    """One rank of a multi-process run (spawned by ``--nproc`` or by torchrun); rank 0 reports."""
+    from .train.ddp import run_rank
+
+    result = run_rank(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_result(result, cfg)
+    return EXIT_OK
+
+
+def _print_result(result: dict[str, Any], cfg: TrainConfig) -> None:
+    print(format_table([result], RESULT_COLUMNS))
+    if cfg.out:
+        print(f"result: {Path(cfg.out) / 'result.json'}")
 
 
 def prepare_demo(ns: argparse.Namespace) -> Job:

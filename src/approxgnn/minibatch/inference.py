@@ -10,6 +10,8 @@ stops the forward pass by raising :class:`LayerOutput` with that layer's output.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -66,8 +68,15 @@ class LayerwisePropagation(Propagation):
 @torch.no_grad()
 def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store: ArrayFeatureStore,
                         nodes: np.ndarray, *, features: FeatureStore | None = None, chunk_size: int = 65536,
-                        device: torch.device = torch.device("cpu"), progress: bool = False) -> Tensor:
+                        device: torch.device = torch.device("cpu"), progress: bool = False,
+                        part: tuple[int, int] = (0, 1), gather: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
     """Exact logits ``[len(nodes), C]`` of ``model`` (module docstring), in eval mode.
+
+    Sharded over ``W`` processes with ``part = (r, W)``: each computes, per layer, the ``r``-th of
+    ``W`` contiguous slices of that layer's targets (``np.array_split``), and ``gather(rows, n)``
+    returns the ``[n, d]`` concatenation of every process's slice in rank order (e.g. an
+    ``all_gather``), so that every process holds the whole layer for the next one. An empty
+    slice is passed as a ``[0, 0]`` tensor (its width unknown here).
 
     A model that aggregates before its linear maps (SAGE, ``norm == "mean"``) reads the whole input
     matrix (``store.full()``) through blocks with mapped columns; one that transforms first (GCN)
@@ -82,7 +91,9 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
         needed.insert(0, sampler.closed_neighbourhood(needed[0]))
     mapped = model.norm == "mean"
     dummy = torch.zeros(1, store.dim, device=device)
-    bar = tqdm(total=sum(-(-len(r) // chunk_size) for r in needed), desc="eval", disable=not progress,
+    rank, world = part
+    slices = [np.array_split(np.arange(len(t)), world)[rank] for t in needed]
+    bar = tqdm(total=sum(-(-len(s) // chunk_size) for s in slices), desc="eval", disable=not progress,
                leave=False, dynamic_ncols=True)
     h: Tensor | None = None  # outputs of the layer below; row pos[v] holds node v
     pos = np.arange(n)  # layer 0 reads the features: row v is node v
@@ -92,9 +103,10 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
         by_rows = mapped and (layer > 0 or device.type == "cpu")
         if by_rows and layer == 0:
             h = store.full()
+        mine = targets[slices[layer]]
         out: Tensor | None = None
-        for s in range(0, len(targets), chunk_size):
-            chunk = targets[s : s + chunk_size]
+        for s in range(0, len(mine), chunk_size):
+            chunk = mine[s : s + chunk_size]
             if by_rows:
                 x_in = h
                 op = sampler.rows_block(chunk, pos, len(h)).operator(device)
@@ -105,10 +117,11 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
                 prop = LayerwisePropagation(layer, block.operator(device), x_in)
             o = _run_layer(model, x_in if layer == 0 else dummy, prop)
             if out is None:
-                out = torch.empty(len(targets), o.size(1), device=device)
+                out = torch.empty(len(mine), o.size(1), device=device)
             out[s : s + o.size(0)] = o
             bar.update()
-        h = out
+        h = out if gather is None else gather(
+            out if out is not None else torch.empty(0, 0, device=device), len(targets))
         pos = np.full(n, -1, np.int64)
         pos[targets] = np.arange(len(targets))
     bar.close()

@@ -27,11 +27,16 @@ from .sampler import NeighborSampler, PruneTest, SampledBatch
 from .stores import FeatureStore
 
 
+def epoch_permutation(ids: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """``ids`` in epoch ``epoch``'s order: a permutation drawn from ``(seed, epoch)`` alone, so that
+    a resumed run, and every rank of a multi-process run, redraws it exactly."""
+    return np.random.default_rng([seed, epoch]).permutation(ids)
+
+
 def epoch_seeds(ids: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The seed batches of epoch ``epoch``: a permutation of ``ids`` drawn from ``(seed, epoch)``,
-    cut into chunks of ``batch_size`` (the last may be shorter). A function of its arguments
-    alone, so that a resumed run redraws every epoch exactly."""
-    perm = np.random.default_rng([seed, epoch]).permutation(ids)
+    """The seed batches of epoch ``epoch``: :func:`epoch_permutation` cut into chunks of
+    ``batch_size`` (the last may be shorter)."""
+    perm = epoch_permutation(ids, seed, epoch)
     return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
 
 

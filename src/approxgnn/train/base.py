@@ -8,11 +8,13 @@ optimiser step through :meth:`Trainer.step`, which refuses NaN/inf before the pa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..nn.engine import Engine
+from .checkpoint import save_checkpoint
 from .config import TrainConfig
 
 
@@ -34,19 +36,26 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+def check_finite(what: str, value: torch.Tensor) -> None:
+    """Raise :class:`TrainingDiverged` when the scalar ``value`` is NaN/inf (one process's guard)."""
+    if not torch.isfinite(value):
+        raise TrainingDiverged(f"{what} became {float(value)}")
+
+
+def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      guard: Callable[[str, torch.Tensor], None] = check_finite) -> float:
     """``loss.backward()`` then ``optimizer.step()``, refusing NaN/inf loss or gradients.
 
-    The check comes before the step, so the parameters (and any later checkpoint) stay finite.
-    Returns the total gradient norm ``‖(∂L/∂θ_1, …, ∂L/∂θ_P)‖₂``.
+    The checks come before the step, so the parameters (and any later checkpoint) stay finite.
+    ``guard(what, value)`` raises on a bad value; a data-parallel trainer passes one that decides
+    for every rank at once (:meth:`Trainer.finite_guard`). Returns the total gradient norm
+    ``‖(∂L/∂θ_1, …, ∂L/∂θ_P)‖₂``.
     """
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss became {float(loss.detach())}")
+    guard("loss", loss.detach())
     loss.backward()
     grads = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
     norm = torch.stack(grads).norm() if grads else torch.zeros(())
-    if not torch.isfinite(norm):
-        raise TrainingDiverged(f"gradient norm became {float(norm)}")
+    guard("gradient norm", norm)
     optimizer.step()
     return float(norm)
 
@@ -79,9 +88,22 @@ class Trainer(ABC):
 
     def step(self, loss: torch.Tensor) -> float:
         """The one optimiser step: clear gradients, then the guarded backward and step
-        (:func:`backward_and_step`). Returns the gradient norm."""
+        (:func:`backward_and_step`, guarded by :meth:`finite_guard`). Returns the gradient norm."""
         self.optimizer.zero_grad(set_to_none=True)
-        return backward_and_step(loss, self.model, self.optimizer)
+        return backward_and_step(loss, self.model, self.optimizer, self.finite_guard)
+
+    def finite_guard(self, what: str, value: torch.Tensor) -> None:
+        """Stop on a NaN/inf ``value``; data-parallel trainers make this decision collective."""
+        check_finite(what, value)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's outputs (rank 0; always, in one process)."""
+        return True
+
+    def write_checkpoint(self, run_dir: Path, state: dict[str, Any]) -> None:
+        """Write ``state`` (model, optimiser, loop, trainer, RNGs) as the run's checkpoint."""
+        save_checkpoint(run_dir, state)
 
     def stats(self) -> dict[str, Any]:
         """Figures for the progress bar and ``result["engine_stats"]`` (default: the engine's)."""

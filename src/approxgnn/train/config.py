@@ -12,6 +12,8 @@ from .presets import PRESETS
 from .schedule import LR_SCHEDULES
 
 ENGINES = ("exact", "rsc", "sample", "refresh")
+BACKENDS = ("gloo", "nccl")
+DIST_EVAL_MODES = ("sharded", "rank0")
 FULL_BATCH_ENGINES = ("exact", "rsc")
 MINI_BATCH_ENGINES = ("sample", "refresh")
 
@@ -21,6 +23,42 @@ MINI_BATCH_ENGINES = ("sample", "refresh")
 # over cora, citeseer, twitch-de and tolokers, 3 seeds, untouched inputs scored +0.41 pp (full
 # batch, GCN and SAGE) and +0.40 pp (mini-batch SAGE) on average, mostly from tolokers' 10 features.
 INPUT_DROPOUT_FOLLOWS_DROPOUT = {"full_batch": False, "mini_batch": False}
+
+
+@dataclass
+class DistConfig:
+    """Multi-process (data-parallel) training of the mini-batch engines (``train/ddp.py``).
+
+    * ``nproc``: processes; ``approxgnn train --nproc N`` spawns them locally, ``torchrun`` sets
+      the world size itself (and the run records it here).
+    * ``backend``: ``gloo`` (CPU) or ``nccl`` (CUDA); None picks by device.
+    * ``timeout_s``: bound on every collective (a rank waiting for a lost or stuck peer stops
+      with an error after at most this long; evaluation on rank 0 must fit in it).
+    * ``eval``: exact evaluation ``sharded`` across ranks and gathered (default), or done on
+      ``rank0`` while the others wait.
+    * ``threads``: torch (and numba) threads per rank; None: the cores divided by the local ranks.
+    """
+
+    nproc: int = 1
+    backend: str | None = None
+    timeout_s: float = 300.0
+    eval: str = "sharded"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.nproc < 1:
+            raise ValueError(f"nproc must be >= 1, got {self.nproc}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"dist timeout must be positive seconds, got {self.timeout_s}")
+        if self.eval not in DIST_EVAL_MODES:
+            raise ValueError(f"dist eval must be one of {DIST_EVAL_MODES}, got {self.eval!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
 @dataclass
@@ -50,6 +88,7 @@ class TrainConfig:
     rsc: RSCConfig = field(default_factory=RSCConfig)  # --engine rsc
     minibatch: MiniBatchConfig = field(default_factory=MiniBatchConfig)  # --engine sample and refresh
     history: HistoryConfig = field(default_factory=HistoryConfig)  # --engine refresh
+    dist: DistConfig = field(default_factory=DistConfig)  # --nproc N / torchrun (mini-batch engines)
 
     def __post_init__(self) -> None:
         if self.minibatch.fanouts is None and self.layers >= 1:
@@ -99,8 +138,13 @@ class TrainConfig:
         if self.engine in MINI_BATCH_ENGINES and len(self.minibatch.fanouts) != self.layers:
             raise ValueError(f"{len(self.minibatch.fanouts)} fanouts given for {self.layers} layers; "
                              "give one fanout per layer (or leave --fanouts out to get one per layer)")
+        if self.dist.nproc > 1 and self.engine in FULL_BATCH_ENGINES:
+            raise ValueError(f"--nproc {self.dist.nproc}: multi-process training runs the mini-batch engines "
+                             f"(sample, refresh); --engine {self.engine} is full-batch and runs in one process "
+                             "(docs/distributed.md says how it would scale)")
         self.rsc.validate()
         self.minibatch.validate()
+        self.dist.validate()
         self.history.validate()
         self.history.check_depth(self.layers)
 
@@ -140,6 +184,8 @@ class TrainConfig:
             d["minibatch"] = MiniBatchConfig(**d["minibatch"])
         if isinstance(d.get("history"), dict):
             d["history"] = HistoryConfig(**d["history"])
+        if isinstance(d.get("dist"), dict):
+            d["dist"] = DistConfig(**d["dist"])
         if "input_dropout" not in d and "dropout" in d:
             # Recorded before input dropout was its own knob, when inputs were always dropped at
             # the hidden rate: a resumed run keeps training the way it started.

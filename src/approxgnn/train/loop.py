@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT_NAME, atomic_write_bytes, load_latest_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_latest_checkpoint, rng_state, set_rng_state
 from .base import Trainer, TrainingDiverged
 
 RESULT_NAME = "result.json"
@@ -101,7 +100,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         bar.set_postfix(_postfix(rec, ev, trainer.stats()), refresh=False)
         if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
-            save_checkpoint(out, _checkpoint(trainer, s))
+            trainer.write_checkpoint(out, _checkpoint(trainer, s))
             s["checkpoint_time_s"].append(time.perf_counter() - t0)
     bar.close()
 
@@ -119,7 +118,7 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         "config": cfg.to_dict(),
         "curve": s["curve"],
     }
-    if out is not None:
+    if out is not None and trainer.is_main:  # in a data-parallel run, rank 0 alone
         atomic_write_bytes(out / RESULT_NAME, json.dumps(result, indent=2, default=_json_default).encode())
     result["best_model"] = s["best_model"]
     return result

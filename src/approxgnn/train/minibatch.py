@@ -34,7 +34,7 @@ from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, degree_order, epoch_seeds,
+                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, degree_order, epoch_permutation, epoch_seeds,
                          layerwise_inference, write_features)
 from ..nn import Engine, build_model
 from .base import Trainer, resolve_device, synchronizer
@@ -75,12 +75,13 @@ class MiniBatchTrainer(Trainer):
                              "(GCNII's initial residual needs the input rows of every layer's targets)")
         mc = self.mc = cfg.minibatch
         self.cfg, self.metric, self.policy = cfg, data.metric, cfg.cache_policy()
-        self.device = resolve_device(cfg.device)
+        self.device = self._device()
         graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
+        self.net: torch.nn.Module = self.model  # what the forward pass calls (a data-parallel wrapper, in ddp.py)
         self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm)
-        self.store, self._tmp = open_feature_store(mc, data.x, cfg.out)
+        self.store, self._tmp = self._open_store(data.x)
         self.budget_bytes = int(mc.cache_mb * 2**20) if self.policy != "none" else 0
         self._build_caches()
         self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
@@ -96,6 +97,13 @@ class MiniBatchTrainer(Trainer):
                       "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
                       "cached_layers": list(self.history.layers) if self.history else [],
                       "feature_store": "memmap" if self.store.on_disk else "ram"}
+
+    def _device(self) -> torch.device:
+        return resolve_device(self.cfg.device)
+
+    def _open_store(self, x: np.ndarray) -> tuple[ArrayFeatureStore, Any]:
+        """The counted feature store and what must outlive it (:func:`open_feature_store`)."""
+        return open_feature_store(self.mc, x, self.cfg.out)
 
     def _build_caches(self) -> None:
         """``engine``, ``history``, ``feature_cache`` and ``features`` for the cache policy."""
@@ -117,12 +125,16 @@ class MiniBatchTrainer(Trainer):
         self.features = self.feature_cache
 
     # ---- training ------------------------------------------------------------------------
+    def epoch_permutation(self, epoch: int) -> np.ndarray:
+        """The training nodes in epoch ``epoch``'s order, drawn from ``(seed, epoch)``."""
+        return epoch_permutation(self.train_ids, self.cfg.seed, epoch)
+
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_seeds(self.train_ids, self.mc.batch_size, self.cfg.seed, epoch)
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
         prop = BlockPropagation(batch.ops, batch.hits, self.history.layers if self.history else ())
-        out = self.model(batch.x, prop)
+        out = self.net(batch.x, prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -201,22 +213,31 @@ class MiniBatchTrainer(Trainer):
         return {k: f"{s[k]:.3g}" for k in FIGURES if k in s}
 
     # ---- evaluation ----------------------------------------------------------------------
-    def infer(self, nodes: np.ndarray | None = None) -> torch.Tensor:
+    def infer(self, nodes: np.ndarray | None = None, **shard: Any) -> torch.Tensor:
         """Exact logits ``[len(nodes), C]`` (all nodes by default) by layer-wise inference over
-        full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read."""
+        full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read.
+        ``shard``: ``part`` and ``gather`` of :func:`layerwise_inference` (a sharded evaluation)."""
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
-                                   chunk_size=self.mc.eval_batch_size, device=self.device, progress=self.cfg.progress)
+                                   chunk_size=self.mc.eval_batch_size, device=self.device, progress=self.cfg.progress,
+                                   **shard)
 
     def evaluate(self) -> dict[str, float]:
         """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
+        nodes = self.eval_nodes()
+        return self.metrics(self.infer(nodes), nodes)
+
+    def eval_nodes(self) -> np.ndarray:
+        """The nodes evaluation needs logits of: every train, validation and test node."""
         masks = self.split_masks
-        nodes = np.flatnonzero(masks["train"] | masks["val"] | masks["test"])
-        logits = self.infer(nodes)
+        return np.flatnonzero(masks["train"] | masks["val"] | masks["test"])
+
+    def metrics(self, logits: torch.Tensor, nodes: np.ndarray) -> dict[str, float]:
+        """The metric per split from ``logits [len(nodes), C]`` of :meth:`eval_nodes`."""
         pos = np.full(self.sampler.graph.num_nodes, -1, np.int64)
         pos[nodes] = np.arange(len(nodes))
         res = {}
-        for k, m in masks.items():
+        for k, m in self.split_masks.items():
             ids = np.flatnonzero(m)
             res[k] = evaluate_logits(logits[torch.from_numpy(pos[ids]).to(self.device)],
                                      self.y[torch.from_numpy(ids).to(self.device)], self.metric)
