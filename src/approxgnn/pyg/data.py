@@ -135,11 +135,14 @@ def load_pt(path: str | os.PathLike, name: str | None = None, *, split: int = 0)
         with reading(path, "torch .pt file"), torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except DatasetError as e:
-        if isinstance(e.__cause__, pickle.UnpicklingError):
-            found = re.search(r"GLOBAL (\S+)", str(e.__cause__))
-            what = f" ({found.group(1)})" if found else ""
+        cause = str(e.__cause__) if isinstance(e.__cause__, pickle.UnpicklingError) else ""
+        if "GLOBAL" in cause or "allowed global" in cause:  # torch refused to build a Python object
+            found = re.search(r"GLOBAL (\S+)|(\S+) was not an allowed global", cause)
+            what = f" ({found.group(1) or found.group(2)})" if found else ""
             raise fail(path, f"refused to load: the file holds a Python object{what} other than tensors and "
                              "torch_geometric's Data (read with torch.load(weights_only=True); nothing was run)") from None
+        if cause:  # torch's message for a corrupt file is a page on weights_only; say what it means
+            raise fail(path, "malformed torch .pt file: torch.load cannot read it (not written by torch.save?)") from None
         raise
     return from_pyg(_one_graph(obj, path), name or path.stem, split=split, source=str(path))
 
