@@ -131,3 +131,19 @@ def test_python_dash_m_runs_the_cli() -> None:
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: approxgnn") and "train" in proc.stdout
+
+
+def test_the_readme_pyg_example_runs(capsys: pytest.CaptureFixture) -> None:
+    """README's "RSC for your own PyG model" script, on a small generated graph for 3 epochs."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## RSC for your own PyG model"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", section.index("```python"))]
+    small = code.replace('load_dataset("cora")', f"load_dataset('synthetic', **{SMALL!r})")
+    small = small.replace("epochs = 200", "epochs = 3").replace("256, 2", "16, 2")
+    assert small.count("synthetic") == 1 and "epochs = 3" in small and "16, 2" in small  # the edits applied
+    scope: dict = {}
+    exec(compile(small, "README.md", "exec"), scope)  # noqa: S102 -- the README's own example
+    from approxgnn.pyg import engine_of
+
+    assert engine_of(scope["model"]).stats()["epoch"] == 2
+    assert capsys.readouterr().out.startswith("test accuracy ")
