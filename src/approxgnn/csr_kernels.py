@@ -71,12 +71,24 @@ def csr_spmm(rowptr: Tensor, col: Tensor, val: Tensor, x: Tensor, diag: Tensor |
     ``rowptr [m+1]``, ``col [nnz]``, ``val [nnz]`` (same dtype as ``x``); ``diag [m]``, ``[m, 1]`` or None."""
     dg = np.empty(0, x.numpy().dtype) if diag is None else diag.reshape(-1).to(x.dtype).numpy()
     kernel = _csr_spmm_ser if (out.numel() + col.numel() * x.size(1)) < SERIAL_BELOW else _csr_spmm_par
+    threads = torch.get_num_threads()
     kernel(rowptr.numpy(), col.numpy(), val.numpy(), x.numpy(), dg, out.numpy())
+    _restore_threads(threads)
     return out
+
+
+def _restore_threads(threads: int) -> None:
+    # numba's OpenMP layer shares torch's libgomp, and starting its thread team (the first
+    # parallel kernel in the process) sets the OpenMP thread count for torch too (1 -> 2 here, even
+    # under OMP_NUM_THREADS=1). Put back what the user or torch chose.
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) both product kernels now, outside any timed region."""
     ptr, c, v = np.array([0, 1, 2], np.int64), np.array([1, 0], np.int64), np.ones(2, np.float32)
+    threads = torch.get_num_threads()
     for kernel in (_csr_spmm_ser, _csr_spmm_par):
         kernel(ptr, c, v, np.ones((2, 3), np.float32), np.ones(2, np.float32), np.empty((2, 3), np.float32))
+    _restore_threads(threads)
