@@ -18,6 +18,7 @@ and no sampling, which separates the kernel swap from RSC's sampled backward. Ne
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
@@ -150,7 +151,8 @@ def main() -> None:
     args = p.parse_args()
     rows = [r for name in args.dataset for r in bench(name, args)]
     print(format_table([_flat(r) for r in rows], COLUMNS))
-    _common.write_json(args.json, {"command": vars(args), "tta_margin": TTA_MARGIN, "rows": rows})
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    _common.write_json(args.json, {"command": vars(args), "env": env, "tta_margin": TTA_MARGIN, "rows": rows})
 
 
 if __name__ == "__main__":
