@@ -3,6 +3,7 @@
     python benchmarks/refresh_policies.py --datasets synthetic-2m --seeds 0,1,2 \\
         --lock /tmp/approxgnn-bench.lock --json refresh_2m.json --plot benchmarks/refresh_curves_2m.png
     python benchmarks/refresh_policies.py --quick          # smoke test: small graph, 2 epochs
+    python benchmarks/refresh_policies.py --quick --runs-dir /tmp/rp   # + run dirs and `approxgnn report`
 
 Policies (same sampler, model, budget and seeds): ``none`` (every row from the feature store),
 ``feature`` (the budget caches raw features of the highest-degree nodes), ``gas`` (history cache,
@@ -10,7 +11,10 @@ every computed embedding pushed, never stale) and ``refresh`` (gradient admissio
 Each run is :func:`approxgnn.train.fit` on :class:`MiniBatchTrainer`: epoch time is the median
 over epochs of the training wall time (sampling, gathering, forward, backward, step and
 admission; evaluation excluded), bytes are those the feature store read, per epoch (median).
-``--lock`` takes an exclusive ``flock`` on that file around each timed run, so timed runs of
+``--runs-dir DIR`` keeps each run's ``result.json`` in ``DIR/<dataset>-<policy>-s<seed>`` and writes
+the per-run report of :mod:`approxgnn.report` (``approxgnn report``: Δ against the ``none`` run of
+the same seed, time-to-accuracy speed-up, bytes read, curves) into ``DIR/report``; the tables here
+add the medians over seeds. ``--lock`` takes an exclusive ``flock`` on that file around each timed run, so timed runs of
 other benchmarks never overlap ours while the whole sweep does not hold the machine for hours.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 from approxgnn.datasets import load_dataset, synthetic
 from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.report import markdown_table, write_report
 from approxgnn.train import TrainConfig, build_trainer, fit
 from approxgnn.train.results import format_table
 
@@ -98,8 +103,13 @@ def config(name: str, policy: str, seed: int, data, args) -> TrainConfig:
                        progress=args.progress, minibatch=mb, history=hc)
 
 
+def run_dir(args: argparse.Namespace, name: str, policy: str, seed: int) -> str | None:
+    return str(Path(args.runs_dir) / f"{name}-{policy}-s{seed}") if args.runs_dir else None
+
+
 def one_run(name: str, policy: str, seed: int, data, args) -> dict[str, Any]:
     cfg = config(name, policy, seed, data, args)
+    cfg.out = run_dir(args, name, policy, seed)  # result.json for `approxgnn report`
     with locked(args.lock):
         t0 = time.perf_counter()
         trainer = build_trainer(cfg, data)
@@ -199,20 +209,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The summary and profile tables as Markdown (what RESULTS.md shows)."""
 
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    def table(lines: list[dict[str, Any]]) -> str:
-        cols = list(lines[0])
-        out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        out += ["| " + " | ".join(cell(l[c]) for c in cols) + " |" for l in lines]
-        return "\n".join(out)
-
-    return table(summarise(rows)) + "\n\nTime per epoch by phase (s, medians):\n\n" + table(profile_table(rows))
+    return (markdown_table(summarise(rows)) + "\n\nTime per epoch by phase (s, medians):\n\n"
+            + markdown_table(profile_table(rows)))
 
 
 def main() -> None:
@@ -236,6 +234,8 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="keep the runs already in --json and skip them")
     p.add_argument("--plot")
     p.add_argument("--markdown", help="write the tables as Markdown to this file")
+    p.add_argument("--runs-dir", help="keep each run's result.json under this directory and write "
+                                      "`approxgnn report`'s per-run table and curves into DIR/report")
     p.add_argument("--from-json", nargs="+", help="re-render tables/plot from earlier --json files; no training")
     a = p.parse_args()
     if a.from_json:
@@ -285,6 +285,9 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
     if a.markdown:
         Path(a.markdown).write_text(markdown(rows) + "\n")
         print(f"wrote {a.markdown}")
+    dirs = [d for r in rows if (d := run_dir(a, r["dataset"], r["policy"], r["seed"])) and Path(d, "result.json").exists()]
+    if dirs:
+        print(f"wrote {write_report(dirs, Path(a.runs_dir) / 'report')}")
 
 
 if __name__ == "__main__":

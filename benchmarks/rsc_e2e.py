@@ -33,7 +33,8 @@ import torch
 from approxgnn.datasets import load_dataset
 from approxgnn.rsc import RSCConfig
 from approxgnn.rsc.config import PRESETS
-from approxgnn.train import TrainConfig, run, time_to_reach
+from approxgnn.report import tta_speedup, write_report
+from approxgnn.train import TrainConfig, run
 from approxgnn.train.results import format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -82,12 +83,19 @@ def epochs_for(dataset: str, a: argparse.Namespace) -> int:
     return a.epochs_large if dataset.startswith("synthetic-") else a.epochs_small
 
 
+def run_dir(a: argparse.Namespace, dataset: str, model: str, variant: str, seed: int) -> str | None:
+    """Where ``--runs-dir`` keeps this run's ``result.json`` (for ``approxgnn report``), or None."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in variant)
+    return str(Path(a.runs_dir) / f"{dataset}-{model}-{slug}-s{seed}") if a.runs_dir else None
+
+
 def run_one(data, dataset: str, model: str, variant: str, seed: int, epochs: int, a: argparse.Namespace) -> dict:
     over = VARIANTS[variant]
     rsc = RSCConfig(**{**({} if a.budget is None else {"budget": a.budget}), **(over or {})})
     cfg = TrainConfig(dataset=dataset, model=model, engine="exact" if over is None else "rsc", layers=LAYERS[model],
                       hidden=a.hidden, dropout=a.dropout, lr=lr_for(dataset, a), weight_decay=a.weight_decay,
-                      epochs=epochs, seed=seed, device="cpu", progress=False, rsc=rsc)
+                      epochs=epochs, seed=seed, device="cpu", progress=False, rsc=rsc,
+                      out=run_dir(a, dataset, model, variant, seed))
     with rsc_common.quiet_lock(a.lock, a.max_busy):
         t0 = time.perf_counter()
         with rsc_common.others_meter() as meter:
@@ -160,17 +168,6 @@ def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-TTA_MARGIN = 0.005  # time to exact's best validation metric minus 0.5 pp
-
-
-def tta_speedup(exact: dict, run_: dict) -> float | None:
-    """Exact's training time to its best validation metric minus 0.5 pp, over this run's time to
-    the same level (same seed); None when this run never reached it."""
-    level = exact["val"] - TTA_MARGIN
-    t_exact, t_run = time_to_reach(exact["curve"], level), time_to_reach(run_["curve"], level)
-    return None if t_run is None or not t_exact else t_exact / max(t_run, 1e-9)
-
-
 def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
     rows = []
     keys = sorted({(r["dataset"], r["model"]) for r in runs}, key=lambda k: (k[0], k[1]))
@@ -192,7 +189,7 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
             ge = [r["grad_err"] for r in rs if r.get("grad_err") is not None]
             gc = [r["grad_cos"] for r in rs if r.get("grad_cos") is not None]
             tta = [tta_speedup(exact_by_seed[r["seed"]], r) for r in rs if r["seed"] in exact_by_seed]
-            reached = [x for x in tta if x is not None]
+            reached = [x for x in tta if isinstance(x, float)]  # else "not reached" (or exact's own curve cut short)
             rows.append({"dataset": ds, "model": model, "variant": v, "metric": rs[0]["metric"], "seeds": len(rs),
                          "epochs": rs[0]["epochs"], "train_s": f"{t:.2f} ± {ts:.2f}", "speedup": ex_t / t,
                          "test": f"{m:.2f} ± {msd:.2f}", "delta_pp": m - 100 * ex_m,
@@ -264,6 +261,8 @@ def main() -> None:
                    help="benchmark lock taken around each timed run ('' for none); do not also wrap in flock")
     p.add_argument("--json")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --json")
+    p.add_argument("--runs-dir", help="keep each run's result.json under DIR/<dataset>-<model>-<variant>-s<seed> "
+                                      "and write `approxgnn report`'s per-run table and curves into DIR/report")
     a = p.parse_args()
     ablation = a.suite == "ablation"
     if a.quick:
@@ -315,6 +314,10 @@ def main() -> None:
              models[0], a.plot)
     if a.json:
         _common.write_json(a.json, {"suite": a.suite, "args": vars(a), "runs": runs, "summary": rows})
+    dirs = [d for r in runs if (d := run_dir(a, r["dataset"], r["model"], r["variant"], r["seed"]))
+            and Path(d, "result.json").exists()]
+    if dirs:
+        print(f"wrote {write_report(dirs, Path(a.runs_dir) / 'report')}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ only these (see ``adapt``):
 * ``bench spmm``: ``--nodes 5000 --repeats 1`` appended.
 
 Commands that read ``../shared/data`` (any dataset but the synthetic ones and the placeholder npz,
-and ``datasets``) are skipped with a message when that directory is absent. ``make demo`` and
+and ``datasets``) are skipped with a message when that directory is absent, and so is a ``report``
+(or ``--resume``) of run directories that such a skipped command would have written. ``make demo`` and
 ``make test`` are not ``approxgnn`` lines and are not run here.
 """
 from __future__ import annotations
@@ -155,6 +156,10 @@ def test_readme_command_runs(index: int, command: str, workdir: Path, monkeypatc
     resume = _value(argv, "--resume")
     if resume is not None and not (workdir / resume / "checkpoint.pt").exists():
         pytest.skip(f"{command}: the command that writes {resume} did not run (skipped or failed above)")
+    runs = argv[1 : argv.index("--out") if "--out" in argv else len(argv)] if argv[0] == "report" else []
+    unwritten = [r for r in runs if not (workdir / r / "result.json").exists()]
+    if unwritten:
+        pytest.skip(f"{command}: the commands that write {', '.join(unwritten)} did not run (skipped or failed above)")
     argv = adapt(argv, index, workdir)
     try:
         code = cli.main(argv)
@@ -165,3 +170,6 @@ def test_readme_command_runs(index: int, command: str, workdir: Path, monkeypatc
     if argv[0] == "train":
         out = resume or _value(argv, "--out")
         assert (workdir / out / "result.json").exists(), f"no result.json in {out}"
+    if argv[0] == "report":
+        out = _value(argv, "--out") or "report"
+        assert (workdir / out / "report.md").exists(), f"no report.md in {out}"

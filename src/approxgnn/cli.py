@@ -1,4 +1,4 @@
-"""``approxgnn`` command line: train, demo, datasets, bench, prepare.
+"""``approxgnn`` command line: train, demo, datasets, bench, prepare, report.
 
 Exit codes: 0 success; 2 usage error (an invalid flag value, an unknown model/engine/dataset, an
 ``--out`` that holds another run, ``--resume`` of a directory without a checkpoint); 1 run failure
@@ -23,12 +23,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from . import report
 from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
 from .history.config import POLICIES, HistoryConfig
 from .minibatch.config import MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
-from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run, time_to_reach
+from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.config import split_refresh
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS, apply_preset
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
     b.add_argument("name", help="e.g. spmm → benchmarks/exact_spmm.py, or a script name")
     b.add_argument("args", nargs=argparse.REMAINDER)
+
+    r = sub.add_parser("report", help="a Markdown table and validation curves of finished runs")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by `approxgnn train --out`")
+    r.add_argument("--out", default="report", help="where report.md and the PNG plots go (default: report)")
     return p
 
 
@@ -327,12 +332,9 @@ def prepare_demo(ns: argparse.Namespace) -> Job:
         rows = []
         for base_engine, engine, margin, kw in pairs:
             pair = [run(TrainConfig(dataset=data.name, engine=e, **kw), data) for e in (base_engine, engine)]
-            level = pair[0]["val"] - margin
-            base_tta = time_to_reach(pair[0]["curve"], level)
             for r in pair:
                 r["speedup"] = pair[0]["train_time_s"] / r["train_time_s"]
-                tta = time_to_reach(r["curve"], level)
-                r["tta_speedup"] = "not reached" if tta is None else base_tta / max(tta, 1e-9)
+                r["tta_speedup"] = report.tta_speedup(pair[0], r, margin)
             rows += pair
         print(format_table(rows, RESULT_COLUMNS + ["speedup", "tta_speedup"]))
         print("tta_speedup: time for the baseline to reach its best validation metric minus 0.5 pp (RSC) or "
@@ -397,7 +399,7 @@ def prepare_bench(ns: argparse.Namespace) -> Job:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Job]] = {
     "train": prepare_train, "demo": prepare_demo, "datasets": prepare_datasets, "prepare": prepare_prepare,
-    "bench": prepare_bench,
+    "bench": prepare_bench, "report": report.prepare,
 }
 
 

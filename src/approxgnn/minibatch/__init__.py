@@ -12,10 +12,10 @@ from .blocks import BlockPropagation
 from .config import MiniBatchConfig, default_fanouts
 from .feature_cache import CachedFeatureStore
 from .inference import layerwise_inference
-from .loader import Batch, BatchLoader, Prefetcher
+from .loader import Batch, BatchLoader, Prefetcher, epoch_seeds
 from .sampler import NeighborSampler, SampledBatch, batch_key
 from .stores import ArrayFeatureStore, FeatureStore, degree_order, write_features
 
 __all__ = ["MiniBatchConfig", "default_fanouts", "NeighborSampler", "SampledBatch", "batch_key", "FeatureStore",
            "ArrayFeatureStore", "CachedFeatureStore", "degree_order", "write_features", "Batch", "BatchLoader",
-           "Prefetcher", "BlockPropagation", "layerwise_inference"]
+           "Prefetcher", "epoch_seeds", "BlockPropagation", "layerwise_inference"]

@@ -27,6 +27,14 @@ from .sampler import NeighborSampler, PruneTest, SampledBatch
 from .stores import FeatureStore
 
 
+def epoch_seeds(ids: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The seed batches of epoch ``epoch``: a permutation of ``ids`` drawn from ``(seed, epoch)``,
+    cut into chunks of ``batch_size`` (the last may be shorter). A function of its arguments
+    alone, so that a resumed run redraws every epoch exactly."""
+    perm = np.random.default_rng([seed, epoch]).permutation(ids)
+    return [perm[i : i + batch_size] for i in range(0, len(perm), batch_size)]
+
+
 class HistoryServer(Protocol):
     """What the loader asks of a history cache (e.g. :class:`approxgnn.history.HistoryEngine`)."""
 

@@ -34,8 +34,8 @@ from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, degree_order, layerwise_inference,
-                         write_features)
+                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, degree_order, epoch_seeds,
+                         layerwise_inference, write_features)
 from ..nn import Engine, build_model
 from .base import Trainer, resolve_device, synchronizer
 from .config import TrainConfig
@@ -119,9 +119,7 @@ class MiniBatchTrainer(Trainer):
 
     # ---- training ------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(self.train_ids)
-        bs = self.mc.batch_size
-        return [perm[i : i + bs] for i in range(0, len(perm), bs)]
+        return epoch_seeds(self.train_ids, self.mc.batch_size, self.cfg.seed, epoch)
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
         prop = BlockPropagation(batch.ops, batch.hits, self.history.layers if self.history else ())

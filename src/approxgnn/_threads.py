@@ -1,0 +1,27 @@
+"""Setting torch's intra-op thread count so that numba does not undo it.
+
+torch's CPU backend here is OpenMP: ``torch.set_num_threads(n)`` sets the calling thread's OpenMP
+thread count, and ``torch.get_num_threads()`` reads it back. numba's OpenMP threading layer sets
+that same per-thread setting to its own pool size when the pool starts, at the process's first
+parallel kernel (a sampler hop, a parallel SpMM, a feature gather). A count set before that moment
+is silently replaced by every core; one set after it stays. :func:`set_torch_threads` starts the
+pool first.
+"""
+from __future__ import annotations
+
+import torch
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def _start_pool(n):  # pragma: no cover - jitted
+    s = 0
+    for i in prange(n):
+        s += i
+    return s
+
+
+def set_torch_threads(n: int) -> None:
+    """``torch.set_num_threads(n)`` that outlives numba's thread pool starting (module docstring)."""
+    _start_pool(2)
+    torch.set_num_threads(n)
