@@ -1,10 +1,17 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Once numba's OpenMP team has run a parallel kernel, its idle threads spin-wait, and on a busy
+# 2-core machine every later small torch op waits for a core (measured: a 2708x32 dropout+relu
+# went from 1.2 ms to 26 ms). Passive waiting must be chosen before libgomp loads, i.e. before torch
+# is imported; tests check results, never speed.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()

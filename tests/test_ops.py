@@ -54,3 +54,27 @@ def test_rectangular_block_with_diagonal():
     (gx,) = torch.autograd.grad(y, x, g)
     (gref,) = torch.autograd.grad(ref, x, g)
     assert torch.allclose(gx, gref, atol=1e-6)
+
+
+def test_numba_thread_team_keeps_torchs_thread_count():
+    """numba's OpenMP team shares torch's libgomp; starting it (first parallel kernel in a fresh
+    process) used to raise torch's thread count to the core count, even under OMP_NUM_THREADS=1."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import numpy as np, torch\n"
+            "from approxgnn import csr_kernels\n"
+            "n, d = 3000, 400\n"  # above SERIAL_BELOW: the parallel kernel runs
+            "ptr = torch.arange(n + 1, dtype=torch.int64); col = torch.arange(n, dtype=torch.int64)\n"
+            "x = torch.ones(n, d); out = torch.empty(n, d)\n"
+            "assert n * d + n * d >= csr_kernels.SERIAL_BELOW\n"
+            "csr_kernels.csr_spmm(ptr, col, torch.ones(n), x, None, out)\n"
+            "assert torch.equal(out, x)\n"
+            "print(torch.get_num_threads())\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"

@@ -15,7 +15,8 @@ only these (see ``adapt``):
   gets only ``--no-progress``.
 * dataset names: ``synthetic-1m`` and ``synthetic-2m`` become ``synthetic-20k`` (the same generator
   and knobs, 20k nodes); ``/path/to/graph.npz``, the README's placeholder for the user's own file,
-  becomes a small heterophilous-layout npz written by this test.
+  becomes a small heterophilous-layout npz written by this test, and ``/path/to/graph.pt`` a small
+  PyG ``Data`` saved with ``torch.save`` (skipped without torch_geometric).
 * ``bench spmm``: ``--nodes 5000 --repeats 1`` appended.
 
 Commands that read ``../shared/data`` (any dataset but the synthetic ones and the placeholder npz,
@@ -43,6 +44,7 @@ SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()  # where the Makefile 
 
 SUBSTITUTIONS = {"synthetic-1m": "synthetic-20k", "synthetic-2m": "synthetic-20k"}
 PLACEHOLDER_NPZ = "/path/to/graph.npz"
+PLACEHOLDER_PT = "/path/to/graph.pt"
 TRAIN_OVERRIDES = ["--epochs", "2", "--hidden", "16", "--no-progress"]
 BENCH_OVERRIDES = {"spmm": ["--nodes", "5000", "--repeats", "1"]}
 
@@ -80,7 +82,7 @@ def needs_shared_data(argv: list[str]) -> bool:
     if argv[0] == "datasets":
         return True
     dataset = _value(argv, "--dataset")
-    return dataset is not None and not dataset.startswith("synthetic") and dataset != PLACEHOLDER_NPZ
+    return dataset is not None and not dataset.startswith("synthetic") and dataset not in (PLACEHOLDER_NPZ, PLACEHOLDER_PT)
 
 
 def adapt(argv: list[str], index: int, workdir: Path) -> list[str]:
@@ -88,6 +90,8 @@ def adapt(argv: list[str], index: int, workdir: Path) -> list[str]:
     argv = [SUBSTITUTIONS.get(a, a) for a in argv]
     if PLACEHOLDER_NPZ in argv:
         argv[argv.index(PLACEHOLDER_NPZ)] = str(_own_npz(workdir))
+    if PLACEHOLDER_PT in argv:
+        argv[argv.index(PLACEHOLDER_PT)] = str(_own_pt(workdir))
     if argv[0] == "train" and "--resume" in argv:
         return argv + ["--no-progress"]
     if argv[0] == "train":
@@ -109,6 +113,19 @@ def _own_npz(workdir: Path) -> Path:
         masks = [np.stack([m] * 3) for m in (d.train_mask, d.val_mask, d.test_mask)]
         np.savez(path, node_features=d.x, node_labels=d.y, edges=d.edge_index.T, train_masks=masks[0],
                  val_masks=masks[1], test_masks=masks[2])
+    return path
+
+
+def _own_pt(workdir: Path) -> Path:
+    """A user's PyG ``Data``, saved with ``torch.save``."""
+    pytest.importorskip("torch_geometric", reason="a .pt Data needs torch_geometric")
+    import torch
+
+    from approxgnn.pyg import to_pyg
+
+    path = workdir / "graph.pt"
+    if not path.exists():
+        torch.save(to_pyg(planted_dataset(n=200)), path)
     return path
 
 

@@ -34,3 +34,4 @@ def test_torch_threads_survive_numbas_pool() -> None:
     # With torch.set_num_threads(1) in place of set_torch_threads, this prints 2 where numba's
     # layer is OpenMP (as here): the pool's start resets the count.
     assert _after_sampling("set_torch_threads")[0] == 1
+

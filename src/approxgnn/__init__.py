@@ -7,7 +7,15 @@ Two approximation engines on one small core:
 
 over :mod:`approxgnn.datasets` → :mod:`approxgnn.graph` → :mod:`approxgnn.nn` → :mod:`approxgnn.train`.
 """
+import os
 import warnings
+
+# numba's parallel kernels and torch share one OpenMP runtime; with its default wait policy the
+# idle team spins after every kernel and starves torch's small ops on a busy machine (measured:
+# a Cora-sized dropout+ReLU went from 1.2 ms to 26 ms). The policy is read when libgomp loads, so
+# it only takes effect if approxgnn is imported before torch (as the CLI does); a user's own
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -21,7 +21,24 @@ def _start_pool(n):  # pragma: no cover - jitted
     return s
 
 
+_pool_started = False
+
+
+def start_numba_pool() -> None:
+    """Start numba's thread pool now, keeping torch's thread count (module docstring). Idempotent.
+
+    Called where training starts (:func:`approxgnn.train.build_trainer`), not at import: libgomp is
+    not fork-safe, and a multi-process launcher forks ranks from a process that imported approxgnn.
+    """
+    global _pool_started
+    if not _pool_started:
+        threads = torch.get_num_threads()
+        _start_pool(2)
+        torch.set_num_threads(threads)
+        _pool_started = True
+
+
 def set_torch_threads(n: int) -> None:
     """``torch.set_num_threads(n)`` that outlives numba's thread pool starting (module docstring)."""
-    _start_pool(2)
+    start_numba_pool()
     torch.set_num_threads(n)

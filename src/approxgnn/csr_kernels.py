@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._threads import start_numba_pool
+
 
 def use_numba(t: Tensor) -> bool:
     """The numba kernels handle contiguous CPU float32/float64 tensors only."""
@@ -71,6 +73,7 @@ def csr_spmm(rowptr: Tensor, col: Tensor, val: Tensor, x: Tensor, diag: Tensor |
     ``rowptr [m+1]``, ``col [nnz]``, ``val [nnz]`` (same dtype as ``x``); ``diag [m]``, ``[m, 1]`` or None."""
     dg = np.empty(0, x.numpy().dtype) if diag is None else diag.reshape(-1).to(x.dtype).numpy()
     kernel = _csr_spmm_ser if (out.numel() + col.numel() * x.size(1)) < SERIAL_BELOW else _csr_spmm_par
+    start_numba_pool()  # no-op after the first call; keeps torch's thread count (see _threads)
     kernel(rowptr.numpy(), col.numpy(), val.numpy(), x.numpy(), dg, out.numpy())
     return out
 
@@ -78,5 +81,6 @@ def csr_spmm(rowptr: Tensor, col: Tensor, val: Tensor, x: Tensor, diag: Tensor |
 def warm_up() -> None:
     """Compile (or load from numba's cache) both product kernels now, outside any timed region."""
     ptr, c, v = np.array([0, 1, 2], np.int64), np.array([1, 0], np.int64), np.ones(2, np.float32)
+    start_numba_pool()
     for kernel in (_csr_spmm_ser, _csr_spmm_par):
         kernel(ptr, c, v, np.ones((2, 3), np.float32), np.ones(2, np.float32), np.empty((2, 3), np.float32))

@@ -8,6 +8,8 @@ products run in the numba kernel of :mod:`approxgnn.csr_kernels` (faster than to
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -28,11 +30,14 @@ class SparseOperator:
             value = off.value if off.value is not None else torch.ones(off.nnz, device=off.device)
             m = off.num_nodes if shape is None else shape[0]
             n = off.num_nodes if shape is None else shape[1]
-            off = torch.sparse_csr_tensor(off.rowptr, off.col, value.float(), (m, n))
+            # Float values keep their dtype (a float64 graph stays float64); others become float32.
+            value = value if value.is_floating_point() else value.float()
+            off = torch.sparse_csr_tensor(off.rowptr, off.col, value, (m, n))
         self.matrix = off
         self.diag = None if diag is None else diag.reshape(-1, 1).to(off.values().dtype)
         self.symmetric = symmetric
         self._transpose: Tensor | None = off if symmetric else None
+        self._casts: dict[torch.dtype, SparseOperator] = {}
 
     @classmethod
     def from_adjacency(cls, adj: NormalizedAdjacency) -> "SparseOperator":
@@ -43,6 +48,20 @@ class SparseOperator:
         return tuple(self.matrix.shape)  # type: ignore[return-value]
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    def cast(self, dtype: torch.dtype) -> "SparseOperator":
+        """This operator with values in ``dtype``: ``self`` if it already is, else a copy made on first
+        use and kept, so a float64 model multiplies in float64 without converting at every call."""
+        if dtype == self.dtype:
+            return self
+        op = self._casts.get(dtype)
+        if op is None:
+            op = self._casts[dtype] = self._map(lambda t: t.to(dtype))
+        return op
+
+    @property
     def transpose(self) -> Tensor:
         """``offᵀ`` as CSR, built on first use and kept."""
         if self._transpose is None:
@@ -50,18 +69,25 @@ class SparseOperator:
         return self._transpose
 
     def to(self, device: torch.device | str) -> "SparseOperator":
-        op = SparseOperator(self.matrix.to(device), None if self.diag is None else self.diag.to(device),
-                            symmetric=self.symmetric)
+        return self._map(lambda t: t.to(device))
+
+    def _map(self, fn: Callable[[Tensor], Tensor]) -> "SparseOperator":
+        """The same operator with ``fn`` applied to its matrix, diagonal and built transpose."""
+        op = SparseOperator(fn(self.matrix), None if self.diag is None else fn(self.diag), symmetric=self.symmetric)
         if self._transpose is not None and not self.symmetric:
-            op._transpose = self._transpose.to(device)
+            op._transpose = fn(self._transpose)
         return op
 
     def forward(self, x: Tensor) -> Tensor:
-        """No-grad product ``off @ x + diag ⊙ x[:m]`` in a single output buffer."""
+        """No-grad product ``off @ x + diag ⊙ x[:m]`` in a single output buffer (in ``x``'s dtype)."""
+        if x.dtype != self.dtype and x.is_floating_point():
+            return self.cast(x.dtype).forward(x)
         return _addmm_diag(self.matrix, x, self.diag)
 
     def backward(self, g: Tensor) -> Tensor:
         """``∂L/∂x = offᵀ @ g`` plus the diagonal term scattered onto the first ``m`` rows."""
+        if g.dtype != self.dtype and g.is_floating_point():
+            return self.cast(g.dtype).backward(g)
         square = self.shape[0] == self.shape[1]
         out = _addmm_diag(self.transpose, g, self.diag if square else None)
         if self.diag is not None and not square:

@@ -108,7 +108,8 @@ def _resolve_path(path: Path) -> tuple[Loader, str | None]:
     """Pick a loader for a file or folder by what it contains; also a name if the path implies one."""
     if path.is_file():
         if path.suffix != ".npz":
-            raise fail(path, "unrecognised file: expected an .npz (heterophilous or gnn-benchmark layout)")
+            raise fail(path, "unrecognised file: expected an .npz (heterophilous or gnn-benchmark layout); a .pt "
+                             "holding a PyG Data is read by approxgnn train or approxgnn.pyg.load_pt")
         with open_npz(path) as npz:
             keys = list(npz.files)
         if is_gnn_benchmark_npz(keys):
@@ -132,7 +133,7 @@ def _resolve_path(path: Path) -> tuple[Loader, str | None]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or text.endswith(".npz") or text.startswith((".", "~"))
+    return os.sep in text or "/" in text or text.endswith((".npz", ".pt")) or text.startswith((".", "~"))
 
 
 def _check_options(func: Callable[..., Dataset], name: str, kwargs: dict) -> None:

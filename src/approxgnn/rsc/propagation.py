@@ -207,25 +207,41 @@ class SampledPropagation(Propagation, Engine):
         cfg.validate()
         if op.shape[0] != op.shape[1]:
             raise ValueError(f"RSC needs a square full-graph operator, got shape {op.shape}")
-        for l, d in widths.items():
-            if d < 1:
-                raise ValueError(f"layer {l}: SpMM width must be >= 1, got {d}")
         self.op, self.cfg = op, cfg
-        self.widths = dict(widths)
+        self.widths: dict[int, int] = {}
         self.adj = CSR.from_torch(op.matrix)
         self.nnz = self.adj.nnz
-        degree = self.adj.degree()
-        row_norm = row_norm.to(self.adj.value.device, self.adj.value.dtype).contiguous()
-        if row_norm.numel() != self.adj.num_rows:
-            raise ValueError(f"row_norm has {row_norm.numel()} entries for {self.adj.num_rows} rows")
-        base = torch.initial_seed() if seed is None else seed
-        self.layers = {l: LayerSampler(l, d, op, self.adj, degree, row_norm, cfg, (base + 1_000_003 * (l + 1)) % 2**63)
-                       for l, d in sorted(widths.items())}
+        self._degree = self.adj.degree()
+        self._row_norm = row_norm.to(self.adj.value.device, self.adj.value.dtype).contiguous()
+        if self._row_norm.numel() != self.adj.num_rows:
+            raise ValueError(f"row_norm has {self._row_norm.numel()} entries for {self.adj.num_rows} rows")
+        self._seed = torch.initial_seed() if seed is None else seed
+        self.layers: dict[int, LayerSampler] = {}
         self.schedule = Schedule(cfg, epochs)
         self.phase = EXACT
         self.tunes = 0
+        for l, d in sorted(widths.items()):
+            self.add_layer(l, d)
         if self.adj.value.device.type == "cpu":
             kernels.warm_up()  # JIT / cache load happens here, not inside a timed epoch
+
+    def add_layer(self, layer: int, width: int) -> None:
+        """Budget layer ``layer`` (SpMM width ``width``), in the current phase; a no-op if it is known.
+
+        For callers that learn the layers as they run (the PyG adapter meets them in the first
+        training step): a layer joining while approximating first gathers statistics, exactly.
+        """
+        if layer in self.layers:
+            if self.layers[layer].width != width:
+                raise ValueError(f"layer {layer}: SpMM width changed from {self.layers[layer].width} to {width}")
+            return
+        if width < 1:
+            raise ValueError(f"layer {layer}: SpMM width must be >= 1, got {width}")
+        self.widths[layer] = width
+        seed = (self._seed + 1_000_003 * (layer + 1)) % 2**63
+        self.layers[layer] = LayerSampler(layer, width, self.op, self.adj, self._degree, self._row_norm, self.cfg, seed)
+        self.layers = dict(sorted(self.layers.items()))
+        self._set_mode(self.layers[layer], self.phase)
 
     # -- the model-facing interface ----------------------------------------------------------------
     def __call__(self, x: Tensor, layer: int) -> Tensor:
@@ -244,13 +260,15 @@ class SampledPropagation(Propagation, Engine):
             if all(s.stats is not None for s in self.layers.values()):
                 self.tune(epoch)
         for s in self.layers.values():
-            if phase == APPROX and s.alloc is None:
-                s.mode = WARMUP  # no statistics yet (e.g. warmup=0): one exact step gathers them
-            else:
-                s.mode = phase
-            if phase == EXACT:
-                s.release()
+            self._set_mode(s, phase)
         self.phase = phase
+
+    @staticmethod
+    def _set_mode(s: LayerSampler, phase: str) -> None:
+        # No statistics yet (e.g. warmup=0, or a layer added late): one exact step gathers them.
+        s.mode = WARMUP if phase == APPROX and s.alloc is None else phase
+        if phase == EXACT:
+            s.release()
 
     def on_epoch_end(self, epoch: int, val_metric: float) -> None:
         self.schedule.observe(epoch, val_metric)

@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from .._threads import set_torch_threads
+
 from .base import TrainingDiverged
 from .config import DistConfig
 
@@ -99,7 +101,7 @@ def check_devices(device: torch.device, local_world: int, backend: str | None) -
 
 def set_threads(n: int) -> None:
     """Torch's intra-op threads and numba's parallel threads (the sampler's kernels)."""
-    torch.set_num_threads(n)
+    set_torch_threads(n)
     try:
         import numba
 

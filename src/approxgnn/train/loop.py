@@ -12,6 +12,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +42,12 @@ def time_to_reach(curve: list[dict[str, Any]], level: float) -> float | None:
 def time_to_val(curve: list[dict[str, Any]], best: float) -> dict[str, float | None]:
     """``{"best-0.005": seconds, ...}`` for each margin in :data:`TIME_TO_VAL_MARGINS`."""
     return {f"best-{m:g}": time_to_reach(curve, best - m - 1e-12) for m in TIME_TO_VAL_MARGINS}
+
+
+def interactive() -> bool:
+    """Whether progress goes to a terminal. Elsewhere (a log file, CI) bars are not drawn: their
+    redraws would fill the log with fragments; :func:`fit` prints one plain line per epoch instead."""
+    return sys.stderr.isatty()
 
 
 def check_out_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: bool) -> None:
@@ -74,8 +81,10 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         s.update(resume_state["loop"])
         set_rng_state(resume_state["rng"])
 
-    bar = tqdm(range(s["epoch"], cfg.epochs), initial=s["epoch"], total=cfg.epochs, disable=not cfg.progress,
-               desc=f"{cfg.engine}:{cfg.model}:{cfg.dataset}", dynamic_ncols=True, leave=False)
+    desc = f"{cfg.engine}:{cfg.model}:{cfg.dataset}"
+    lines = cfg.progress and not interactive()
+    bar = tqdm(range(s["epoch"], cfg.epochs), initial=s["epoch"], total=cfg.epochs, disable=not cfg.progress or lines,
+               desc=desc, dynamic_ncols=True, leave=False)
     for epoch in bar:
         lr = trainer.optimizer.param_groups[0]["lr"]
         try:
@@ -98,6 +107,9 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         s["curve"].append({"epoch": epoch, "time_s": s["train_time_s"], **rec, **ev})
         s["epoch"] = epoch + 1
         bar.set_postfix(_postfix(rec, ev, trainer.stats()), refresh=False)
+        if lines:
+            fields = " ".join(f"{k}={v}" for k, v in _postfix(rec, ev, trainer.stats()).items())
+            print(f"{desc} epoch {epoch + 1}/{cfg.epochs} {fields}", file=sys.stderr, flush=True)
         if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
             trainer.write_checkpoint(out, _checkpoint(trainer, s))

@@ -39,6 +39,7 @@ from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation
 from ..nn import Engine, build_model
 from .base import Trainer, resolve_device, synchronizer
 from .config import TrainConfig
+from .loop import interactive
 from .metrics import evaluate_logits
 from .schedule import build_scheduler
 
@@ -137,6 +138,11 @@ class MiniBatchTrainer(Trainer):
         out = self.net(batch.x, prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
 
+    @property
+    def _bars(self) -> bool:
+        """Per-batch and evaluation bars only on a terminal (elsewhere fit prints a line per epoch)."""
+        return self.cfg.progress and interactive()
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         sync = synchronizer(self.device)
         t_start = time.perf_counter()
@@ -148,7 +154,7 @@ class MiniBatchTrainer(Trainer):
         t = {"wait_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "admit_s": 0.0}
         loss_sum, hop_sum = 0.0, np.zeros(self.sampler.num_layers + 1)
         key = lambda b: batch_key(self.cfg.seed, epoch, b)  # noqa: E731
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not self.cfg.progress, leave=False,
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not self._bars, leave=False,
                    dynamic_ncols=True)
         with Prefetcher(self.mc.prefetch) as pf:
             nxt = pf.submit(self.loader.load, batches[0], key(0), self.iteration)
@@ -219,7 +225,7 @@ class MiniBatchTrainer(Trainer):
         ``shard``: ``part`` and ``gather`` of :func:`layerwise_inference` (a sharded evaluation)."""
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
-                                   chunk_size=self.mc.eval_batch_size, device=self.device, progress=self.cfg.progress,
+                                   chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
                                    **shard)
 
     def evaluate(self) -> dict[str, float]:
