@@ -74,7 +74,7 @@ def e2e_table(d: dict, variants: list[str] | None = None) -> str:
             busy = max([r.get("others_cpu", 0.0) for r in rs + ex_s])
             by_seed = {r["seed"]: r for r in ex_s}
             tta = [tta_speedup(by_seed[r["seed"]], r) for r in rs if r["seed"] in by_seed]
-            hit = [x for x in tta if x is not None]
+            hit = [x for x in tta if isinstance(x, float)]  # "not reached" or None otherwise
             tta_s = f"{statistics.median(hit):.2f}x" if hit else "not reached"
             out.append(f"| {ds} | {model} | {v} | {rs[0]['metric']} | {len(rs)} | {et:.1f} ± {ets:.1f} | {t:.1f} ± {ts:.1f} | "
                        f"**{et / t:.2f}x** | {tta_s} | {len(hit)}/{len(tta)} | {em:.2f} ± {ems:.2f} | {m:.2f} ± {ms:.2f} | "
