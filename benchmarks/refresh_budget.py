@@ -161,10 +161,7 @@ def main() -> None:
         return
     if a.quick:
         a.dataset, a.seeds, a.epochs, a.staleness = "synthetic-hard-50k", "0", 2, 3
-    rows: list[dict[str, Any]] = []
-    if a.resume and a.json and Path(a.json).exists():
-        rows = json.loads(Path(a.json).read_text())["runs"]
-        print(f"resuming: {len(rows)} runs already in {a.json}")
+    rows = resumed(a)
     t0 = time.perf_counter()
     data = load(a.dataset, Path(a.data_dir))
     print(f"{a.dataset}: {data.num_nodes} nodes, {data.num_edges} edges, {data.num_features} features on disk, "
@@ -179,6 +176,19 @@ def main() -> None:
                     done.add(cell)
                     save(rows, a)  # after every run: a cut-off sweep keeps what it measured
     report(rows, a)
+
+
+def resumed(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs already in ``--json`` when ``--resume`` is given; they must share this sweep's settings."""
+    if not (a.resume and a.json and Path(a.json).exists()):
+        return []
+    rows = json.loads(Path(a.json).read_text())["runs"]
+    odd = [r for r in rows if (r["epochs"], r["staleness"]) != (a.epochs, a.staleness)]
+    if odd:  # the ratios to ``none`` and the time-to-target would mix two settings
+        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness "
+                         f"(e.g. {odd[0]['epochs']}/{odd[0]['staleness']}); pass the same or a new --json")
+    print(f"resuming: {len(rows)} runs already in {a.json}")
+    return rows
 
 
 def save(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
