@@ -63,7 +63,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
         result = fit(trainer)
     curve = result["curve"]
     row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
-           "cache_mb": cfg.minibatch.cache_mb, "test": result["test"], "val": result["val"],
+           "cache_mb": cfg.minibatch.cache_mb, "feature_dim": data.num_features, "test": result["test"], "val": result["val"],
            "best_epoch": result["best_epoch"], "epoch_time_s": result["epoch_time_median_s"],
            "train_time_s": result["train_time_s"], "feature_bytes_read": result["feature_bytes_read"],
            "feature_bytes_per_epoch": result["feature_bytes_read_per_epoch"],
@@ -109,6 +109,35 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "test_%": f"{statistics.mean(tests):.2f} ± {statistics.pstdev(tests):.2f}",
                         "Δtest_pp": f"{statistics.mean(tests) - b_test:+.2f}",
                         "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired"), "seeds": len(rs)})
+    return out
+
+
+def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the no-cache run's feature bytes go, per run, as % of them (medians over seeds).
+
+    The input layer of a batch needs the rows of its deepest sampled hop. A history hit drops a
+    subtree, so ``pruned = 1 − hop_L / hop_L(none)``; of the rows still needed, the feature cache
+    serves ``needed − read`` and the rest are ``read`` from the store. ``feature_rows_%_of_budget``
+    is the share of ``--cache-mb`` still holding feature rows at the end (the rest: embeddings and
+    metadata)."""
+    base = [r for r in rows if r["policy"] == "none"]
+    if not base:
+        return []
+    b_bytes = statistics.median(r["feature_bytes_read"] for r in base)
+    b_rows = statistics.median(r["sampled_nodes_per_hop"][-1] for r in base)
+    out = []
+    for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
+        for pol in POLICIES[1:]:
+            rs = [r for r in rows if r["policy"] == pol and r["share"] == share]
+            if not rs:
+                continue
+            needed = 100 * statistics.median(r["sampled_nodes_per_hop"][-1] for r in rs) / b_rows
+            read = 100 * statistics.median(r["feature_bytes_read"] for r in rs) / b_bytes
+            feat = statistics.median((r["feature_cache_rows"] or 0) * 4 * r.get("feature_dim", 128) for r in rs)
+            out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": 100 - needed,
+                        "served_by_feature_cache_%": needed - read, "read_%": read,
+                        "feature_rows_%_of_budget": 100 * feat / (rs[0]["cache_mb"] * 2**20),
+                        "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired")})
     return out
 
 
@@ -193,15 +222,17 @@ def resumed(a: argparse.Namespace) -> list[dict[str, Any]]:
 
 def save(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
     if a.json:
-        _common.write_json(a.json, {"args": vars(a), "common": COMMON, "summary": summarise(rows), "runs": rows})
+        _common.write_json(a.json, {"args": vars(a), "common": COMMON, "summary": summarise(rows),
+                                     "profile": profile(rows), "runs": rows})
 
 
 def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
-    lines = summarise(rows)
+    lines, prof = summarise(rows), profile(rows)
     if lines:
         print(format_table(lines, list(lines[0])))
+        print(format_table(prof, list(prof[0])) if prof else "")
         if a.markdown:
-            Path(a.markdown).write_text(markdown(lines) + "\n")
+            Path(a.markdown).write_text(markdown(lines) + "\n\n" + (markdown(prof) + "\n" if prof else ""))
 
 
 if __name__ == "__main__":
