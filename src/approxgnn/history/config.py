@@ -9,9 +9,9 @@ POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper")
 HISTORY_POLICIES = ("gas", "refresh", "refresh-paper")
 
 # The part of the arena embeddings may claim, per history policy, when ``embedding_share`` is not
-# given. ``refresh`` keeps at least half of the budget for the highest-degree feature
-# rows: on synthetic-hard-1m at 5-25 % of the feature bytes, an embedding row beat the marginal
-# feature row only up to about this share (benchmarks/RESULTS.md, "ReFresh at realistic budgets").
+# given. ``refresh`` keeps at least half of the budget for the highest-degree feature rows: on
+# synthetic-hard-1m at 5-25 % of the feature bytes this read up to 15 % fewer bytes than the
+# uncapped split, at 0.2-0.5 pp higher test (benchmarks/RESULTS.md, "Budgets of 5, 10 and 25%").
 # ``refresh-paper`` (the paper's rule) and ``gas`` let embeddings displace every feature row.
 DEFAULT_EMBEDDING_SHARE = {"gas": 1.0, "refresh": 0.5, "refresh-paper": 1.0}
 
