@@ -351,7 +351,7 @@ def _owned_bytes(*objs, skip=()) -> int:
     return total
 
 
-@pytest.mark.parametrize("policy", ["feature", "refresh", "gas"])
+@pytest.mark.parametrize("policy", ["feature", "refresh", "refresh-paper", "gas"])
 def test_cache_metadata_is_counted_in_the_budget(policy):
     from approxgnn.history.arena import cache_bytes
     from approxgnn.train import TrainConfig, build_trainer
@@ -371,8 +371,9 @@ def test_cache_metadata_is_counted_in_the_budget(policy):
     assert owned == fc.rows.untyped_storage().nbytes() + trainer.cache_metadata_bytes()
     # and the budget is used: one more row's worth of arena would not fit
     arena = fc.rows.untyped_storage().nbytes() // 4
+    share = cfg.history.resolved_embedding_share()
     args = (data.num_nodes, fc.dim, 16 if hc else None, len(hc.layers) if hc else 0,
-            hc.staleness if hc else None)
+            hc.staleness if hc else None, share if hc and share < 1 else None)
     assert cache_bytes(arena, *args) <= budget < cache_bytes(arena + max(fc.dim, 16), *args)
     if hc is not None:
         assert trainer.history.stats()["metadata_bytes"] == hc.metadata_bytes > 0

@@ -19,7 +19,15 @@ ENGINE_FLAGS = {
     "rsc": ["--engine", "rsc", "--model", "gcn", "--budget", "0.3", "--warmup", "1", "--tune-interval", "3",
             "--cache-interval", "2"],
     "refresh": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
-                "--cache-mb", "1"],
+                "--cache-mb", "1", "--staleness", "7"],
+    # the other mini-batch policies, with a staleness short enough that entries expire and a budget
+    # small enough that embeddings and feature rows compete
+    "refresh-paper": ["--engine", "refresh", "--policy", "refresh-paper", "--model", "sage", "--fanouts", "5,5",
+                      "--batch-size", "512", "--cache-mb", "0.3", "--staleness", "7"],
+    "gas": ["--engine", "refresh", "--policy", "gas", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
+            "--cache-mb", "0.3"],
+    "feature": ["--engine", "sample", "--policy", "feature", "--model", "sage", "--fanouts", "5,5",
+                "--batch-size", "512", "--cache-mb", "0.3"],
 }
 
 

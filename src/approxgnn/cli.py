@@ -121,6 +121,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--evict", "history.evict", {"action": "store_true"}),
     ("--staleness", "history.staleness", {"type": int, "help": "iterations after which a cached embedding is stale"}),
     ("--cached-layers", "history.cached_layers", {"type": _int_list}),
+    ("--embedding-share", "history.embedding_share",
+     {"type": _real, "help": "most of --cache-mb embeddings may take from feature rows, in [0, 1] "
+                             "(default: 0.5 for refresh, 1 for refresh-paper and gas)"}),
     ("--eval-batch-size", "minibatch.eval_batch_size", {"type": int}),
     ("--features-on-disk", "minibatch.features_on_disk", {"action": "store_true"}),
     ("--features-path", "minibatch.features_path",

@@ -60,7 +60,7 @@ class HistoryCache:
 
     def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
                  feature_cache: CachedFeatureStore | None = None, staleness: int | None = 200,
-                 weight: np.ndarray | None = None) -> None:
+                 weight: np.ndarray | None = None, max_rows: int | None = None) -> None:
         if dim < 1:
             raise ValueError(f"embedding width must be >= 1, got {dim}")
         if staleness is not None and staleness < 1:
@@ -70,7 +70,8 @@ class HistoryCache:
         self.feature_cache = feature_cache
         self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
         self._owns_weight = self.weight is not None and self.weight is not weight
-        self.max_slots = arena.numel() // dim
+        # ``max_rows`` caps the embedding region (the rest of the arena stays feature rows).
+        self.max_slots = arena.numel() // dim if max_rows is None else min(arena.numel() // dim, max_rows)
         self._base = arena.numel() - self.max_slots * dim  # float offset of physical row 0
         self.table = arena[self._base:].view(self.max_slots, dim)
         self.claimed = 0  # rows [max_slots − claimed, max_slots) belong to embeddings
@@ -81,6 +82,7 @@ class HistoryCache:
         self.slot_ver = np.zeros(self.max_slots, np.int32)  # wraps after 2^32 writes of one slot: harmless
         self.node_slot = {l: np.full(num_nodes, -1, ids) for l in self.layers}
         self.order = SlotOrder(self.slot_node, self.slot_iter, self.slot_ver, self.weight, staleness)
+        self.expired = 0  # entries rewritten or replaced after they had gone stale
 
     @staticmethod
     def metadata_bytes_for(num_nodes: int, num_layers: int, max_slots: int, staleness: int | None) -> int:
@@ -135,6 +137,7 @@ class HistoryCache:
         self.order.sync(now, lo)
         slots = node_slot[nodes].astype(np.int64)  # a node's own (stale) slot is rewritten in place
         own = slots[slots >= 0]
+        self.expired += int(np.count_nonzero(now - self.slot_iter[own] > self.max_age))
         # Own slots are about to be rewritten: fresh from now on (so the free heap skips them) and
         # no longer live under their old version (so they are not chosen as victims).
         self.slot_iter[own] = now
@@ -142,6 +145,7 @@ class HistoryCache:
         need = np.flatnonzero(slots < 0)
         if len(need):
             got = self._free_slots(len(need), now)
+            self.expired += int(np.count_nonzero(self.slot_node[got] >= 0))  # stale entries of other nodes
             slots[need[: len(got)]] = got
             rest = need[len(got):]
             if len(rest):  # table full
@@ -232,7 +236,7 @@ class HistoryCache:
                 "slot_node": torch.from_numpy(self.slot_node[lo:].copy()),
                 "slot_layer": torch.from_numpy(self.slot_layer[lo:].copy()),
                 "slot_iter": torch.from_numpy(self.slot_iter[lo:].copy()),
-                "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers)}
+                "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers), "expired": self.expired}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("version") != self.VERSION:
@@ -249,6 +253,7 @@ class HistoryCache:
         self.table[lo:] = state["rows"].to(self.table)
         self.slot_node[lo:], self.slot_layer[lo:] = state["slot_node"].numpy(), state["slot_layer"].numpy()
         self.slot_iter[lo:] = state["slot_iter"].numpy()
+        self.expired = int(state.get("expired", 0))  # absent from states saved before it was counted
         used = self.slot_node >= 0
         for l in self.layers:
             sel = used & (self.slot_layer == l)

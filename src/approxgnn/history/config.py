@@ -4,9 +4,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # Cache policies. ``none`` and ``feature`` keep no history (no cache / raw-feature cache only);
-# ``gas`` and ``refresh`` are the history policies (:mod:`.policies`).
-POLICIES = ("none", "feature", "gas", "refresh")
-HISTORY_POLICIES = ("gas", "refresh")
+# ``gas``, ``refresh`` and ``refresh-paper`` are the history policies (:mod:`.policies`).
+POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper")
+HISTORY_POLICIES = ("gas", "refresh", "refresh-paper")
+
+# The part of the arena embeddings may claim, per history policy, when ``embedding_share`` is not
+# given. ``refresh`` keeps at least half of the budget for the highest-degree feature rows: on
+# synthetic-hard-1m at 5-25 % of the feature bytes this read up to 15 % fewer bytes than the
+# uncapped split, at 0.2-0.5 pp higher test (benchmarks/RESULTS.md, "Budgets of 5, 10 and 25%").
+# ``refresh-paper`` (the paper's rule) and ``gas`` let embeddings displace every feature row.
+DEFAULT_EMBEDDING_SHARE = {"gas": 1.0, "refresh": 0.5, "refresh-paper": 1.0}
 
 
 @dataclass
@@ -20,6 +27,9 @@ class HistoryConfig:
       cached nodes above it. ``staleness``: iterations after which an entry is a miss.
     * ``cached_layers``: hidden layers whose outputs are cached (default: the second-to-last);
       checked against the depth by ``TrainConfig``, which knows it.
+    * ``embedding_share`` ∈ [0, 1]: the most of the cache arena that embeddings may take from the
+      feature rows (``None``: the policy's :data:`DEFAULT_EMBEDDING_SHARE`). ``refresh-paper`` is
+      ``refresh`` with the paper's split: embeddings may displace every feature row.
     """
 
     policy: str = "refresh"
@@ -27,6 +37,7 @@ class HistoryConfig:
     evict: bool = False
     staleness: int = 200
     cached_layers: list[int] | None = None
+    embedding_share: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -38,9 +49,17 @@ class HistoryConfig:
             raise ValueError(f"staleness must be >= 1 iteration, got {self.staleness}")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.embedding_share is not None and not 0.0 <= self.embedding_share <= 1.0:
+            raise ValueError(f"embedding_share must be in [0, 1], got {self.embedding_share}")
         for layer in self.cached_layers or ():
             if layer < 0:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (must be >= 0)")
+
+    def resolved_embedding_share(self) -> float:
+        """``embedding_share``, or the policy's default share (1.0 for the non-history policies)."""
+        if self.embedding_share is not None:
+            return self.embedding_share
+        return DEFAULT_EMBEDDING_SHARE.get(self.policy, 1.0)
 
     def check_depth(self, num_layers: int) -> None:
         """Every cached layer must be a hidden layer of a ``num_layers``-layer model."""

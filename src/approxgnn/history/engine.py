@@ -22,7 +22,7 @@ from ..minibatch.feature_cache import CachedFeatureStore
 from ..minibatch.sampler import PruneTest, SampledBatch
 from ..minibatch.stores import FeatureStore
 from ..nn.engine import Engine
-from .arena import arena_floats
+from .arena import arena_floats, embedding_rows
 from .cache import HistoryCache
 from .config import HistoryConfig
 from .policies import HistoryPolicy, make_policy
@@ -59,10 +59,13 @@ class HistoryEngine(Engine):
         layers = sorted(set(layers))
         policy = make_policy(cfg.policy, cfg.rate, cfg.staleness, cfg.evict)
         # The budget holds the caches' metadata too: the arena is what is left of it.
-        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, hidden, len(layers), policy.max_age)
+        share = cfg.resolved_embedding_share()
+        share = None if share >= 1.0 else share  # 1.0: all of the arena, exactly as before the knob
+        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, hidden, len(layers), policy.max_age, share)
         arena = torch.empty(floats, dtype=torch.float32, device=device)
         features = CachedFeatureStore(store, order, arena)
-        cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight)
+        cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight,
+                             max_rows=embedding_rows(floats, hidden, share))
         return cls(cache, policy, features=features)
 
     @property
@@ -70,7 +73,8 @@ class HistoryEngine(Engine):
         return tuple(self.cache.layers)
 
     def reset_counts(self) -> None:
-        self.counts = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0}
+        self.counts = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0,
+                       "expired": 0}
 
     # ---- per batch -----------------------------------------------------------------------
     def prune_tests(self, now: int) -> dict[int, PruneTest]:
@@ -121,7 +125,9 @@ class HistoryEngine(Engine):
         grad = h.grad[lo:hi] if h.grad is not None else None
         order, candidates = self.policy.admit(rows, grad, lambda: self.cache.fresh(layer, nodes, now))
         self.counts["candidates"] += candidates
+        expired = self.cache.expired
         self.counts["admitted"] += self.cache.admit(layer, nodes[order.numpy()], rows[order.to(rows.device)], now)
+        self.counts["expired"] += self.cache.expired - expired
 
     # ---- Engine protocol -----------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -129,13 +135,14 @@ class HistoryEngine(Engine):
 
     def stats(self) -> dict[str, Any]:
         """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy,
-        entries, the bytes of the cache's metadata (counted in its budget), admissions, evictions."""
+        entries, the bytes of the cache's metadata (counted in its budget), admissions, evictions and
+        expiries (entries rewritten or replaced after they had gone stale), the last three this epoch."""
         s = self.counts
         return {"hit_rate": s["served"] / s["nonseed"] if s["nonseed"] else 0.0,
                 "mean_age": s["age_sum"] / s["served"] if s["served"] else 0.0,
                 "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
                 "metadata_bytes": self.cache.metadata_bytes,
-                "admitted": s["admitted"], "evicted": s["evicted"]}
+                "admitted": s["admitted"], "evicted": s["evicted"], "expired": s.get("expired", 0)}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"version": self.VERSION, "cache": self.cache.state_dict(), "counts": dict(self.counts)}
@@ -147,6 +154,6 @@ class HistoryEngine(Engine):
         if state.get("version") != self.VERSION:
             raise ValueError(f"unsupported history engine state (version {state.get('version')!r})")
         self.cache.load_state_dict(state["cache"])
-        self.counts = dict(state["counts"])
+        self.counts = {**self.counts, **state["counts"]}  # "expired" is absent from older states
         if self.features is not None:
             self.features.load_state_dict(state["features"])

@@ -91,7 +91,9 @@ class RefreshPolicy:
 
 
 def make_policy(name: str, rate: float = 0.9, staleness: int | None = 200, evict: bool = False) -> HistoryPolicy:
-    """The strategy object for history policy ``name`` (``gas`` or ``refresh``)."""
+    """The strategy object for history policy ``name`` (``gas``, ``refresh`` or ``refresh-paper``:
+    both ReFresh names admit and expire alike; they differ in the budget split, which
+    :meth:`~.engine.HistoryEngine.build` applies)."""
     if name not in HISTORY_POLICIES:
         raise ValueError(f"history policy must be one of {HISTORY_POLICIES}, got {name!r}")
     if name == "gas":

@@ -1,0 +1,239 @@
+"""ReFresh at realistic budgets: cache policies at 5 %, 10 % and 25 % of the feature bytes on a hard 1M graph.
+
+    python benchmarks/refresh_budget.py --json benchmarks/refresh_budget.json --seeds 0 --epochs 8 \\
+        --lock /tmp/approxgnn-bench.lock
+    python benchmarks/refresh_budget.py --quick            # smoke test: synthetic-hard-50k, 2 epochs
+
+Graph: ``synthetic-hard-1m`` from the registry (1M nodes, 10M edges, 128-d features written to disk
+and memory-mapped, 2 % training nodes, homophily 0.3: accuracy can move). Model and sampling as
+``refresh_policies.py`` (SAGE 3 x 128, batch norm, dropout 0.1, fanouts [15, 10, 5], batch 1024).
+
+Cells: ``none`` once per seed (it has no budget), then ``feature``, ``gas``, ``refresh`` and
+``refresh-paper`` at each budget share. The staleness (``--staleness``, iterations) is chosen so
+that entries do expire during the run; each run records how many did (entries rewritten or
+replaced after going stale). Per run: feature bytes read per epoch (median; deterministic), epoch
+time (median; the machine is shared, so these are loaded figures), the training time to reach the
+no-cache run's best validation minus 1 pp (same seed; :func:`approxgnn.train.time_to_reach`), and
+the test metric at the best validation epoch. The JSON is rewritten after every run; ``--resume``
+skips the runs it already holds.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import _common  # noqa: F401  (puts src/ on the path)
+from refresh_policies import COMMON, locked
+
+from approxgnn.datasets import load_dataset
+from approxgnn.history import HistoryConfig
+from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
+from approxgnn.train.results import format_table
+
+POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper")
+SHARES = (0.05, 0.10, 0.25)
+
+
+def load(name: str, data_dir: Path):
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return load_dataset(name, features_path=data_dir / f"{name}-x.npy")
+
+
+def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) -> TrainConfig:
+    feature_mb = data.num_nodes * data.num_features * 4 / 2**20
+    mb = MiniBatchConfig(fanouts=COMMON["fanouts"], batch_size=COMMON["batch_size"], cache_mb=share * feature_mb,
+                         eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename))
+    hc = HistoryConfig(policy=policy, rate=a.rate, staleness=a.staleness)
+    return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
+                       hidden=COMMON["hidden"], dropout=COMMON["dropout"], batch_norm=COMMON["batch_norm"], lr=a.lr,
+                       weight_decay=COMMON["weight_decay"], epochs=a.epochs, seed=seed, device="cpu",
+                       progress=a.progress, minibatch=mb, history=hc)
+
+
+def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -> dict[str, Any]:
+    cfg = config(data, policy, share, seed, a)
+    with locked(a.lock):
+        trainer = build_trainer(cfg, data)
+        result = fit(trainer)
+    curve = result["curve"]
+    row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
+           "cache_mb": cfg.minibatch.cache_mb, "feature_dim": data.num_features, "test": result["test"], "val": result["val"],
+           "best_epoch": result["best_epoch"], "epoch_time_s": result["epoch_time_median_s"],
+           "train_time_s": result["train_time_s"], "feature_bytes_read": result["feature_bytes_read"],
+           "feature_bytes_per_epoch": result["feature_bytes_read_per_epoch"],
+           "feature_cache_rows": curve[-1].get("feature_cache_rows"), "hit_rate": result.get("hit_rate"),
+           "mean_age": result.get("mean_age"), "expired": sum(c.get("expired", 0) for c in curve),
+           "admitted": sum(c.get("admitted", 0) for c in curve),
+           "sampled_nodes_per_hop": result["sampled_nodes_per_hop"],
+           "curve": [{"epoch": c["epoch"], "time_s": c["time_s"], "val": c["val"], "test": c["test"]} for c in curve]}
+    del trainer, result
+    gc.collect()
+    print(f"  {policy:13s} {share:4.0%} seed {seed}: test {row['test']:.4f}  epoch {row['epoch_time_s']:.2f}s  "
+          f"read {row['feature_bytes_read'] / 1e6:.1f} MB/epoch  hit {row['hit_rate']}  expired {row['expired']}",
+          flush=True)
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (share, policy): medians over seeds; test mean ± sd; ratios to ``none`` and ``feature``."""
+    base = {r["seed"]: r for r in rows if r["policy"] == "none"}
+    if not base:
+        return []
+    b_bytes = statistics.median(r["feature_bytes_read"] for r in base.values())
+    b_time = statistics.median(r["epoch_time_s"] for r in base.values())
+    b_test = statistics.mean(100 * r["test"] for r in base.values())
+    out = []
+    for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
+        feat = [r for r in rows if r["policy"] == "feature" and r["share"] == share]
+        f_saved = b_bytes - statistics.median(r["feature_bytes_read"] for r in feat) if feat else None
+        for pol in POLICIES:
+            rs = [r for r in rows if r["policy"] == pol and (pol == "none" or r["share"] == share)]
+            if not rs:
+                continue
+            by = statistics.median(r["feature_bytes_read"] for r in rs)
+            t = statistics.median(r["epoch_time_s"] for r in rs)
+            tests = [100 * r["test"] for r in rs]
+            tta = [_tta(r, base.get(r["seed"])) for r in rs]
+            reached = [x for x in tta if x is not None]
+            out.append({"budget": f"{share:.0%}", "policy": pol, "MB_read_per_epoch": by / 1e6,
+                        "%_of_none": 100 * by / b_bytes, "saving_vs_feature": (b_bytes - by) / f_saved
+                        if f_saved else None, "epoch_s": t, "speedup": b_time / t,
+                        "tta_s": statistics.median(reached) if reached else None,
+                        "reached": f"{len(reached)}/{len(tta)}",
+                        "test_%": f"{statistics.mean(tests):.2f} ± {statistics.pstdev(tests):.2f}",
+                        "Δtest_pp": f"{statistics.mean(tests) - b_test:+.2f}",
+                        "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired"), "seeds": len(rs)})
+    return out
+
+
+def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the no-cache run's feature bytes go, per run, as % of them (medians over seeds).
+
+    The input layer of a batch needs the rows of its deepest sampled hop. A history hit drops a
+    subtree, so ``pruned = 1 − hop_L / hop_L(none)``; of the rows still needed, the feature cache
+    serves ``needed − read`` and the rest are ``read`` from the store. ``feature_rows_%_of_budget``
+    is the share of ``--cache-mb`` still holding feature rows at the end (the rest: embeddings and
+    metadata)."""
+    base = [r for r in rows if r["policy"] == "none"]
+    if not base:
+        return []
+    b_bytes = statistics.median(r["feature_bytes_read"] for r in base)
+    b_rows = statistics.median(r["sampled_nodes_per_hop"][-1] for r in base)
+    out = []
+    for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
+        for pol in POLICIES[1:]:
+            rs = [r for r in rows if r["policy"] == pol and r["share"] == share]
+            if not rs:
+                continue
+            needed = 100 * statistics.median(r["sampled_nodes_per_hop"][-1] for r in rs) / b_rows
+            read = 100 * statistics.median(r["feature_bytes_read"] for r in rs) / b_bytes
+            feat = statistics.median((r["feature_cache_rows"] or 0) * 4 * r.get("feature_dim", 128) for r in rs)
+            out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": 100 - needed,
+                        "served_by_feature_cache_%": needed - read, "read_%": read,
+                        "feature_rows_%_of_budget": 100 * feat / (rs[0]["cache_mb"] * 2**20),
+                        "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired")})
+    return out
+
+
+def _tta(row: dict[str, Any], base: dict[str, Any] | None) -> float | None:
+    """Training seconds until validation first reached the same seed's no-cache best minus 1 pp."""
+    if base is None:
+        return None
+    return time_to_reach(row["curve"], base["val"] - 0.01 - 1e-12)
+
+
+def _med(rs: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def markdown(lines: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    cols = list(lines[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(out + ["| " + " | ".join(cell(l[c]) for c in cols) + " |" for l in lines])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="synthetic-hard-1m")
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--shares", default=",".join(map(str, SHARES)), help="budgets as shares of the feature bytes")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--rate", type=float, default=0.9)
+    p.add_argument("--staleness", type=int, default=40, help="iterations (synthetic-hard-1m: 20 batches an epoch)")
+    p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
+    p.add_argument("--lock", help="flock this file around each run")
+    p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, one seed")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--json", help="written after every run")
+    p.add_argument("--resume", action="store_true", help="keep the runs already in --json and skip them")
+    p.add_argument("--markdown", help="write the summary table as Markdown to this file")
+    p.add_argument("--from-json", help="re-render the table from an earlier --json; no training")
+    a = p.parse_args()
+    if a.from_json:
+        report(json.loads(Path(a.from_json).read_text())["runs"], a)
+        return
+    if a.quick:
+        a.dataset, a.seeds, a.epochs, a.staleness = "synthetic-hard-50k", "0", 2, 3
+    rows = resumed(a)
+    t0 = time.perf_counter()
+    data = load(a.dataset, Path(a.data_dir))
+    print(f"{a.dataset}: {data.num_nodes} nodes, {data.num_edges} edges, {data.num_features} features on disk, "
+          f"train {int(data.train_mask.sum())} (loaded in {time.perf_counter() - t0:.0f}s)", flush=True)
+    done = {(r["policy"], r["share"], r["seed"]) for r in rows}
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for share in (float(s) for s in a.shares.split(",")):
+            for pol in a.policies.split(","):
+                cell = (pol, 0.0 if pol == "none" else share, seed)
+                if cell not in done:
+                    rows.append(one_run(data, pol, cell[1], seed, a))
+                    done.add(cell)
+                    save(rows, a)  # after every run: a cut-off sweep keeps what it measured
+    report(rows, a)
+
+
+def resumed(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The runs already in ``--json`` when ``--resume`` is given; they must share this sweep's settings."""
+    if not (a.resume and a.json and Path(a.json).exists()):
+        return []
+    rows = json.loads(Path(a.json).read_text())["runs"]
+    odd = [r for r in rows if (r["epochs"], r["staleness"]) != (a.epochs, a.staleness)]
+    if odd:  # the ratios to ``none`` and the time-to-target would mix two settings
+        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness "
+                         f"(e.g. {odd[0]['epochs']}/{odd[0]['staleness']}); pass the same or a new --json")
+    print(f"resuming: {len(rows)} runs already in {a.json}")
+    return rows
+
+
+def save(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    if a.json:
+        _common.write_json(a.json, {"args": vars(a), "common": COMMON, "summary": summarise(rows),
+                                     "profile": profile(rows), "runs": rows})
+
+
+def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
+    lines, prof = summarise(rows), profile(rows)
+    if lines:
+        print(format_table(lines, list(lines[0])))
+        print(format_table(prof, list(prof[0])) if prof else "")
+        if a.markdown:
+            Path(a.markdown).write_text(markdown(lines) + "\n\n" + (markdown(prof) + "\n" if prof else ""))
+
+
+if __name__ == "__main__":
+    main()
