@@ -1,7 +1,12 @@
 """Ours against PyG's standard mini-batch loop, in one run, on the hard 1M-node graph (issue 10).
 
-    python benchmarks/minibatch_vs_pyg.py --json benchmarks/minibatch_vs_pyg.json --epochs 5 --seeds 0
+    python benchmarks/minibatch_vs_pyg.py --json benchmarks/minibatch_vs_pyg.json --epochs 5 --seeds 0,1
+    python benchmarks/minibatch_vs_pyg.py --json new.json --our-epochs 8 --resume benchmarks/minibatch_vs_pyg.json
     python benchmarks/minibatch_vs_pyg.py --quick        # smoke test: synthetic-hard-50k, 2 epochs
+
+``--our-epochs`` lets our runs go on past PyG's epochs (the lr is constant, so their first epochs
+are the same run) until they can reach PyG's final test; ``--resume`` keeps the runs of an earlier
+JSON that would be repeated (e.g. PyG's, the slow ones).
 
 Needs PyG with a sampler backend (``make peer``: torch_geometric, and torch-scatter/torch-sparse
 from ``../shared/wheels``); without them it prints ``skipped`` and exits 0.
@@ -40,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch's OpenMP run
 
 import argparse
 import importlib.util
+import json
 import statistics
 import sys
 import time
@@ -149,7 +155,7 @@ def our_config(data, engine: str, seed: int, a: argparse.Namespace) -> TrainConf
                          cache_mb=a.cache_share * feature_mb)
     history = HistoryConfig(policy="refresh" if engine == "refresh" else "none", staleness=a.staleness)
     return TrainConfig(dataset=a.dataset, model="sage", engine=engine, layers=a.layers, hidden=a.hidden,
-                       dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=a.epochs, seed=seed,
+                       dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=a.our_epochs, seed=seed,
                        device="cpu", progress=True, minibatch=mb, history=history)
 
 
@@ -226,6 +232,8 @@ def main() -> None:
     p.add_argument("--runs", default="pyg,sample,refresh", help="which of pyg, sample, refresh, in this order")
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--our-epochs", type=int, help="cap on our runs' epochs (default: --epochs); the lr is "
+                   "constant, so more epochs only let a run that has not yet reached PyG's final test go on")
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--fanouts", default="15,10,5")
@@ -239,6 +247,8 @@ def main() -> None:
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, seed 0")
     p.add_argument("--json", help="written after every run")
+    p.add_argument("--resume", metavar="JSON", help="keep the runs of this earlier --json that this call would "
+                   "repeat (same run, seed and epochs) instead of running them again")
     a = p.parse_args()
     missing = peer_missing()
     if missing:
@@ -246,6 +256,7 @@ def main() -> None:
         return
     if a.quick:
         a.dataset, a.epochs, a.seeds, a.staleness = "synthetic-hard-50k", 2, "0", 2
+    a.our_epochs = a.our_epochs or a.epochs
     a.fanouts = [int(f) for f in a.fanouts.split(",")]
     measure(a)
 
@@ -258,10 +269,17 @@ def measure(a: argparse.Namespace) -> None:
           f"train {int(data.train_mask.sum())}, torch threads {torch.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (loaded in {time.perf_counter() - t0:.0f} s)",
           flush=True)
+    kept = {(r["run"], r["seed"], len(r["curve"])): r for r in
+            (json.loads(Path(a.resume).read_text())["runs"] if a.resume else [])}
     runs: list[dict[str, Any]] = []
     for seed in (int(s) for s in a.seeds.split(",")):
         for kind in a.runs.split(","):
-            runs.append(pyg_run(data, g, adj_t, masks, seed, a) if kind == "pyg" else our_run(data, kind, seed, a))
+            key = (kind, seed, a.epochs if kind == "pyg" else a.our_epochs)
+            if key in kept:
+                print(f"  {kind} seed {seed}: kept from {a.resume}", flush=True)
+                runs.append(kept[key])
+            else:
+                runs.append(pyg_run(data, g, adj_t, masks, seed, a) if kind == "pyg" else our_run(data, kind, seed, a))
             rows = summarise(runs)
             _common.write_json(a.json, {"args": vars(a), "argv": sys.argv, "summary": rows,
                                         "over_seeds": over_seeds(rows), "runs": runs})
