@@ -25,10 +25,14 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 
 # Optional: PyG for the peer columns of the benchmarks. torch-scatter and torch-sparse (PyG's
-# sampler backend) have no wheels here: they compile from source, several minutes each.
+# sampler backend) have no wheels on the index here: they come from the prebuilt wheels in
+# ../shared/wheels when those are there, else they compile from source (several minutes each).
+PEER_WHEELS := $(abspath ../shared/wheels)
 peer: $(STAMP)
 	$(PY) -m pip install -q torch_geometric
-	$(PY) -m pip install -q --no-build-isolation torch-scatter torch-sparse
+	if [ -d $(PEER_WHEELS) ] && $(PY) -m pip install -q --no-deps --no-index --find-links $(PEER_WHEELS) \
+		torch-scatter torch-sparse; then :; \
+	else $(PY) -m pip install -q --no-build-isolation torch-scatter torch-sparse; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
