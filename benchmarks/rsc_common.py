@@ -34,9 +34,9 @@ def _own_cpu() -> float:
 
 def others_busy(window: float = 1.0) -> float:
     """Cores' worth of CPU that other processes used over the next ``window`` seconds."""
-    b0, t0, o0, w0 = *_cpu_jiffies(), _own_cpu(), time.monotonic()
+    b0, _, o0, w0 = *_cpu_jiffies(), _own_cpu(), time.monotonic()
     time.sleep(window)
-    b1, t1, o1, w1 = *_cpu_jiffies(), _own_cpu(), time.monotonic()
+    b1, _, o1, w1 = *_cpu_jiffies(), _own_cpu(), time.monotonic()
     return max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-9)
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import _common  # noqa: F401  (puts src/ on the path)
 import rsc_common
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from approxgnn.datasets import load_dataset
