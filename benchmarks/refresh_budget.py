@@ -36,7 +36,10 @@ from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
 from approxgnn.train.results import format_table
 
-POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper")
+# A cell is a cache policy, optionally with ``@layers``: the hidden layers it caches (default: the
+# second-to-last, layer 1 of 3). ``refresh@0`` caches layer 0's output, so a hit prunes only the
+# deepest hop below it, but the layers above it keep fresh inputs and their full gradient.
+POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "gas@0", "refresh@0")
 SHARES = (0.05, 0.10, 0.25)
 
 
@@ -49,10 +52,12 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=COMMON["fanouts"], batch_size=COMMON["batch_size"], cache_mb=share * feature_mb,
                          eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename))
-    hc = HistoryConfig(policy=policy, rate=a.rate, staleness=a.staleness)
+    name, _, layers = policy.partition("@")
+    hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness,
+                       cached_layers=[int(l) for l in layers.split(",")] if layers else None)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"], batch_norm=COMMON["batch_norm"], lr=a.lr,
-                       weight_decay=COMMON["weight_decay"], epochs=a.epochs, seed=seed, device="cpu",
+                       weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed, device="cpu",
                        progress=a.progress, minibatch=mb, history=hc)
 
 
@@ -63,6 +68,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
         result = fit(trainer)
     curve = result["curve"]
     row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
+           "lr_schedule": a.lr_schedule,
            "cache_mb": cfg.minibatch.cache_mb, "feature_dim": data.num_features, "test": result["test"], "val": result["val"],
            "best_epoch": result["best_epoch"], "epoch_time_s": result["epoch_time_median_s"],
            "train_time_s": result["train_time_s"], "feature_bytes_read": result["feature_bytes_read"],
@@ -92,7 +98,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
         feat = [r for r in rows if r["policy"] == "feature" and r["share"] == share]
         f_saved = b_bytes - statistics.median(r["feature_bytes_read"] for r in feat) if feat else None
-        for pol in POLICIES:
+        for pol in _ordered(rows):
             rs = [r for r in rows if r["policy"] == pol and (pol == "none" or r["share"] == share)]
             if not rs:
                 continue
@@ -127,7 +133,7 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     b_rows = statistics.median(r["sampled_nodes_per_hop"][-1] for r in base)
     out = []
     for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
-        for pol in POLICIES[1:]:
+        for pol in _ordered(rows)[1:]:
             rs = [r for r in rows if r["policy"] == pol and r["share"] == share]
             if not rs:
                 continue
@@ -139,6 +145,12 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "feature_rows_%_of_budget": 100 * feat / (rs[0]["cache_mb"] * 2**20),
                         "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired")})
     return out
+
+
+def _ordered(rows: list[dict[str, Any]]) -> list[str]:
+    """The cells present in ``rows``: :data:`POLICIES` order first, other variants after it."""
+    seen = {r["policy"] for r in rows}
+    return [p for p in POLICIES if p in seen] + sorted(seen - set(POLICIES))
 
 
 def _tta(row: dict[str, Any], base: dict[str, Any] | None) -> float | None:
@@ -174,6 +186,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
     p.add_argument("--rate", type=float, default=0.9)
     p.add_argument("--staleness", type=int, default=40, help="iterations (synthetic-hard-1m: 20 batches an epoch)")
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
@@ -183,10 +196,13 @@ def main() -> None:
     p.add_argument("--json", help="written after every run")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --json and skip them")
     p.add_argument("--markdown", help="write the summary table as Markdown to this file")
-    p.add_argument("--from-json", help="re-render the table from an earlier --json; no training")
+    p.add_argument("--from-json", help="re-render the table from earlier --json files (comma-separated: one "
+                   "sweep per seed, say); with --json, also write the merged runs there; no training")
     a = p.parse_args()
     if a.from_json:
-        report(json.loads(Path(a.from_json).read_text())["runs"], a)
+        rows = [r for f in a.from_json.split(",") for r in json.loads(Path(f).read_text())["runs"]]
+        save(rows, a)
+        report(rows, a)
         return
     if a.quick:
         a.dataset, a.seeds, a.epochs, a.staleness = "synthetic-hard-50k", "0", 2, 3
@@ -212,10 +228,11 @@ def resumed(a: argparse.Namespace) -> list[dict[str, Any]]:
     if not (a.resume and a.json and Path(a.json).exists()):
         return []
     rows = json.loads(Path(a.json).read_text())["runs"]
-    odd = [r for r in rows if (r["epochs"], r["staleness"]) != (a.epochs, a.staleness)]
+    odd = [r for r in rows
+           if (r["epochs"], r["staleness"], r.get("lr_schedule", "constant")) != (a.epochs, a.staleness, a.lr_schedule)]
     if odd:  # the ratios to ``none`` and the time-to-target would mix two settings
-        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness "
-                         f"(e.g. {odd[0]['epochs']}/{odd[0]['staleness']}); pass the same or a new --json")
+        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness/--lr-schedule "
+                         f"(e.g. {odd[0]['epochs']}/{odd[0]['staleness']}/{odd[0].get('lr_schedule', 'constant')}); pass the same or a new --json")
     print(f"resuming: {len(rows)} runs already in {a.json}")
     return rows
 
