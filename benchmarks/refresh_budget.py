@@ -1,21 +1,22 @@
 """ReFresh at realistic budgets: cache policies at 5 %, 10 % and 25 % of the feature bytes on a hard 1M graph.
 
-    python benchmarks/refresh_budget.py --json benchmarks/refresh_budget.json --seeds 0 --epochs 8 \\
-        --lock /tmp/approxgnn-bench.lock
+    python benchmarks/refresh_budget.py --json benchmarks/refresh_budget.json --seeds 0,1,2 --epochs 6
     python benchmarks/refresh_budget.py --quick            # smoke test: synthetic-hard-50k, 2 epochs
 
 Graph: ``synthetic-hard-1m`` from the registry (1M nodes, 10M edges, 128-d features written to disk
 and memory-mapped, 2 % training nodes, homophily 0.3: accuracy can move). Model and sampling as
 ``refresh_policies.py`` (SAGE 3 x 128, batch norm, dropout 0.1, fanouts [15, 10, 5], batch 1024).
 
-Cells: ``none`` once per seed (it has no budget), then ``feature``, ``gas``, ``refresh`` and
-``refresh-paper`` at each budget share. The staleness (``--staleness``, iterations) is chosen so
-that entries do expire during the run; each run records how many did (entries rewritten or
-replaced after going stale). Per run: feature bytes read per epoch (median; deterministic), epoch
-time (median; the machine is shared, so these are loaded figures), the training time to reach the
-no-cache run's best validation minus 1 pp (same seed; :func:`approxgnn.train.time_to_reach`), and
-the test metric at the best validation epoch. The JSON is rewritten after every run; ``--resume``
-skips the runs it already holds.
+Cells: ``none`` once per seed (it has no budget), then each of :data:`POLICIES` at each budget
+share. The staleness (``--staleness``, iterations) is chosen so that entries do expire during the
+run; each run records how many did (entries rewritten or replaced after going stale). Per run:
+feature bytes read per epoch and training seconds per epoch (means over the run, so an exact last
+epoch counts; bytes are deterministic, seconds are loaded figures on a shared machine), the
+training time to reach the no-cache run's best validation minus 1 pp (same seed;
+:func:`approxgnn.train.time_to_reach`), and the test metric at the best validation epoch. The
+table gives medians over seeds, test as mean ± sd. The JSON is rewritten after every run;
+``--resume`` skips the runs it already holds; sweeps run apart (one per seed, say) merge with
+``--from-json a.json,b.json``.
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
 from approxgnn.train.results import format_table
 
 # A cell is a cache policy, optionally with ``@layers``: the hidden layers it caches (default: the
-# second-to-last, layer 1 of 3). ``refresh@0`` caches layer 0's output, so a hit prunes only the
-# deepest hop below it, but the layers above it keep fresh inputs and their full gradient.
-POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "gas@0", "refresh@0")
+# second-to-last, layer 1 of 3), and ``+switch``: the last epoch trains exactly (``switch_time =
+# (E − 1) / E``). ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below
+# it, but the layers above it keep fresh inputs and their full gradient.
+POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "refresh+switch", "gas@0", "refresh@0")
 SHARES = (0.05, 0.10, 0.25)
 
 
@@ -52,9 +54,11 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=COMMON["fanouts"], batch_size=COMMON["batch_size"], cache_mb=share * feature_mb,
                          eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename))
+    policy, switch, _ = policy.partition("+switch")
     name, _, layers = policy.partition("@")
     hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness,
-                       cached_layers=[int(l) for l in layers.split(",")] if layers else None)
+                       cached_layers=[int(l) for l in layers.split(",")] if layers else None,
+                       switch_time=(a.epochs - 1) / a.epochs if switch else 1.0)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"], batch_norm=COMMON["batch_norm"], lr=a.lr,
                        weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed, device="cpu",
@@ -91,19 +95,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     base = {r["seed"]: r for r in rows if r["policy"] == "none"}
     if not base:
         return []
-    b_bytes = statistics.median(r["feature_bytes_read"] for r in base.values())
-    b_time = statistics.median(r["epoch_time_s"] for r in base.values())
+    b_bytes = statistics.median(_bytes(r) for r in base.values())
+    b_time = statistics.median(_epoch_s(r) for r in base.values())
     b_test = statistics.mean(100 * r["test"] for r in base.values())
     out = []
     for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
         feat = [r for r in rows if r["policy"] == "feature" and r["share"] == share]
-        f_saved = b_bytes - statistics.median(r["feature_bytes_read"] for r in feat) if feat else None
+        f_saved = b_bytes - statistics.median(_bytes(r) for r in feat) if feat else None
         for pol in _ordered(rows):
             rs = [r for r in rows if r["policy"] == pol and (pol == "none" or r["share"] == share)]
             if not rs:
                 continue
-            by = statistics.median(r["feature_bytes_read"] for r in rs)
-            t = statistics.median(r["epoch_time_s"] for r in rs)
+            by = statistics.median(_bytes(r) for r in rs)
+            t = statistics.median(_epoch_s(r) for r in rs)
             tests = [100 * r["test"] for r in rs]
             tta = [_tta(r, base.get(r["seed"])) for r in rs]
             reached = [x for x in tta if x is not None]
@@ -129,7 +133,7 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     base = [r for r in rows if r["policy"] == "none"]
     if not base:
         return []
-    b_bytes = statistics.median(r["feature_bytes_read"] for r in base)
+    b_bytes = statistics.median(_bytes(r) for r in base)
     b_rows = statistics.median(r["sampled_nodes_per_hop"][-1] for r in base)
     out = []
     for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
@@ -138,13 +142,23 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not rs:
                 continue
             needed = 100 * statistics.median(r["sampled_nodes_per_hop"][-1] for r in rs) / b_rows
-            read = 100 * statistics.median(r["feature_bytes_read"] for r in rs) / b_bytes
+            read = 100 * statistics.median(_bytes(r) for r in rs) / b_bytes
             feat = statistics.median((r["feature_cache_rows"] or 0) * 4 * r.get("feature_dim", 128) for r in rs)
             out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": 100 - needed,
                         "served_by_feature_cache_%": needed - read, "read_%": read,
                         "feature_rows_%_of_budget": 100 * feat / (rs[0]["cache_mb"] * 2**20),
                         "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired")})
     return out
+
+
+def _bytes(row: dict[str, Any]) -> float:
+    """Feature bytes read per epoch, the mean over the run (an exact last epoch counts in full)."""
+    return statistics.mean(row["feature_bytes_per_epoch"])
+
+
+def _epoch_s(row: dict[str, Any]) -> float:
+    """Training seconds per epoch, the mean over the run (evaluation excluded)."""
+    return row["train_time_s"] / row["epochs"]
 
 
 def _ordered(rows: list[dict[str, Any]]) -> list[str]:

@@ -109,7 +109,7 @@ def test_embedding_share_is_validated_and_reaches_the_config():
 # so an embedding row costs two feature rows; 7 batches an epoch, dropout on, Adam steps.
 
 def _train(policy: str, epochs: int = 3, cache_mb: float = 0.03, staleness: int = 2,
-           cached_layers: list[int] | None = None):
+           cached_layers: list[int] | None = None, switch_time: float = 1.0):
     from helpers import planted_dataset
 
     from approxgnn.train import build_trainer
@@ -117,7 +117,8 @@ def _train(policy: str, epochs: int = 3, cache_mb: float = 0.03, staleness: int 
     cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=32, epochs=epochs,
                       lr=0.01, dropout=0.3, progress=False, seed=0,
                       minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=cache_mb),
-                      history=HistoryConfig(policy=policy, staleness=staleness, cached_layers=cached_layers))
+                      history=HistoryConfig(policy=policy, staleness=staleness, cached_layers=cached_layers,
+                                            switch_time=switch_time))
     trainer = build_trainer(cfg, planted_dataset(n=600))
     log = [trainer.train_epoch(e) for e in range(epochs)]
     return trainer, log
@@ -154,3 +155,31 @@ def test_default_cached_layer_prunes_two_hops_and_layer_zero_only_the_last():
     assert h_def[2] < h_none[2] and h_def[3] < h_none[3]
     assert h_0[2] == h_none[2] and h_0[3] < h_none[3]
     assert b_def < b_0 < b_none
+
+
+@pytest.mark.parametrize("policy", ["gas", "refresh"])
+def test_switch_to_exact_clears_history_and_refills_the_feature_rows(policy):
+    """``switch_time = 0.5`` of 4 epochs: epochs 0-1 use the history, 2-3 train exactly, with the
+    whole budget holding feature rows again, re-read from the store and counted as bytes read."""
+    none = _train("none", epochs=4)[1]
+    trainer, log = _train(policy, epochs=4, switch_time=0.5)
+    assert [r["exact"] for r in log] == [False, False, True, True]
+    assert log[1]["hit_rate"] > 0 and log[1]["admitted"] > 0
+    for r, r_none in zip(log[2:], none[2:]):
+        assert r["hit_rate"] == 0 and r["admitted"] == 0 and r["entries"] == 0
+        assert r["sampled_nodes_per_hop"] == r_none["sampled_nodes_per_hop"], "no pruning once exact"
+    fc, store = trainer.feature_cache, trainer.store
+    assert trainer.history.cache.claimed == 0 and fc.num_valid == fc.capacity
+    assert log[1]["feature_cache_rows"] < fc.capacity, "embeddings had displaced feature rows"
+    assert torch.equal(fc.rows, torch.from_numpy(np.asarray(store.x[fc.order]))), "refilled rows are the features"
+    # switch_time 0: exact throughout with the same arena, so the same batches read the same rows
+    # (sampling does not depend on the weights); the difference in epoch 2 is the refill.
+    _, log0 = _train(policy, epochs=3, switch_time=0.0)
+    assert all(r["exact"] and r["feature_cache_rows"] == fc.capacity for r in log0)
+    refilled = (fc.capacity - log[1]["feature_cache_rows"]) * fc.dim * 4
+    assert log[2]["feature_bytes_read"] - log0[2]["feature_bytes_read"] == refilled, "the re-reads are counted"
+
+
+def test_switch_time_is_validated():
+    with pytest.raises(ValueError, match="switch_time"):
+        HistoryConfig(switch_time=1.5)

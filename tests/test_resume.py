@@ -26,6 +26,9 @@ ENGINE_FLAGS = {
                       "--batch-size", "512", "--cache-mb", "0.3", "--staleness", "7"],
     "gas": ["--engine", "refresh", "--policy", "gas", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
             "--cache-mb", "0.3"],
+    # the switch to exact at epoch 6 of 40, before the first checkpoint the run is killed after
+    "gas-switch": ["--engine", "refresh", "--policy", "gas", "--model", "sage", "--fanouts", "5,5",
+                   "--batch-size", "512", "--cache-mb", "0.3", "--history-switch-time", "0.15"],
     "feature": ["--engine", "sample", "--policy", "feature", "--model", "sage", "--fanouts", "5,5",
                 "--batch-size", "512", "--cache-mb", "0.3"],
 }

@@ -177,6 +177,15 @@ class HistoryCache:
         self.order.release(s)
         return len(s)
 
+    def clear(self) -> None:
+        """Drop every entry and release every claimed row (the feature cache may refill them)."""
+        self.slot_node[:], self.slot_layer[:], self.slot_iter[:] = -1, -1, NEVER
+        self.slot_ver += 1  # every earlier run entry is dead
+        for ns in self.node_slot.values():
+            ns[:] = -1
+        self.claimed = 0
+        self.order.invalidate()
+
     def _free_slots(self, n: int, now: int) -> np.ndarray:
         """Up to ``n`` slots that cost no valid entry: empty or stale ones (lowest first), then new
         rows claimed from the feature region. Never a slot being rewritten by its own node."""
@@ -243,11 +252,7 @@ class HistoryCache:
             raise ValueError(f"unsupported history cache state (version {state.get('version')!r})")
         if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
             raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
-        self.slot_node[:], self.slot_layer[:], self.slot_iter[:] = -1, -1, NEVER
-        self.slot_ver += 1  # every earlier run entry is dead
-        for ns in self.node_slot.values():
-            ns[:] = -1
-        self.claimed = 0
+        self.clear()
         self._claim(int(state["claimed"]))
         lo = self.max_slots - self.claimed
         self.table[lo:] = state["rows"].to(self.table)

@@ -30,6 +30,9 @@ class HistoryConfig:
     * ``embedding_share`` ∈ [0, 1]: the most of the cache arena that embeddings may take from the
       feature rows (``None``: the policy's :data:`DEFAULT_EMBEDDING_SHARE`). ``refresh-paper`` is
       ``refresh`` with the paper's split: embeddings may displace every feature row.
+    * ``switch_time`` ∈ [0, 1]: the fraction of the epochs trained with the history cache (as RSC's
+      ``switch_time``). From epoch ``⌊switch_time · epochs⌋`` on, training is exact: no hits, no
+      admissions, and the whole budget holds feature rows again. ``1``: never switch.
     """
 
     policy: str = "refresh"
@@ -38,6 +41,7 @@ class HistoryConfig:
     staleness: int = 200
     cached_layers: list[int] | None = None
     embedding_share: float | None = None
+    switch_time: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,6 +55,8 @@ class HistoryConfig:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.embedding_share is not None and not 0.0 <= self.embedding_share <= 1.0:
             raise ValueError(f"embedding_share must be in [0, 1], got {self.embedding_share}")
+        if not 0.0 <= self.switch_time <= 1.0:
+            raise ValueError(f"switch_time must be in [0, 1], got {self.switch_time}")
         for layer in self.cached_layers or ():
             if layer < 0:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (must be >= 0)")

@@ -7,6 +7,11 @@ the sub-trees of fresh hits) and :meth:`HistoryEngine.serve` (copies of the hits
 GAS): no gradient flows into a hit's sub-tree. The trainer drives the rest through the
 :class:`~approxgnn.nn.engine.Engine` protocol.
 
+**Switch to exact** (``switch_time < 1``, as RSC's): from epoch ``⌊switch_time · E⌋`` on, the engine
+prunes and serves nothing and admits nothing; the cache is cleared and the feature cache re-reads
+rows into the whole budget. Training then ends on fresh inputs and full gradients, which a history
+cache denies the layers below its hits.
+
 :meth:`HistoryEngine.build` assembles the pieces under one byte budget: the arena
 (:mod:`.arena`), the feature cache over the given store (its front), the history cache (its back).
 """
@@ -21,7 +26,7 @@ from torch import Tensor
 from ..minibatch.feature_cache import CachedFeatureStore
 from ..minibatch.sampler import PruneTest, SampledBatch
 from ..minibatch.stores import FeatureStore
-from ..nn.engine import Engine
+from ..nn.engine import Engine, switch_epoch
 from .arena import arena_floats, embedding_rows
 from .cache import HistoryCache
 from .config import HistoryConfig
@@ -39,10 +44,11 @@ class HistoryEngine(Engine):
     VERSION = 1
 
     def __init__(self, cache: HistoryCache, policy: str | HistoryPolicy = "refresh", rate: float = 0.9,
-                 evict: bool = False, *, features: CachedFeatureStore | None = None) -> None:
+                 evict: bool = False, *, features: CachedFeatureStore | None = None, switch_time: float = 1.0) -> None:
         if isinstance(policy, str):
             policy = make_policy(policy, rate, cache.staleness, evict)
         self.cache, self.policy, self.features = cache, policy, features
+        self.switch_time, self.exact = switch_time, False
         self.reset_counts()
 
     @classmethod
@@ -66,7 +72,7 @@ class HistoryEngine(Engine):
         features = CachedFeatureStore(store, order, arena)
         cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight,
                              max_rows=embedding_rows(floats, hidden, share))
-        return cls(cache, policy, features=features)
+        return cls(cache, policy, features=features, switch_time=cfg.switch_time)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -78,7 +84,10 @@ class HistoryEngine(Engine):
 
     # ---- per batch -----------------------------------------------------------------------
     def prune_tests(self, now: int) -> dict[int, PruneTest]:
-        """Per cached layer, the fresh-hit test the sampler prunes with at iteration ``now``."""
+        """Per cached layer, the fresh-hit test the sampler prunes with at iteration ``now`` (none
+        once exact)."""
+        if self.exact:
+            return {}
         return {l: self.cache.prune_test(l, now) for l in self.cache.layers}
 
     def serve(self, batch: SampledBatch, now: int, device: torch.device | None = None) -> dict[int, Tensor]:
@@ -107,7 +116,7 @@ class HistoryEngine(Engine):
         for l in self.cache.layers:
             h = recorded.get(l)
             m = batch.num_computed[l]
-            if h is not None and m > seeds:
+            if h is not None and m > seeds and not self.exact:
                 self._admit(l, batch.layer_nodes[l][seeds:m], h, seeds, m, now)
             hit = hits.get(l)
             if self.policy.evicts and hit is not None and hit.grad is not None and hit.size(0):
@@ -132,6 +141,16 @@ class HistoryEngine(Engine):
     # ---- Engine protocol -----------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.reset_counts()  # figures are per epoch
+        if not self.exact and epoch >= switch_epoch(self.switch_time, num_epochs):
+            self.go_exact()
+
+    def go_exact(self) -> None:
+        """Stop pruning, serving and admitting; give the whole budget back to feature rows (their
+        re-reads count as bytes read)."""
+        self.exact = True
+        self.cache.clear()
+        if self.features is not None:
+            self.features.refill()
 
     def stats(self) -> dict[str, Any]:
         """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy,
@@ -142,10 +161,12 @@ class HistoryEngine(Engine):
                 "mean_age": s["age_sum"] / s["served"] if s["served"] else 0.0,
                 "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
                 "metadata_bytes": self.cache.metadata_bytes,
-                "admitted": s["admitted"], "evicted": s["evicted"], "expired": s.get("expired", 0)}
+                "admitted": s["admitted"], "evicted": s["evicted"], "expired": s.get("expired", 0),
+                "exact": self.exact}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"version": self.VERSION, "cache": self.cache.state_dict(), "counts": dict(self.counts)}
+        state = {"version": self.VERSION, "cache": self.cache.state_dict(), "counts": dict(self.counts),
+                 "exact": self.exact}
         if self.features is not None:
             state["features"] = self.features.state_dict()
         return state
@@ -155,5 +176,6 @@ class HistoryEngine(Engine):
             raise ValueError(f"unsupported history engine state (version {state.get('version')!r})")
         self.cache.load_state_dict(state["cache"])
         self.counts = {**self.counts, **state["counts"]}  # "expired" is absent from older states
+        self.exact = bool(state.get("exact", False))  # so is "exact": they never switched
         if self.features is not None:
             self.features.load_state_dict(state["features"])

@@ -78,8 +78,8 @@ class CachedFeatureStore:
         self.slot[self.order] = np.arange(self.capacity)
         self.num_valid = self.capacity
         self.rows_served = 0
-        for s in range(0, self.capacity, fill_chunk):  # one-off fill; excluded from epoch figures
-            self.rows[s : s + fill_chunk] = fallback.read(self.order[s : s + fill_chunk]).to(buffer.device)
+        self._fill_chunk = fill_chunk
+        self._fill(0)  # one-off fill; excluded from epoch figures
 
     @classmethod
     def within_budget(cls, fallback: FeatureStore, order: np.ndarray, budget_bytes: int,
@@ -117,6 +117,19 @@ class CachedFeatureStore:
         if num_rows < self.num_valid:
             self.slot[self.order[max(num_rows, 0) : self.num_valid]] = -1
             self.num_valid = max(num_rows, 0)
+
+    def refill(self) -> None:
+        """Serve every row again: re-read those :meth:`truncate` invalidated from the fallback (which
+        counts the bytes), once nothing else holds their part of the buffer."""
+        lo = self.num_valid
+        self._fill(lo)
+        self.slot[self.order[lo:]] = np.arange(lo, self.capacity)
+        self.num_valid = self.capacity
+
+    def _fill(self, lo: int) -> None:
+        step = self._fill_chunk
+        for s in range(lo, self.capacity, step):
+            self.rows[s : s + step] = self.fallback.read(self.order[s : s + step]).to(self.rows.device)
 
     def read(self, ids: np.ndarray) -> Tensor:
         """``x[ids]`` on the buffer's device: valid cached rows from the buffer, misses from the fallback."""

@@ -10,7 +10,14 @@ The base class is the exact engine: no schedule, no figures, no state.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+
+def switch_epoch(switch_time: float, epochs: int) -> int:
+    """``⌊switch_time · epochs⌋``: the first exact epoch of an engine that approximates the first
+    ``switch_time`` ∈ [0, 1] of the run (``epochs`` when it never switches)."""
+    return int(math.floor(switch_time * epochs + 1e-9))
 
 
 class Engine:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..nn.engine import switch_epoch
 from .config import RSCConfig
 
 WARMUP, APPROX, EXACT = "warmup", "approx", "exact"
@@ -29,7 +30,7 @@ class Schedule:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.cfg = cfg
         self.epochs = epochs
-        self.switch_epoch = int(math.floor(cfg.switch_time * epochs + 1e-9))
+        self.switch_epoch = switch_epoch(cfg.switch_time, epochs)
         self.guard_epoch: int | None = None  # first exact epoch chosen by the validation guard
         self.last_tune: int | None = None
         self.best_val = -math.inf

@@ -146,10 +146,10 @@ class MiniBatchTrainer(Trainer):
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         sync = synchronizer(self.device)
         t_start = time.perf_counter()
+        before = self._counters()  # before the engine's epoch start: a switch to exact re-reads rows
         self.engine.on_epoch_start(epoch, self.cfg.epochs)
         self.model.train()
         batches = self._epoch_batches(epoch)
-        before = self._counters()
         self.loader.reset_times()
         t = {"wait_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "admit_s": 0.0}
         loss_sum, hop_sum = 0.0, np.zeros(self.sampler.num_layers + 1)
