@@ -179,6 +179,51 @@ def _med(rs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def plot(rows: list[dict[str, Any]], path: str) -> None:
+    """Per budget: Δtest (pp, paired with the seed's ``none``; mean ± sd over seeds) against the
+    bytes read (% of ``none``, top) and the epoch speedup (bottom); the 25 % targets shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = {r["seed"]: r for r in rows if r["policy"] == "none"}
+    shares = sorted({r["share"] for r in rows if r["policy"] != "none"})
+    pols = [p for p in _ordered(rows) if p != "none"]
+    colors = dict(zip(pols, plt.get_cmap("tab10").colors))
+    fig, axes = plt.subplots(2, len(shares), figsize=(4.6 * len(shares), 7.2), squeeze=False, sharey=True)
+    for j, share in enumerate(shares):
+        feat = [_bytes(r) for r in rows if r["policy"] == "feature" and r["share"] == share]
+        for pol in pols:
+            rs = [r for r in rows if r["policy"] == pol and r["share"] == share and r["seed"] in base]
+            if not rs:
+                continue
+            d = [100 * (r["test"] - base[r["seed"]]["test"]) for r in rs]
+            x_bytes = statistics.median(100 * _bytes(r) / _bytes(base[r["seed"]]) for r in rs)
+            x_speed = statistics.median(_epoch_s(base[r["seed"]]) / _epoch_s(r) for r in rs)
+            for ax, x in ((axes[0][j], x_bytes), (axes[1][j], x_speed)):
+                ax.errorbar(x, statistics.mean(d), yerr=statistics.pstdev(d), fmt="o", color=colors[pol],
+                            capsize=3, label=pol)
+        if share == 0.25 and feat:
+            f_pct = 100 * statistics.median(feat) / statistics.median(_bytes(r) for r in base.values())
+            axes[0][j].axvspan(0, min(50.0, 100 - 1.5 * (100 - f_pct)), ymin=0, ymax=1, color="tab:green", alpha=0.08)
+            axes[1][j].axvspan(2.5, axes[1][j].get_xlim()[1] + 1, color="tab:green", alpha=0.08)
+        for ax in axes[:, j]:
+            ax.axhline(-1.0, color="tab:green", ls="--", lw=0.8)
+            ax.axhline(0.0, color="gray", lw=0.6)
+            ax.grid(alpha=0.3)
+        axes[0][j].set_title(f"budget {share:.0%} of the feature bytes")
+        axes[0][j].set_xlabel("feature bytes read per epoch (% of no cache)")
+        axes[1][j].set_xlabel("epoch speedup over no cache")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Δ test accuracy vs no cache (pp)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("cache policies on synthetic-hard-1m (shaded: the 25 % targets; dashed: −1 pp)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def markdown(lines: list[dict[str, Any]]) -> str:
     def cell(v: Any) -> str:
         if v is None:
@@ -210,6 +255,7 @@ def main() -> None:
     p.add_argument("--json", help="written after every run")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --json and skip them")
     p.add_argument("--markdown", help="write the summary table as Markdown to this file")
+    p.add_argument("--plot", help="write the accuracy / bytes / speed figure (PNG) to this file")
     p.add_argument("--from-json", help="re-render the table from earlier --json files (comma-separated: one "
                    "sweep per seed, say); with --json, also write the merged runs there; no training")
     a = p.parse_args()
@@ -264,6 +310,8 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
         print(format_table(prof, list(prof[0])) if prof else "")
         if a.markdown:
             Path(a.markdown).write_text(markdown(lines) + "\n\n" + (markdown(prof) + "\n" if prof else ""))
+        if a.plot:
+            plot(rows, a.plot)
 
 
 if __name__ == "__main__":
