@@ -123,7 +123,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where the no-cache run's feature bytes go, per run, as % of them (medians over seeds).
+    """Where the no-cache run's feature bytes go in a steady epoch (each run's median epoch), as %
+    of them (medians over seeds).
 
     The input layer of a batch needs the rows of its deepest sampled hop. A history hit drops a
     subtree, so ``pruned = 1 − hop_L / hop_L(none)``; of the rows still needed, the feature cache
@@ -133,7 +134,7 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     base = [r for r in rows if r["policy"] == "none"]
     if not base:
         return []
-    b_bytes = statistics.median(_bytes(r) for r in base)
+    b_bytes = statistics.median(r["feature_bytes_read"] for r in base)
     b_rows = statistics.median(r["sampled_nodes_per_hop"][-1] for r in base)
     out = []
     for share in sorted({r["share"] for r in rows if r["policy"] != "none"}):
@@ -142,7 +143,7 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not rs:
                 continue
             needed = 100 * statistics.median(r["sampled_nodes_per_hop"][-1] for r in rs) / b_rows
-            read = 100 * statistics.median(_bytes(r) for r in rs) / b_bytes
+            read = 100 * statistics.median(r["feature_bytes_read"] for r in rs) / b_bytes
             feat = statistics.median((r["feature_cache_rows"] or 0) * 4 * r.get("feature_dim", 128) for r in rs)
             out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": 100 - needed,
                         "served_by_feature_cache_%": needed - read, "read_%": read,
