@@ -113,7 +113,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             reached = [x for x in tta if x is not None]
             out.append({"budget": f"{share:.0%}", "policy": pol, "MB_read_per_epoch": by / 1e6,
                         "%_of_none": 100 * by / b_bytes, "saving_vs_feature": (b_bytes - by) / f_saved
-                        if f_saved else None, "epoch_s": t, "speedup": b_time / t,
+                        if f_saved and pol != "none" else None, "epoch_s": t, "speedup": b_time / t,
                         "tta_s": statistics.median(reached) if reached else None,
                         "reached": f"{len(reached)}/{len(tta)}",
                         "test_%": f"{statistics.mean(tests):.2f} ± {statistics.pstdev(tests):.2f}",
