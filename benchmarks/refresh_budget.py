@@ -145,8 +145,8 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             needed = 100 * statistics.median(r["sampled_nodes_per_hop"][-1] for r in rs) / b_rows
             read = 100 * statistics.median(r["feature_bytes_read"] for r in rs) / b_bytes
             feat = statistics.median((r["feature_cache_rows"] or 0) * 4 * r.get("feature_dim", 128) for r in rs)
-            out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": 100 - needed,
-                        "served_by_feature_cache_%": needed - read, "read_%": read,
+            out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": round(100 - needed, 2),
+                        "served_by_feature_cache_%": round(needed - read, 2) + 0.0, "read_%": read,
                         "feature_rows_%_of_budget": 100 * feat / (rs[0]["cache_mb"] * 2**20),
                         "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired")})
     return out
