@@ -141,7 +141,8 @@ class HistoryEngine(Engine):
     # ---- Engine protocol -----------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.reset_counts()  # figures are per epoch
-        if not self.exact and epoch >= switch_epoch(self.switch_time, num_epochs):
+        # switch_time 1 never switches, also where the run's length is unknown (num_epochs 0: PyG loops)
+        if not self.exact and self.switch_time < 1.0 and epoch >= switch_epoch(self.switch_time, num_epochs):
             self.go_exact()
 
     def go_exact(self) -> None:
