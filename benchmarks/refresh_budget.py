@@ -39,8 +39,7 @@ from approxgnn.train.results import format_table
 
 # A cell is a cache policy, optionally with ``@layers``: the hidden layers it caches (default: the
 # second-to-last, layer 1 of 3), and ``+switch``: the last epoch trains exactly (``switch_time =
-# (E − 1) / E``), and ``+pre``: entries hold the rows before batch norm and activation
-# (``cached_value="pre_activation"``). ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below
+# (E − 1) / E``). ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below
 # it, but the layers above it keep fresh inputs and their full gradient.
 POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "refresh+switch", "gas@0", "refresh@0")
 SHARES = (0.05, 0.10, 0.25)
@@ -55,13 +54,11 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=COMMON["fanouts"], batch_size=COMMON["batch_size"], cache_mb=share * feature_mb,
                          eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename))
-    pre = "+pre" in policy
-    policy, switch, _ = policy.replace("+pre", "").partition("+switch")
+    policy, switch, _ = policy.partition("+switch")
     name, _, layers = policy.partition("@")
     hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness,
                        cached_layers=[int(l) for l in layers.split(",")] if layers else None,
-                       switch_time=(a.epochs - 1) / a.epochs if switch else 1.0,
-                       cached_value="pre_activation" if pre else "output")
+                       switch_time=(a.epochs - 1) / a.epochs if switch else 1.0)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"], batch_norm=COMMON["batch_norm"], lr=a.lr,
                        weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed, device="cpu",

@@ -124,9 +124,6 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--embedding-share", "history.embedding_share",
      {"type": _real, "help": "most of --cache-mb embeddings may take from feature rows, in [0, 1] "
                              "(default: 0.5 for refresh, 1 for refresh-paper and gas)"}),
-    ("--cached-value", "history.cached_value",
-     {"choices": ["output", "pre_activation"],
-      "help": "what a history entry holds: the layer's output, or its rows before batch norm and activation"}),
     ("--history-switch-time", "history.switch_time",
      {"type": _real, "help": "refresh: fraction of epochs trained with the history cache before going exact "
                              "(the whole budget back to feature rows; default 1: never)"}),

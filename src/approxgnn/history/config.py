@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..minibatch.blocks import CACHED_VALUES
-
 # Cache policies. ``none`` and ``feature`` keep no history (no cache / raw-feature cache only);
 # ``gas``, ``refresh`` and ``refresh-paper`` are the history policies (:mod:`.policies`).
 POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper")
@@ -32,9 +30,6 @@ class HistoryConfig:
     * ``embedding_share`` ∈ [0, 1]: the most of the cache arena that embeddings may take from the
       feature rows (``None``: the policy's :data:`DEFAULT_EMBEDDING_SHARE`). ``refresh-paper`` is
       ``refresh`` with the paper's split: embeddings may displace every feature row.
-    * ``cached_value``: what an entry holds, ``output`` (the hidden layer's output, after batch
-      norm and activation) or ``pre_activation`` (before them, so that the current batch norm
-      normalises served rows with the computed ones).
     * ``switch_time`` ∈ [0, 1]: the fraction of the epochs trained with the history cache (as RSC's
       ``switch_time``). From epoch ``⌊switch_time · epochs⌋`` on, training is exact: no hits, no
       admissions, and the whole budget holds feature rows again. ``1``: never switch.
@@ -47,7 +42,6 @@ class HistoryConfig:
     cached_layers: list[int] | None = None
     embedding_share: float | None = None
     switch_time: float = 1.0
-    cached_value: str = "output"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -61,8 +55,6 @@ class HistoryConfig:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if self.embedding_share is not None and not 0.0 <= self.embedding_share <= 1.0:
             raise ValueError(f"embedding_share must be in [0, 1], got {self.embedding_share}")
-        if self.cached_value not in CACHED_VALUES:
-            raise ValueError(f"cached_value must be one of {CACHED_VALUES}, got {self.cached_value!r}")
         if not 0.0 <= self.switch_time <= 1.0:
             raise ValueError(f"switch_time must be in [0, 1], got {self.switch_time}")
         for layer in self.cached_layers or ():

@@ -5,10 +5,7 @@
 sources); :meth:`~BlockPropagation.hidden` appends the rows served for layer ``l``'s hits to the
 ``m_l`` computed rows (the sampler ordered the next block's sources exactly so) and, for the
 layers asked to ``record``, retains the gradient of the computed rows (a history's admission
-criterion ``‖∂L/∂h_v‖``). With ``at="pre_activation"`` both happen one step earlier, in
-:meth:`~BlockPropagation.pre_activation`: the cache holds rows before batch norm and activation,
-and the current batch norm (its batch statistics over computed rows and hits together, its
-current scale and shift) normalises the served rows as it does the computed ones.
+criterion ``‖∂L/∂h_v‖``).
 """
 from __future__ import annotations
 
@@ -18,24 +15,18 @@ from torch import Tensor
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
 
-CACHED_VALUES = ("output", "pre_activation")  # where a hidden layer's rows are cached (module docstring)
-
 
 class BlockPropagation(Propagation):
     """Propagation over the per-layer blocks of one sampled batch.
 
     ``ops[l]``: layer ``l``'s block (``m_l × n_l``); ``hits[l]``: ``[k_l, d]`` cached rows that
     follow layer ``l``'s computed rows in layer ``l+1``'s sources; ``record``: cached layers
-    whose computed output is kept (``recorded[l]``, gradient retained) for admission; ``at``:
-    where a hidden layer's rows are recorded and the hits spliced in (``"output"`` or
-    ``"pre_activation"``, see the module docstring).
+    whose computed output is kept (``recorded[l]``, gradient retained) for admission.
     """
 
     def __init__(self, ops: list[SparseOperator], hits: dict[int, Tensor] | None = None,
-                 record: tuple[int, ...] = (), at: str = "output") -> None:
-        if at not in CACHED_VALUES:
-            raise ValueError(f"at must be one of {CACHED_VALUES}, got {at!r}")
-        self.ops, self.hits, self.record, self.at = ops, hits or {}, set(record), at
+                 record: tuple[int, ...] = ()) -> None:
+        self.ops, self.hits, self.record = ops, hits or {}, set(record)
         self.recorded: dict[int, Tensor] = {}
 
     def __call__(self, x: Tensor, layer: int) -> Tensor:
@@ -47,14 +38,7 @@ class BlockPropagation(Propagation):
     def targets(self, x: Tensor, layer: int) -> Tensor:
         return x[: self.ops[layer].shape[0]]
 
-    def pre_activation(self, h: Tensor, layer: int) -> Tensor:
-        return self._splice(h, layer) if self.at == "pre_activation" else h
-
     def hidden(self, h: Tensor, layer: int) -> Tensor:
-        return self._splice(h, layer) if self.at == "output" else h
-
-    def _splice(self, h: Tensor, layer: int) -> Tensor:
-        """Record ``h`` (the computed rows) for admission, then append the hits' served rows."""
         if layer in self.record and h.requires_grad:
             h.retain_grad()  # ‖∂L/∂h_v‖ is the admission criterion; it costs nothing extra
             self.recorded[layer] = h

@@ -46,7 +46,6 @@ class _Stack(nn.Module):
         self.bns = nn.ModuleList(nn.BatchNorm1d(hidden_channels) for _ in range(num_hidden)) if batch_norm else None
 
     def _activate(self, h: Tensor, layer: int, prop: Propagation) -> Tensor:
-        h = prop.pre_activation(h, layer)
         if self.bns is not None:
             h = self.bns[layer](h)
         h = F.relu(h)

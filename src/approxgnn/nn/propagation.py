@@ -2,8 +2,8 @@
 
 A model never touches a sparse matrix. At layer ``l`` it calls ``prop(x, l)`` for the
 aggregation ``Â_l @ x``, ``prop.targets(x, l)`` for the rows that layer ``l`` produces (all rows
-in full-batch training, the first ``m_l`` in a sampled block), ``prop.pre_activation(h, l)`` on a
-hidden layer's output before its normalisation and activation, and ``prop.hidden(h, l)`` after them. Engines implement this class:
+in full-batch training, the first ``m_l`` in a sampled block), and ``prop.hidden(h, l)`` on the
+output of every hidden layer. Engines implement this class:
 
 * exact full batch (:class:`ExactPropagation`),
 * RSC's sampled backward (``approxgnn.rsc``),
@@ -28,11 +28,6 @@ class Propagation:
     def targets(self, x: Tensor, layer: int) -> Tensor:
         """Rows of ``x`` that layer ``layer`` writes (its self/residual terms use these)."""
         return x
-
-    def pre_activation(self, h: Tensor, layer: int) -> Tensor:
-        """Called on hidden layer ``layer``'s output before batch norm and activation; returns the
-        rows to normalise and activate."""
-        return h
 
     def hidden(self, h: Tensor, layer: int) -> Tensor:
         """Called on the output of hidden layer ``layer``; returns the next layer's input."""
