@@ -60,7 +60,8 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
                        cached_layers=[int(l) for l in layers.split(",")] if layers else None,
                        switch_time=(a.epochs - 1) / a.epochs if switch else 1.0)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
-                       hidden=COMMON["hidden"], dropout=COMMON["dropout"], batch_norm=COMMON["batch_norm"], lr=a.lr,
+                       hidden=COMMON["hidden"], dropout=COMMON["dropout"],
+                       batch_norm=COMMON["batch_norm"] and not a.no_batch_norm, lr=a.lr,
                        weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed, device="cpu",
                        progress=a.progress, minibatch=mb, history=hc)
 
@@ -72,7 +73,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
         result = fit(trainer)
     curve = result["curve"]
     row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
-           "lr_schedule": a.lr_schedule,
+           "lr_schedule": a.lr_schedule, "batch_norm": cfg.batch_norm,
            "cache_mb": cfg.minibatch.cache_mb, "feature_dim": data.num_features, "test": result["test"], "val": result["val"],
            "best_epoch": result["best_epoch"], "epoch_time_s": result["epoch_time_median_s"],
            "train_time_s": result["train_time_s"], "feature_bytes_read": result["feature_bytes_read"],
@@ -247,6 +248,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    p.add_argument("--no-batch-norm", action="store_true", help="the model without batch norm (an ablation)")
     p.add_argument("--rate", type=float, default=0.9)
     p.add_argument("--staleness", type=int, default=40, help="iterations (synthetic-hard-1m: 20 batches an epoch)")
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
@@ -290,9 +292,10 @@ def resumed(a: argparse.Namespace) -> list[dict[str, Any]]:
         return []
     rows = json.loads(Path(a.json).read_text())["runs"]
     odd = [r for r in rows
-           if (r["epochs"], r["staleness"], r.get("lr_schedule", "constant")) != (a.epochs, a.staleness, a.lr_schedule)]
+           if (r["epochs"], r["staleness"], r.get("lr_schedule", "constant"), r.get("batch_norm", True))
+           != (a.epochs, a.staleness, a.lr_schedule, not a.no_batch_norm)]
     if odd:  # the ratios to ``none`` and the time-to-target would mix two settings
-        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness/--lr-schedule "
+        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness/--lr-schedule/--no-batch-norm "
                          f"(e.g. {odd[0]['epochs']}/{odd[0]['staleness']}/{odd[0].get('lr_schedule', 'constant')}); pass the same or a new --json")
     print(f"resuming: {len(rows)} runs already in {a.json}")
     return rows
