@@ -62,8 +62,8 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"],
                        batch_norm=COMMON["batch_norm"] and not a.no_batch_norm, lr=a.lr,
-                       weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed, device="cpu",
-                       progress=a.progress, minibatch=mb, history=hc)
+                       weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed,
+                       device="cpu", progress=a.progress, minibatch=mb, history=hc)
 
 
 def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -> dict[str, Any]:
@@ -147,6 +147,7 @@ def profile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             read = 100 * statistics.median(r["feature_bytes_read"] for r in rs) / b_bytes
             feat = statistics.median((r["feature_cache_rows"] or 0) * 4 * r.get("feature_dim", 128) for r in rs)
             out.append({"budget": f"{share:.0%}", "policy": pol, "pruned_by_hits_%": round(100 - needed, 2),
+                        # + 0.0: a rounding residue of −0.0 prints as 0
                         "served_by_feature_cache_%": round(needed - read, 2) + 0.0, "read_%": read,
                         "feature_rows_%_of_budget": 100 * feat / (rs[0]["cache_mb"] * 2**20),
                         "hit_rate": _med(rs, "hit_rate"), "expired": _med(rs, "expired")})
