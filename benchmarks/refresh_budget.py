@@ -34,6 +34,7 @@ from refresh_policies import COMMON, locked
 from approxgnn.datasets import load_dataset
 from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.report import markdown_table
 from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
 from approxgnn.train.results import format_table
 
@@ -227,19 +228,6 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     print(f"wrote {path}")
 
 
-def markdown(lines: list[dict[str, Any]]) -> str:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    cols = list(lines[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    return "\n".join(out + ["| " + " | ".join(cell(l[c]) for c in cols) + " |" for l in lines])
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic-hard-1m")
@@ -314,7 +302,7 @@ def report(rows: list[dict[str, Any]], a: argparse.Namespace) -> None:
         print(format_table(lines, list(lines[0])))
         print(format_table(prof, list(prof[0])) if prof else "")
         if a.markdown:
-            Path(a.markdown).write_text(markdown(lines) + "\n\n" + (markdown(prof) + "\n" if prof else ""))
+            Path(a.markdown).write_text(markdown_table(lines) + "\n\n" + (markdown_table(prof) + "\n" if prof else ""))
         if a.plot:
             plot(rows, a.plot)
 

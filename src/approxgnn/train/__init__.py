@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from .._threads import start_numba_pool
-
 from ..datasets import Dataset, DatasetError, load_dataset
 from .checkpoint import seed_everything
 from .config import ENGINES, FULL_BATCH_ENGINES, TrainConfig

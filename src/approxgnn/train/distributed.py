@@ -34,7 +34,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .._threads import set_torch_threads
-
 from .base import TrainingDiverged
 from .config import DistConfig
 

@@ -106,9 +106,10 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
                      best_model=copy.deepcopy(trainer.model.state_dict()))
         s["curve"].append({"epoch": epoch, "time_s": s["train_time_s"], **rec, **ev})
         s["epoch"] = epoch + 1
-        bar.set_postfix(_postfix(rec, ev, trainer.stats()), refresh=False)
+        post = _postfix(rec, ev, trainer.stats())
+        bar.set_postfix(post, refresh=False)
         if lines:
-            fields = " ".join(f"{k}={v}" for k, v in _postfix(rec, ev, trainer.stats()).items())
+            fields = " ".join(f"{k}={v}" for k, v in post.items())
             print(f"{desc} epoch {epoch + 1}/{cfg.epochs} {fields}", file=sys.stderr, flush=True)
         if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
