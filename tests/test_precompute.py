@@ -150,3 +150,13 @@ def test_plain_path_runs_with_input_dropout_and_says_so():
     data = planted_dataset(n=200, features=8)
     r = run(TrainConfig(dataset="planted", model="gcn", hidden=16, epochs=3, input_dropout=0.2, progress=False), data)
     assert r["precompute"]["path"] == "plain" and "input dropout" in r["precompute"]["reason"]
+
+
+def test_cli_flags_choose_the_path():
+    from approxgnn.cli import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["train"])).precompute == "auto"
+    assert config_from_args(parse(["train", "--no-precompute"])).precompute == "off"
+    cfg = config_from_args(parse(["train", "--precompute", "on", "--precompute-dir", "/tmp/t"]))
+    assert cfg.precompute == "on" and cfg.precompute_dir == "/tmp/t"
