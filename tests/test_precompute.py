@@ -160,3 +160,4 @@ def test_cli_flags_choose_the_path():
     assert config_from_args(parse(["train", "--no-precompute"])).precompute == "off"
     cfg = config_from_args(parse(["train", "--precompute", "on", "--precompute-dir", "/tmp/t"]))
     assert cfg.precompute == "on" and cfg.precompute_dir == "/tmp/t"
+

@@ -30,6 +30,14 @@ class FirstHop:
     agg: Tensor
     x: Tensor | None = None
 
+    @classmethod
+    def from_rows(cls, rows: Tensor, norm: str, num_features: int) -> "FirstHop":
+        """From rows of the joined store a mini-batch reads: GCN's table alone ``[ÂX | Â1]``, or
+        SAGE's own features and neighbour mean side by side ``[X | mean]`` (``2F`` columns)."""
+        if norm == "gcn":
+            return cls(rows)
+        return cls(rows[:, num_features:], rows[:, :num_features])
+
 
 def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float,
            input_dropout: float | None = None) -> None:
