@@ -29,21 +29,51 @@ from pathlib import Path
 from typing import Any
 
 import _common  # noqa: F401  (puts src/ on the path)
+import torch
 from refresh_policies import COMMON, locked
 
 from approxgnn.datasets import load_dataset
 from approxgnn.history import HistoryConfig
-from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.minibatch import BlockPropagation, MiniBatchConfig, batch_key, epoch_seeds
 from approxgnn.report import markdown_table
 from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
 from approxgnn.train.results import format_table
 
 # A cell is a cache policy, optionally with ``@layers``: the hidden layers it caches (default: the
-# second-to-last, layer 1 of 3), and ``+switch``: the last epoch trains exactly (``switch_time =
-# (E − 1) / E``). ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below
-# it, but the layers above it keep fresh inputs and their full gradient.
+# second-to-last, layer 1 of 3), then ``+option``s (:func:`cell_options`): ``+switch``: the last
+# epoch trains exactly (``switch_time = (E − 1) / E``); ``+agg``: cache the layer's input neighbour
+# mean (``cached_value="aggregate"``); ``+lmcK`` / ``+mixX``: recompute hits from K neighbours, mixed
+# with weight X (``hit_fanout``, ``hit_mix``); ``+warmF``: no history for the first fraction F of
+# the epochs (``start_time``); ``+oracle-value`` / ``+oracle-gradient``: the diagnostic oracles of
+# :class:`approxgnn.history.HistoryEngine` (every hit computed in full: bytes as ``none``).
+# ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below it, but the
+# layers above it keep fresh inputs and their full gradient.
 POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "refresh+switch", "gas@0", "refresh@0")
 SHARES = (0.05, 0.10, 0.25)
+
+
+def cell_options(cell: str, epochs: int) -> tuple[str, dict[str, Any], str | None]:
+    """``(policy, HistoryConfig keywords, oracle)`` of a cell name such as ``refresh@0+lmc2+mix0.5``."""
+    head, *opts = cell.split("+")
+    name, _, layers = head.partition("@")
+    kw: dict[str, Any] = {"cached_layers": [int(l) for l in layers.split(",")] if layers else None}
+    oracle = None
+    for o in opts:
+        if o == "switch":
+            kw["switch_time"] = (epochs - 1) / epochs
+        elif o == "agg":
+            kw["cached_value"] = "aggregate"
+        elif o.startswith("lmc"):
+            kw["hit_fanout"] = int(o[3:])
+        elif o.startswith("mix"):
+            kw["hit_mix"] = float(o[3:])
+        elif o.startswith("warm"):
+            kw["start_time"] = float(o[4:])
+        elif o.startswith("oracle-"):
+            oracle = o[len("oracle-"):]
+        else:
+            raise SystemExit(f"unknown cell option +{o} in {cell!r}")
+    return name, kw, oracle
 
 
 def load(name: str, data_dir: Path):
@@ -55,11 +85,8 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=COMMON["fanouts"], batch_size=COMMON["batch_size"], cache_mb=share * feature_mb,
                          eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename))
-    policy, switch, _ = policy.partition("+switch")
-    name, _, layers = policy.partition("@")
-    hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness,
-                       cached_layers=[int(l) for l in layers.split(",")] if layers else None,
-                       switch_time=(a.epochs - 1) / a.epochs if switch else 1.0)
+    name, kw, _ = cell_options(policy, a.epochs)
+    hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness, **kw)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"],
                        batch_norm=COMMON["batch_norm"] and not a.no_batch_norm, lr=a.lr,
@@ -69,9 +96,13 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
 
 def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -> dict[str, Any]:
     cfg = config(data, policy, share, seed, a)
+    oracle = cell_options(policy, a.epochs)[2]
     with locked(a.lock):
         trainer = build_trainer(cfg, data)
+        if oracle:
+            trainer.history.oracle = oracle
         result = fit(trainer)
+        bn = bn_recalibrated(trainer) if a.bn_recal else None
     curve = result["curve"]
     row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
            "lr_schedule": a.lr_schedule, "batch_norm": cfg.batch_norm,
@@ -83,6 +114,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
            "mean_age": result.get("mean_age"), "expired": sum(c.get("expired", 0) for c in curve),
            "admitted": sum(c.get("admitted", 0) for c in curve),
            "sampled_nodes_per_hop": result["sampled_nodes_per_hop"],
+           "test_final": curve[-1]["test"], "val_final": curve[-1]["val"], "bn_recal": bn,
            "curve": [{"epoch": c["epoch"], "time_s": c["time_s"], "val": c["val"], "test": c["test"]} for c in curve]}
     del trainer, result
     gc.collect()
@@ -90,6 +122,28 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
           f"read {row['feature_bytes_read'] / 1e6:.1f} MB/epoch  hit {row['hit_rate']}  expired {row['expired']}",
           flush=True)
     return row
+
+
+def bn_recalibrated(trainer) -> dict[str, float] | None:
+    """Batch norm's running statistics re-estimated on one epoch of *unpruned* batches (every node
+    computed, as ``none`` trains), then the final model evaluated again: a diagnostic of whether the
+    statistics a history run learned from its misses alone cost accuracy. ``None`` without batch norm."""
+    model = trainer.model
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    if not bns:
+        return None
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches below
+    model.train()  # the statistics training sees (dropout on), without any parameter update
+    epoch = trainer.cfg.epochs
+    with torch.no_grad():
+        for b, seeds in enumerate(epoch_seeds(trainer.train_ids, trainer.mc.batch_size, trainer.cfg.seed, epoch)):
+            sample = trainer.sampler.sample(seeds, batch_key(trainer.cfg.seed, epoch, b))
+            x = trainer.features.read(sample.input_nodes).to(trainer.device)
+            model(x, BlockPropagation([blk.operator(trainer.device) for blk in sample.blocks]))
+    ev = trainer.evaluate()
+    return {"val": ev["val"], "test": ev["test"]}
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,6 +298,8 @@ def main() -> None:
     p.add_argument("--lock", help="flock this file around each run")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, one seed")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--bn-recal", action="store_true", help="after each run, re-estimate batch norm's statistics "
+                   "on unpruned batches and evaluate again (a diagnostic; recorded as bn_recal)")
     p.add_argument("--json", help="written after every run")
     p.add_argument("--resume", action="store_true", help="keep the runs already in --json and skip them")
     p.add_argument("--markdown", help="write the summary table as Markdown to this file")

@@ -182,7 +182,7 @@ def test_engine_evicts_hits_with_large_gradients():
 
     class FakeBatch:  # seeds 0..1, computed 0..1, hits 10..19 at layer 0
         seeds = np.array([0, 1])
-        num_computed = [2, 2]
+        num_computed, num_partial = [2, 2], [0, 0]
         layer_nodes = [np.concatenate([[0, 1], np.arange(10, 20)]), np.array([0, 1])]
 
         def hits(self, layer):

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, Sequence
 
 from . import report
 from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
-from .history.config import POLICIES, HistoryConfig
+from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
 from .minibatch.config import MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
@@ -133,6 +133,17 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--history-switch-time", "history.switch_time",
      {"type": _real, "help": "refresh: fraction of epochs trained with the history cache before going exact "
                              "(the whole budget back to feature rows; default 1: never)"}),
+    ("--history-start-time", "history.start_time",
+     {"type": _real, "help": "refresh: fraction of epochs trained before the history cache is used (a warm "
+                             "start; default 0)"}),
+    ("--cached-value", "history.cached_value",
+     {"choices": CACHED_VALUES, "help": "refresh: what a cached layer keeps: its output (default) or its input "
+                                        "neighbour mean (SAGE; weights, batch norm and activation applied fresh)"}),
+    ("--hit-fanout", "history.hit_fanout",
+     {"type": int, "help": "refresh: recompute each output hit from this many neighbours and mix it with its "
+                           "cached row (LMC-style partial refresh; default: prune hits)"}),
+    ("--hit-mix", "history.hit_mix",
+     {"type": _real, "help": "refresh: weight of the recomputed part in a partially refreshed hit, in [0, 1]"}),
     ("--eval-batch-size", "minibatch.eval_batch_size", {"type": int}),
     ("--features-on-disk", "minibatch.features_on_disk", {"action": "store_true"}),
     ("--features-path", "minibatch.features_path",

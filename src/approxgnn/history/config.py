@@ -15,6 +15,11 @@ HISTORY_POLICIES = ("gas", "refresh", "refresh-paper")
 # ``refresh-paper`` (the paper's rule) and ``gas`` let embeddings displace every feature row.
 DEFAULT_EMBEDDING_SHARE = {"gas": 1.0, "refresh": 0.5, "refresh-paper": 1.0}
 
+# What a cached layer's entries hold: ``output`` its output after batch norm and activation (a hit
+# prunes the node's whole sub-tree); ``aggregate`` its input neighbour mean (SAGE; a hit prunes the
+# neighbours only, and the layer's linear maps, batch norm and activation run on it fresh).
+CACHED_VALUES = ("output", "aggregate")
+
 
 @dataclass
 class HistoryConfig:
@@ -33,6 +38,13 @@ class HistoryConfig:
     * ``switch_time`` ∈ [0, 1]: the fraction of the epochs trained with the history cache (as RSC's
       ``switch_time``). From epoch ``⌊switch_time · epochs⌋`` on, training is exact: no hits, no
       admissions, and the whole budget holds feature rows again. ``1``: never switch.
+    * ``start_time`` ∈ [0, 1): a warm start -- before epoch ``⌊start_time · epochs⌋`` the history is
+      neither read nor written (the feature rows hold the whole budget). ``0``: from the start.
+    * ``cached_value``: :data:`CACHED_VALUES` (``aggregate`` needs SAGE and a cached layer >= 1).
+    * ``hit_fanout`` (LMC-style partial refresh of output hits): ``None`` prunes a hit's sub-tree;
+      ``k >= 1`` recomputes the hit from ``k`` sampled neighbours and serves
+      ``h = fresh + (1 − hit_mix)(hist − fresh.detach())``: the value ``hit_mix · fresh +
+      (1 − hit_mix) · hist``, the gradient through ``fresh``.
     """
 
     policy: str = "refresh"
@@ -42,6 +54,10 @@ class HistoryConfig:
     cached_layers: list[int] | None = None
     embedding_share: float | None = None
     switch_time: float = 1.0
+    start_time: float = 0.0
+    cached_value: str = "output"
+    hit_fanout: int | None = None
+    hit_mix: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -57,6 +73,18 @@ class HistoryConfig:
             raise ValueError(f"embedding_share must be in [0, 1], got {self.embedding_share}")
         if not 0.0 <= self.switch_time <= 1.0:
             raise ValueError(f"switch_time must be in [0, 1], got {self.switch_time}")
+        if not 0.0 <= self.start_time < 1.0:
+            raise ValueError(f"start_time must be in [0, 1), got {self.start_time}")
+        if self.start_time > 0 and self.start_time >= self.switch_time:
+            raise ValueError(f"start_time {self.start_time} must come before switch_time {self.switch_time}")
+        if self.cached_value not in CACHED_VALUES:
+            raise ValueError(f"cached_value must be one of {CACHED_VALUES}, got {self.cached_value!r}")
+        if self.hit_fanout is not None and self.hit_fanout < 1:
+            raise ValueError(f"hit_fanout must be >= 1 (or None: prune hits), got {self.hit_fanout}")
+        if self.hit_fanout is not None and self.cached_value == "aggregate":
+            raise ValueError("hit_fanout refreshes cached outputs; an aggregate hit draws no neighbour")
+        if not 0.0 <= self.hit_mix <= 1.0:
+            raise ValueError(f"hit_mix must be in [0, 1], got {self.hit_mix}")
         for layer in self.cached_layers or ():
             if layer < 0:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (must be >= 0)")
@@ -73,3 +101,7 @@ class HistoryConfig:
         for layer in self.cached_layers or ():
             if not 0 <= layer < n_hidden:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (0..{n_hidden - 1})")
+        default = [num_layers - 2] if self.cached_layers is None else self.cached_layers
+        if self.cached_value == "aggregate" and min(default, default=1) < 1:
+            # layer 0's aggregate is over raw features (width F, not hidden): a feature cache's job
+            raise ValueError("cached_value 'aggregate' caches a hidden layer's input: cached layers must be >= 1")

@@ -10,7 +10,16 @@ GAS): no gradient flows into a hit's sub-tree. The trainer drives the rest throu
 **Switch to exact** (``switch_time < 1``, as RSC's): from epoch ``⌊switch_time · E⌋`` on, the engine
 prunes and serves nothing and admits nothing; the cache is cleared and the feature cache re-reads
 rows into the whole budget. Training then ends on fresh inputs and full gradients, which a history
-cache denies the layers below its hits.
+cache denies the layers below its hits. **Warm start** (``start_time > 0``): before epoch
+``⌊start_time · E⌋`` the engine is idle the same way (nothing cached yet, so nothing to clear).
+
+**What a hit holds** (``cached_value``, ``hit_fanout``; :meth:`HistoryEngine.propagation` builds the
+batch's :class:`~approxgnn.minibatch.BlockPropagation`): a layer's output, pruning the hit's
+sub-tree (GAS, ReFresh); the same output mixed with a recomputation from ``hit_fanout`` neighbours
+(LMC); or the layer's input neighbour mean, so that the layer's weights, batch norm and activation
+apply fresh to it. :attr:`HistoryEngine.oracle` (diagnostics, never a policy) computes every hit
+in full and serves either its exact value without gradient (``"value"``) or its cached value with
+the full gradient (``"gradient"``), splitting a cache's loss into value error and withheld gradient.
 
 :meth:`HistoryEngine.build` assembles the pieces under one byte budget: the arena
 (:mod:`.arena`), the feature cache over the given store (its front), the history cache (its back).
@@ -23,10 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..minibatch.blocks import BlockPropagation
 from ..minibatch.feature_cache import CachedFeatureStore
-from ..minibatch.sampler import PruneTest, SampledBatch
+from ..minibatch.sampler import KEEP_ALL, PruneTest, SampledBatch
 from ..minibatch.stores import FeatureStore
 from ..nn.engine import Engine, switch_epoch
+from ..ops import SparseOperator
 from .arena import arena_floats, embedding_rows
 from .cache import HistoryCache
 from .config import HistoryConfig
@@ -43,12 +54,18 @@ class HistoryEngine(Engine):
 
     VERSION = 1
 
+    ORACLES = ("value", "gradient")
+
     def __init__(self, cache: HistoryCache, policy: str | HistoryPolicy = "refresh", rate: float = 0.9,
-                 evict: bool = False, *, features: CachedFeatureStore | None = None, switch_time: float = 1.0) -> None:
+                 evict: bool = False, *, features: CachedFeatureStore | None = None, switch_time: float = 1.0,
+                 start_time: float = 0.0, cached_value: str = "output", hit_fanout: int | None = None,
+                 hit_mix: float = 0.5) -> None:
         if isinstance(policy, str):
             policy = make_policy(policy, rate, cache.staleness, evict)
         self.cache, self.policy, self.features = cache, policy, features
-        self.switch_time, self.exact = switch_time, False
+        self.switch_time, self.start_time, self.exact, self.warming = switch_time, start_time, False, start_time > 0
+        self.cached_value, self.hit_fanout, self.hit_mix = cached_value, hit_fanout, hit_mix
+        self.oracle: str | None = None  # diagnostics only (module docstring); set before training
         self.reset_counts()
 
     @classmethod
@@ -72,7 +89,8 @@ class HistoryEngine(Engine):
         features = CachedFeatureStore(store, order, arena)
         cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight,
                              max_rows=embedding_rows(floats, hidden, share))
-        return cls(cache, policy, features=features, switch_time=cfg.switch_time)
+        return cls(cache, policy, features=features, switch_time=cfg.switch_time, start_time=cfg.start_time,
+                   cached_value=cfg.cached_value, hit_fanout=cfg.hit_fanout, hit_mix=cfg.hit_mix)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -83,12 +101,46 @@ class HistoryEngine(Engine):
                        "expired": 0}
 
     # ---- per batch -----------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """Neither read nor written: warming up, or exact since the switch."""
+        return self.exact or self.warming
+
+    def keep(self) -> int | None:
+        """The sampler's :attr:`PruneTest.keep` for hits: ``None`` prunes them; else the fanout they
+        are still computed with (0 for a served aggregate; all for an oracle)."""
+        if self.oracle is not None:
+            if self.oracle not in self.ORACLES:
+                raise ValueError(f"oracle must be one of {self.ORACLES} or None, got {self.oracle!r}")
+            if self.cached_value != "output":
+                raise ValueError("the oracles compare against cached outputs")
+            return KEEP_ALL
+        if self.cached_value == "aggregate":
+            return 0
+        return self.hit_fanout
+
+    def mix(self, fresh: Tensor, hist: Tensor) -> Tensor:
+        """A kept hit's row from its recomputation ``fresh`` and its cached row ``hist`` ``[k, d]``."""
+        if self.oracle == "value":
+            return fresh.detach()  # exact value, no gradient into the sub-tree
+        lam = 0.0 if self.oracle == "gradient" else self.hit_mix  # gradient: the cached value, full gradient
+        return fresh + (1.0 - lam) * (hist - fresh.detach())
+
     def prune_tests(self, now: int) -> dict[int, PruneTest]:
         """Per cached layer, the fresh-hit test the sampler prunes with at iteration ``now`` (none
-        once exact)."""
-        if self.exact:
+        while idle)."""
+        if self.idle:
             return {}
-        return {l: self.cache.prune_test(l, now) for l in self.cache.layers}
+        keep = self.keep()
+        return {l: self.cache.prune_test(l, now)._replace(keep=keep) for l in self.cache.layers}
+
+    def propagation(self, batch: SampledBatch, ops: list[SparseOperator | None], hits: dict[int, Tensor],
+                    record: bool = True) -> BlockPropagation:
+        """The propagation of ``batch``'s forward pass: ``hits`` joined as configured, the cached
+        layers recorded for admission when ``record`` (training)."""
+        partial = {l: batch.num_partial[l] for l in self.cache.layers}
+        return BlockPropagation(ops, hits, self.layers if record else (), partial, self.mix,
+                                aggregate=self.cached_value == "aggregate" and self.oracle is None)
 
     def serve(self, batch: SampledBatch, now: int, device: torch.device | None = None) -> dict[int, Tensor]:
         """Copies ``[k_l, d]`` of the cached rows of ``batch``'s hits, on ``device`` (taken now:
@@ -115,8 +167,8 @@ class HistoryEngine(Engine):
         seeds = len(batch.seeds)
         for l in self.cache.layers:
             h = recorded.get(l)
-            m = batch.num_computed[l]
-            if h is not None and m > seeds and not self.exact:
+            m = batch.num_computed[l] - batch.num_partial[l]  # kept hits are fresh entries already
+            if h is not None and m > seeds and not self.idle:
                 self._admit(l, batch.layer_nodes[l][seeds:m], h, seeds, m, now)
             hit = hits.get(l)
             if self.policy.evicts and hit is not None and hit.grad is not None and hit.size(0):
@@ -141,6 +193,7 @@ class HistoryEngine(Engine):
     # ---- Engine protocol -----------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.reset_counts()  # figures are per epoch
+        self.warming = self.start_time > 0 and epoch < switch_epoch(self.start_time, num_epochs)
         # switch_time 1 never switches, whatever num_epochs is
         if not self.exact and self.switch_time < 1.0 and epoch >= switch_epoch(self.switch_time, num_epochs):
             self.go_exact()

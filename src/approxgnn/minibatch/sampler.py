@@ -254,12 +254,20 @@ class PruneTest(NamedTuple):
     """Fresh-hit test of one cached layer, read by the sampler kernel.
 
     Node ``u`` hits when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    ``keep``: ``None`` prunes a hit's sub-tree (it is served, not computed); an int ``k >= 0``
+    keeps the hit as a computed node whose next hop draws ``min(k, fanout)`` neighbours (``k = 0``:
+    none, the layer's aggregate is served instead; ``KEEP_ALL``: the hop's own fanout) -- it is
+    then one of the ``num_partial`` last computed nodes of its layer.
     """
 
     node_slot: np.ndarray  # int32/int64 [N]
     slot_iter: np.ndarray  # int64 [slots]
     now: int
     max_age: int
+    keep: int | None = None
+
+
+KEEP_ALL = 1 << 40  # PruneTest.keep: a kept hit draws as many neighbours as a miss
 
 
 @dataclass
@@ -300,6 +308,8 @@ class SampledBatch:
     * ``blocks[l]``: ``num_computed[l] × len(layer_nodes[l-1])`` (``len(input_nodes)`` for l=0);
       ``blocks[0]`` is None when the first hop is precomputed (``input_nodes`` are then layer 0's
       computed targets).
+    * ``num_partial[l]``: hits that are also computed (:attr:`PruneTest.keep`), the last
+      ``num_partial[l]`` of the ``num_computed[l]`` computed nodes, from fewer neighbours.
     """
 
     seeds: np.ndarray
@@ -307,14 +317,23 @@ class SampledBatch:
     input_nodes: np.ndarray
     blocks: list[Block]
     num_computed: list[int]
+    num_partial: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.num_partial:
+            self.num_partial = [0] * len(self.num_computed)
 
     @property
     def num_layers(self) -> int:
         return len(self.blocks)
 
     def hits(self, layer: int) -> np.ndarray:
-        """Global ids served from the cache at hidden layer ``layer``."""
-        return self.layer_nodes[layer][self.num_computed[layer]:]
+        """Global ids served from the cache at hidden layer ``layer`` (kept hits first, then pruned ones)."""
+        return self.layer_nodes[layer][self.num_computed[layer] - self.num_partial[layer]:]
+
+    def misses(self, layer: int) -> np.ndarray:
+        """Global ids computed at layer ``layer`` that are not hits (the seeds first)."""
+        return self.layer_nodes[layer][: self.num_computed[layer] - self.num_partial[layer]]
 
     def nodes_per_hop(self) -> list[int]:
         """``[seeds, nodes after hop 1, …, input nodes]`` (hits included where they occur)."""
@@ -377,30 +396,34 @@ class NeighborSampler:
         num_layers = self.num_layers
         layer_nodes: list[np.ndarray | None] = [None] * num_layers
         blocks: list[Block | None] = [None] * num_layers
-        num_computed = [0] * num_layers
+        num_computed, num_partial = [0] * num_layers, [0] * num_layers
         layer_nodes[-1], num_computed[-1] = seeds, len(seeds)
         targets = input_nodes = seeds
+        kept: tuple[int, int | None] = (0, None)  # the last targets that are kept hits, and their fanout
         hops = self.fanouts[:-1] if self.first_hop else self.fanouts
         with self._lock:
             for hop, fanout in enumerate(hops):
                 layer = num_layers - 1 - hop
                 below = layer - 1  # the layer whose outputs this hop's new nodes provide
                 test = prune.get(below) if below >= 0 else None
-                block, nodes, n_comp = self._hop(targets, fanout, mix_key(key, hop), test)
+                block, nodes, n_comp, n_hit = self._hop(targets, fanout, mix_key(key, hop), test, kept)
                 blocks[layer] = block
+                kept = (0, None)
+                if test is not None and test.keep is not None:  # hits stay computed, from fewer neighbours
+                    n_comp, kept = n_comp + n_hit, (n_hit, test.keep)
                 if below >= 0:
-                    layer_nodes[below], num_computed[below] = nodes, n_comp
+                    layer_nodes[below], num_computed[below], num_partial[below] = nodes, n_comp, kept[0]
                 else:
                     input_nodes = nodes
                 targets = nodes[:n_comp]
         if self.first_hop:  # layer 0 computes its targets from their own rows, no block
             input_nodes = layer_nodes[0][: num_computed[0]]
-        return SampledBatch(seeds, layer_nodes, input_nodes, blocks, num_computed)  # type: ignore[arg-type]
+        return SampledBatch(seeds, layer_nodes, input_nodes, blocks, num_computed, num_partial)  # type: ignore[arg-type]
 
     def full_block(self, targets: np.ndarray) -> tuple[Block, np.ndarray]:
         """One hop with every neighbour (exact inference): the block and its source ids."""
         with self._lock:
-            block, nodes, _ = self._hop(np.ascontiguousarray(targets, dtype=np.int64), -1, 0, None)
+            block, nodes, _, _ = self._hop(np.ascontiguousarray(targets, dtype=np.int64), -1, 0, None)
         return block, nodes
 
     def rows_block(self, targets: np.ndarray, col_map: np.ndarray, num_cols: int) -> Block:
@@ -418,15 +441,25 @@ class NeighborSampler:
             return _closed_neighbourhood(self.rowptr, self.col, np.ascontiguousarray(nodes, dtype=np.int64),
                                          np.zeros(self.graph.num_nodes, np.bool_))
 
-    def _hop(self, targets: np.ndarray, fanout: int, key: int, test: PruneTest | None):
-        ptr = _row_counts(self.rowptr, targets, fanout)
+    def _hop(self, targets: np.ndarray, fanout: int, key: int, test: PruneTest | None,
+             kept: tuple[int, int | None] = (0, None)):
+        """One hop: ``(block, sources, m + new misses, new hits)``. The last ``kept[0]`` targets
+        are kept hits: they draw ``min(kept[1], fanout)`` neighbours (``fanout`` -1: ``kept[1]``)."""
+        p, keep = kept
+        if p:
+            m = len(targets) - p
+            k = keep if fanout < 0 else min(keep, fanout)
+            ptr = _row_counts(self.rowptr, targets[:m], fanout)
+            ptr = np.concatenate([ptr, ptr[-1] + _row_counts(self.rowptr, targets[m:], k)[1:]])
+        else:
+            ptr = _row_counts(self.rowptr, targets, fanout)
         nbr = _sample_rows(self.rowptr, self.col, targets, ptr, np.uint64(key))
         if test is None:
             args = (self._no_slot, self._no_iter, 0, 0, False)
         else:
             args = (test.node_slot, test.slot_iter, int(test.now), int(test.max_age), True)
-        nodes, col_local, n_miss, _ = _relabel(targets, nbr, self._local, *args)
+        nodes, col_local, n_miss, n_hit = _relabel(targets, nbr, self._local, *args)
         val, diag = _block_values(ptr, targets, nodes, col_local, self.deg, self.norm == "gcn")
         m = len(targets)
         block = Block(ptr, col_local, val, diag if self.norm == "gcn" else None, m, len(nodes))
-        return block, nodes, m + int(n_miss)
+        return block, nodes, m + int(n_miss), int(n_hit)

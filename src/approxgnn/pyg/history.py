@@ -162,8 +162,9 @@ class HistoryGNN(nn.Module):
         """Logits ``[batch.batch_size, C]`` of the seeds of a :class:`NeighborBatchLoader` batch:
         layer ``l`` aggregates over its own hop's edges, cached rows join after the cached layers."""
         b = batch.sampled_batch
-        record = self.engine.layers if self.engine is not None and self.training else ()
-        prop = BlockPropagation(b.ops, b.hits, record)
+        record = self.engine is not None and self.training
+        prop = self.engine.propagation(b.sample, b.ops, b.hits, record) if self.engine is not None \
+            else BlockPropagation(b.ops)
         out = self.gnn(b.x, prop)
         self._pending = (b, prop) if record else None
         return out

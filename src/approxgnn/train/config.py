@@ -163,6 +163,9 @@ class TrainConfig:
         self.dist.validate()
         self.history.validate()
         self.history.check_depth(self.layers)
+        if self.history.cached_value == "aggregate" and self.model != "sage":
+            # GCN aggregates after its linear map: its aggregate would freeze the weights like an output
+            raise ValueError(f"--cached-value aggregate caches SAGE's pre-linear neighbour mean, not {self.model}'s")
 
     def cache_policy(self) -> str:
         """The cache policy a mini-batch run uses. ``--engine refresh``: ``history.policy``.

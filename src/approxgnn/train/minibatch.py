@@ -152,7 +152,8 @@ class MiniBatchTrainer(Trainer):
         return epoch_seeds(self.train_ids, self.mc.batch_size, self.cfg.seed, epoch)
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
-        prop = BlockPropagation(batch.ops, batch.hits, self.history.layers if self.history else ())
+        prop = self.history.propagation(batch.sample, batch.ops, batch.hits) if self.history \
+            else BlockPropagation(batch.ops)
         out = self.net(batch.x, prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
 
