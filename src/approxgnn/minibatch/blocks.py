@@ -48,9 +48,10 @@ class BlockPropagation(Propagation):
         if not self.aggregate:
             return y
         p = self.partial.get(layer, 0)
-        if layer in self.record and y.requires_grad:
-            y.retain_grad()  # the admission criterion, on the aggregate this layer caches
+        if layer in self.record:
             self.recorded[layer] = y
+            if y.requires_grad:
+                y.retain_grad()  # the admission criterion, on the aggregate this layer caches
         if not p:
             return y
         # The kept hits drew no neighbour: their rows of y are 0, the served aggregate replaces them.
