@@ -52,6 +52,8 @@ class _Approx:
     """
 
     def _fallback(self, weight: Any) -> bool:
+        if torch.compiler.is_compiling():  # PyG's forward is what gets compiled; no Python bookkeeping
+            return True                    # (it would break the graph and count once per compile)
         reason = self._approxgnn.fallback_reason(self, weight)
         if reason is not None:
             self._approxgnn.fell_back(self, reason)

@@ -262,7 +262,10 @@ class SampledPropagation(Propagation, Engine):
             self._reschedule(num_epochs)
         # C = 1 keeps every FLOP: that is the exact backward, so take it (bit-identical training).
         phase = EXACT if self.cfg.budget >= 1.0 else self.schedule.phase(epoch)
-        if phase == APPROX and self.schedule.tune_due(epoch):
+        # A layer that joined late (the PyG adapter meets layers as they run) is allocated as soon
+        # as its warm-up step has gathered statistics, not only at the next regular re-allocation.
+        joined = any(s.alloc is None for s in self.layers.values())
+        if phase == APPROX and self.layers and (self.schedule.tune_due(epoch) or joined):
             if all(s.stats is not None for s in self.layers.values()):
                 self.tune(epoch)
         for s in self.layers.values():
