@@ -353,3 +353,13 @@ class _CountOps(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.calls += 1
         return func(*args, **(kwargs or {}))
+
+
+def test_bipartite_input_runs_pygs_forward_and_is_counted() -> None:
+    ei, x, _ = data(12)
+    torch.manual_seed(0)
+    plain = SAGEConv((F_IN, 6), 8)
+    holder = approximate(nn.ModuleDict({"sage": copy.deepcopy(plain)}), epochs=5, **SAMPLE_ALL)
+    x_dst = torch.randn(N, 6)
+    torch.testing.assert_close(holder["sage"]((x, x_dst), ei), plain((x, x_dst), ei))
+    assert engine_of(holder).stats()["fallbacks"] == {"sage: input other than x [N, F] with an [N, N] graph": 1}

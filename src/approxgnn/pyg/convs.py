@@ -113,6 +113,8 @@ class ApproxSAGEConv(_Approx, SAGEConv):
         return ("mean", 0.0, False, conv.flow)
 
     def forward(self, x: Any, edge_index: Any, size: Any = None) -> Tensor:
+        if size is not None:
+            self._approxgnn.fell_back(self, "size=")
         graph = None if size is not None or self._fallback(None) else self._approxgnn.graph(self, x, edge_index, None)
         if graph is None:
             return super().forward(x, edge_index, size)

@@ -183,6 +183,7 @@ class PyGApproximation(Engine):
     def graph(self, conv: nn.Module, x: Any, adj: Any, weight: Tensor | None) -> GraphEntry | None:
         """The cached operator for ``adj`` as ``conv`` normalises it; None for an input left to PyG."""
         if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point() or not _square_input(adj, x.size(0)):
+            self.fell_back(conv, "input other than x [N, F] with an [N, N] graph")
             return None
         if _needs_grad(adj):
             self.fell_back(conv, "adjacency values require grad")
