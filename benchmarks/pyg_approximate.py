@@ -61,7 +61,8 @@ class UserRun:
             model = GCNII(data.num_features, args.hidden, args.gcn2_layers, data.num_classes)
             params = [{"params": model.convs.parameters(), "weight_decay": 0.01},
                       {"params": model.lins.parameters(), "weight_decay": 5e-4}]
-        self.model = model if budget is None else approximate(model, budget=budget, epochs=args.epochs)
+        opts = {} if args.min_layer_flops is None else {"min_layer_flops": args.min_layer_flops}
+        self.model = model if budget is None else approximate(model, budget=budget, epochs=args.epochs, **opts)
         self.opt = torch.optim.Adam(params or self.model.parameters(), lr=args.lr, weight_decay=5e-4)
         self.curve: list[dict[str, float]] = []
         self.train_time = self.wall_time = 0.0
@@ -175,6 +176,8 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--gcn2-layers", type=int, default=64, help="GCN2Conv layers of --archs gcn2")
+    p.add_argument("--min-layer-flops", type=int, default=None,
+                   help="approximate()'s min_layer_flops (default: its own; 0 samples every layer)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--adj", choices=["adj_t", "edge_index"], default="adj_t",
