@@ -37,7 +37,7 @@ from approxgnn.train import time_to_reach
 from approxgnn.train.metrics import evaluate_logits
 from approxgnn.train.results import format_table
 
-ARCHS = ("gcn", "sage", "gcn2")
+ARCHS = ("gcn", "sage", "gcn2", "dirsage")
 TTA_MARGIN = 0.005
 
 
@@ -51,12 +51,15 @@ class UserRun:
         torch.manual_seed(seed)
         params: Any = None
         self.data, self.metric, self.approx = data, metric, budget is not None
-        self.adj = data.adj_t if args.adj == "adj_t" else data.edge_index
+        # DirGNNConv flips its input, so it takes edge_index (PyG's scatter path for the plain model).
+        self.adj = data.adj_t if args.adj == "adj_t" and arch != "dirsage" else data.edge_index
         kw = dict(dropout=args.dropout)
         if arch == "gcn":
             model = GCN(data.num_features, args.hidden, args.layers, data.num_classes, cached=True, **kw)
         elif arch == "sage":
             model = GraphSAGE(data.num_features, args.hidden, args.layers, data.num_classes, **kw)
+        elif arch == "dirsage":
+            model = DirSAGE(data.num_features, args.hidden, args.layers, data.num_classes, args.dropout)
         else:
             model = GCNII(data.num_features, args.hidden, args.gcn2_layers, data.num_classes)
             params = [{"params": model.convs.parameters(), "weight_decay": 0.01},
@@ -115,6 +118,26 @@ class GCNII(torch.nn.Module):
         for conv in self.convs:
             x = conv(F.dropout(x, self.dropout, self.training), x0, adj).relu()
         return self.lins[1](F.dropout(x, self.dropout, self.training))
+
+
+class DirSAGE(torch.nn.Module):
+    """Directed GraphSAGE: each layer a ``DirGNNConv`` (in- and out-neighbour means; the reversed
+    graph is built inside its forward on every call)."""
+
+    def __init__(self, f_in: int, hidden: int, layers: int, classes: int, dropout: float) -> None:
+        from torch_geometric.nn import DirGNNConv, SAGEConv
+
+        super().__init__()
+        dims = [f_in] + [hidden] * (layers - 1) + [classes]
+        self.convs = torch.nn.ModuleList(DirGNNConv(SAGEConv(a, b)) for a, b in zip(dims, dims[1:]))
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = conv(F.dropout(x, self.dropout, self.training), edge_index)
+            if i < len(self.convs) - 1:
+                x = x.relu()
+        return x
 
 
 def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
