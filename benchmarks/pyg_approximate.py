@@ -193,7 +193,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", nargs="+", default=["synthetic-hard-100k", "tolokers"])
     p.add_argument("--data-root", default=None)
-    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS))
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=["gcn", "sage"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--hidden", type=int, default=128)
