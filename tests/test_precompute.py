@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from approxgnn.graph import CSRGraph
 from approxgnn.precompute import compute_first_hop, fingerprint, precompute_first_hop
@@ -216,3 +217,44 @@ def test_minibatch_caches_hold_rows_of_both_tables_and_resume_exactly(tmp_path, 
                   resume_state=read_checkpoint(tmp_path))
     keys = ("loss", "val", "feature_bytes_read", "feature_cache_rows_served", "hit_rate")
     assert [[c.get(k) for k in keys] for c in straight["curve"]] == [[c.get(k) for k in keys] for c in resumed["curve"]]
+
+
+def _pyg_losses(kind, precompute, fanouts, policy="none", epochs=3):
+    from torch_geometric.nn.models import GCN, GraphSAGE
+
+    from approxgnn.pyg import HistoryGNN, NeighborBatchLoader
+
+    d = planted_dataset(n=300, features=10)
+    loader = NeighborBatchLoader(d, fanouts, batch_size=40, input_nodes=d.train_mask, seed=2,
+                                 norm="mean" if kind == "sage" else "gcn", precompute=precompute)
+    torch.manual_seed(4)
+    model = (GraphSAGE if kind == "sage" else GCN)(10, 16, len(fanouts), d.num_classes, dropout=0.5)
+    wrapped = HistoryGNN(model, loader, cache_mb=0.05, policy=policy, staleness=30)
+    opt = torch.optim.Adam(wrapped.parameters(), lr=0.02)
+    losses = []
+    for _ in range(epochs):
+        wrapped.train()
+        for batch in loader:
+            opt.zero_grad()
+            loss = F.cross_entropy(wrapped(batch)[: batch.batch_size], batch.y[: batch.batch_size])
+            loss.backward()
+            opt.step()
+            wrapped.push(batch)
+            losses.append(float(loss.detach()))
+    return np.array(losses), wrapped, d, batch
+
+
+@pytest.mark.parametrize("kind", ["sage", "gcn"])
+def test_pyg_loader_and_history_gnn_take_the_precomputed_first_hop(kind):
+    pytest.importorskip("torch_geometric")
+
+    on, wrapped, d, batch = _pyg_losses(kind, True, [-1, -1, -1])
+    off, plain, _, _ = _pyg_losses(kind, False, [-1, -1, -1])
+    np.testing.assert_allclose(on, off, rtol=1e-5)  # full neighbourhoods: the same function, to rounding
+    # The batch stops one hop earlier: two edge groups for three layers; x holds layer 0's joined rows.
+    assert len(batch.num_sampled_edges) == 2 and batch.x.size(1) == (20 if kind == "sage" else 11)
+    nodes = np.flatnonzero(d.test_mask)
+    torch.testing.assert_close(wrapped.inference(nodes), plain.inference(nodes), rtol=1e-4, atol=1e-5)
+    # With sampling and a history cache it trains, serving hits at hidden layers.
+    sampled, cached, _, _ = _pyg_losses(kind, True, [4, 3, 2], policy="gas", epochs=4)
+    assert np.isfinite(sampled).all() and cached.engine.stats()["hit_rate"] > 0
