@@ -100,7 +100,8 @@ def _worker(jobs: list[dict], report: str) -> int:
         every = [torch.empty_like(flat) for _ in range(self.ctx.world_size)]
         dist.all_gather(every, flat)
         seen["param_diffs"].append(float(max((e - flat).abs().max() for e in every)))
-        seen["store"] = {"memmap": isinstance(self.store.x, np.memmap), "file": str(self.store.x.filename)}
+        store = self.store.parts[0] if hasattr(self.store, "parts") else self.store  # X, under a joined first hop
+        seen["store"] = {"memmap": isinstance(store.x, np.memmap), "file": str(store.x.filename)}
         return norm
 
     def poisoned_forward(self, batch):
@@ -150,7 +151,9 @@ def _cli_config() -> TrainConfig:
 
 # Per rank batch size B; one process runs 2B. 600 planted nodes have 200 training nodes: three
 # global batches of 64 and one of 8 (4 per rank). `feature`: a raw-feature cache on, no history.
-EQUIVALENT = {"sample": ("sample", "none"), "refresh-feature-cache": ("refresh", "feature")}
+EQUIVALENT = {"sample": ("sample", "none"), "refresh-feature-cache": ("refresh", "feature"),
+              "sample-precomputed-first-hop": ("sample", "none")}
+EQUIVALENT_KW = {"sample-precomputed-first-hop": {"precompute": "on"}}  # rank 0 builds the table, rank 1 finds it
 CORA = dict(dataset="cora", epochs=15, hidden=32, minibatch={"cache_mb": 2.0})
 
 
@@ -162,7 +165,8 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
     np.lib.format.open_memmap(big, mode="w+", dtype=np.float32, shape=(BIG_NODES, BIG_DIM))  # all holes
     jobs = [{"name": "big", "cfg": _config("refresh", 16, dataset="big", epochs=1, minibatch={"cache_mb": 1.0}),
              "spec": {"kind": "big", "path": str(big)}}]
-    jobs += [{"name": name, "cfg": _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0}),
+    jobs += [{"name": name, "cfg": _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0},
+                                           **EQUIVALENT_KW.get(name, {})),
               "spec": {"kind": "planted", "n": 600}} for name, (engine, policy) in EQUIVALENT.items()]
     jobs.append({"name": "sample-rank0-eval", "cfg": _config("sample", 32, policy="none", minibatch={"cache_mb": 1.0},
                                                               dist=DistConfig(nproc=2, timeout_s=60, eval="rank0")),
@@ -184,7 +188,9 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
 def test_two_processes_trace_one_process_at_the_same_global_batch(two_ranks, name, one_torch_thread):
     ranks = [r[name] for r in two_ranks[0]]
     engine, policy = EQUIVALENT[name]
-    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}), planted_dataset(n=600))
+    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}, **EQUIVALENT_KW.get(name, {})),
+              planted_dataset(n=600))
+    assert one["precompute"]["path"] == ("precomputed" if name in EQUIVALENT_KW else "plain")
     for r in ranks:
         assert "error" not in r, r.get("error")
         assert r["world_size"] == 2
@@ -374,3 +380,61 @@ def test_more_processes_than_gpus_is_a_usage_error(capsys, monkeypatch):
     args = ["train", "--dataset", "synthetic", "--engine", "sample", "--nproc", "2"]
     assert "but 1 GPU(s)" in _usage_error(args + ["--device", "cuda"], capsys)
     assert "NCCL cannot run 2 processes on one GPU" in _usage_error(args + ["--device", "cuda:0"], capsys)
+
+
+# ---- collectives stay in the loop -----------------------------------------------------------------
+class _CountingContext:
+    """A one-rank group (collectives are the identity) that records each collective with the
+    function that called it, so that a collective hidden in a helper shows up by name."""
+
+    def __init__(self, device):
+        from approxgnn.train.context import LocalContext
+
+        self._local, self.calls = LocalContext(device), []
+        self.rank, self.world_size, self.device, self.is_main = 0, 1, device, True
+        self.backend, self.threads, self.distributed = "gloo", 1, True
+
+    def __getattr__(self, name):
+        import inspect
+
+        method = getattr(self._local, name)
+
+        def call(*args, **kw):
+            self.calls.append((name, inspect.stack()[1].function))
+            return method(*args, **kw)
+
+        return call
+
+
+def test_no_collective_hides_outside_the_training_loop(tmp_path) -> None:
+    """Every rank must make the same collectives in the same order. The data-parallel trainer's
+    collectives per epoch are the loss check of each step and one gather of the epoch's records,
+    both called from the loop; building the record, merging the ranks' records, the figures and
+    the run facts communicate nothing (rank 0 alone calls some of them). The merged hit rate
+    is the engine's own rate of the gathered counts."""
+    import torch
+    import torch.distributed as dist
+
+    from approxgnn.history import HistoryEngine
+    from approxgnn.train.checkpoint import seed_everything
+    from approxgnn.train.ddp import DistributedMiniBatchTrainer
+
+    cfg = _config("refresh", 32, dist=DistConfig(nproc=1), epochs=2, dropout=0.3)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        seed_everything(cfg.seed)
+        ctx = _CountingContext(torch.device("cpu"))
+        trainer = DistributedMiniBatchTrainer(cfg, planted_dataset(n=600), ctx)
+        ctx.calls.clear()  # opening the shared feature file broadcast its path
+        for epoch in range(cfg.epochs):
+            rec = trainer.train_epoch(epoch)
+            counts = dict(trainer.history.counts)
+            assert rec["hit_rate"] == HistoryEngine.rates(counts)["hit_rate"] and counts["served"] > 0
+            steps = rec["batches"]
+            assert sorted(ctx.calls) == sorted([("all_values", "finite_guard")] * steps
+                                               + [("gather_objects", "train_epoch")])
+            ctx.calls.clear()
+        trainer.stats(), trainer.run_info(), trainer.merge_ranks([rec], [counts])
+        assert ctx.calls == [] and "per_rank" in rec
+    finally:
+        dist.destroy_process_group()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,15 @@ from tqdm.auto import tqdm
 from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
+from ..history.caches import Caches, build_caches
 from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, degree_order, epoch_permutation, epoch_seeds,
+                         first_hop_store,
+                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation, epoch_seeds,
                          layerwise_inference, write_features)
-from ..nn import Engine, build_model
+from ..nn import Engine, FirstHop, build_model
 from .base import Trainer, resolve_device, synchronizer
 from .config import TrainConfig
+from .context import LocalContext
 from .loop import interactive
 from .metrics import evaluate_logits
 from .schedule import build_scheduler
@@ -47,44 +51,80 @@ MINIBATCH_MODELS = ("sage", "gcn")
 FIGURES = ("hit_rate", "mean_age", "occupancy")  # history figures reported per epoch and in the result
 
 
-def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None) -> tuple[ArrayFeatureStore, Any]:
+def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None,
+                       ctx: Any = None) -> tuple[ArrayFeatureStore, Any]:
     """The counted store of ``x`` as configured: a prepared ``.npy`` (``features_path``), ``x``
     itself (RAM, or a memmap already), or ``x`` written to ``<out>/features.npy`` (or a temporary
-    directory, returned second: keep it alive as long as the store) and memory-mapped."""
+    directory, returned second: keep it alive as long as the store) and memory-mapped.
+
+    Under a distributed rank context ``ctx`` every rank maps one file: rank 0 writes it (as if
+    ``features_on_disk``) and broadcasts its path, which the other ranks open read-only.
+    """
     if mc.features_path:
         store = ArrayFeatureStore.open(mc.features_path)
         if store.x.shape != x.shape:
             raise ValueError(f"features_path {mc.features_path} holds shape {store.x.shape}, the dataset has {x.shape}")
         return store, None
-    if isinstance(x, np.memmap) or not mc.features_on_disk:
+    shared = ctx is not None and ctx.distributed
+    if isinstance(x, np.memmap) or not (mc.features_on_disk or shared):
         return ArrayFeatureStore(x), None
+    if shared and not ctx.is_main:
+        return ArrayFeatureStore.open(ctx.broadcast_object(None)), None
     tmp = None if out else tempfile.TemporaryDirectory(prefix="approxgnn-")
     path = Path(out if out else tmp.name) / "features.npy"
-    return ArrayFeatureStore(write_features(path, x)), tmp
+    store = ArrayFeatureStore(write_features(path, x))
+    if shared:
+        ctx.broadcast_object(str(path))  # the file is whole before any other rank opens it
+    return store, tmp
+
+
+def open_first_hop(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | None,
+                   ctx: Any = None) -> tuple[FeatureStore, dict[str, Any]]:
+    """:func:`~approxgnn.minibatch.first_hop_store` of ``store``, and its facts for ``result.json``.
+    Under a distributed context rank 0 builds the table first and the other ranks then find it on
+    disk (the fingerprint names the file), so it is computed once."""
+    ranks = ctx is not None and ctx.distributed
+    if ranks and not ctx.is_main:
+        ctx.broadcast_object(None)  # wait until rank 0's table is whole
+    joined, table = first_hop_store(graph, store, norm, directory)
+    if ranks and ctx.is_main:
+        ctx.broadcast_object(table.path)
+    return joined, table.info()
 
 
 class MiniBatchTrainer(Trainer):
     """Sampled mini-batches on SAGE/GCN with an optional feature cache and history engine.
 
+    ``ctx``: this process's rank context (default :class:`LocalContext`, one process); the
+    data-parallel trainer (:mod:`.ddp`) passes its group's. ``caches`` (:func:`build_caches`):
     ``engine`` is the :class:`HistoryEngine` under the history policies, else the no-op
     :class:`Engine`; ``history`` is the same engine or None, ``features`` the store batches read.
     """
 
-    def __init__(self, cfg: TrainConfig, data: Dataset) -> None:
+    def __init__(self, cfg: TrainConfig, data: Dataset, ctx: Any = None) -> None:
         if cfg.model not in MINIBATCH_MODELS:
             raise ValueError(f"mini-batch engines run {list(MINIBATCH_MODELS)}, not {cfg.model!r} "
                              "(GCNII's initial residual needs the input rows of every layer's targets)")
+        self.ctx = LocalContext(resolve_device(cfg.device)) if ctx is None else ctx
+        if not self.ctx.is_main:  # one progress bar, from rank 0
+            cfg = replace(cfg, progress=False)
         mc = self.mc = cfg.minibatch
         self.cfg, self.metric, self.policy = cfg, data.metric, cfg.cache_policy()
-        self.device = self._device()
+        self.device = self.ctx.device
         graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         self.net: torch.nn.Module = self.model  # what the forward pass calls (a data-parallel wrapper, in ddp.py)
-        self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm)
-        self.store, self._tmp = self._open_store(data.x)
-        self.budget_bytes = int(mc.cache_mb * 2**20) if self.policy != "none" else 0
-        self._build_caches()
+        self.first_hop, why = cfg.first_hop_path()
+        self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm, first_hop=self.first_hop)
+        self.store, self._tmp = open_feature_store(mc, data.x, cfg.out, self.ctx)
+        self.num_features = data.num_features
+        precompute: dict[str, Any] = {"path": "precomputed" if self.first_hop else "plain", "reason": why}
+        if self.first_hop:
+            self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx)
+            precompute.update(info)
+        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.store, self.sampler.rowptr,
+                                           self.sampler.deg, cfg.layers, cfg.hidden, mc.cache_mb, self.device)
         self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
         self.y = torch.as_tensor(data.y).to(self.device)
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
@@ -96,34 +136,33 @@ class MiniBatchTrainer(Trainer):
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
                       "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
-                      "cached_layers": list(self.history.layers) if self.history else [],
-                      "feature_store": "memmap" if self.store.on_disk else "ram"}
+                      "cached_layers": list(self.caches.cached_layers),
+                      "feature_store": "memmap" if self.store.on_disk else "ram", "precompute": precompute}
 
-    def _device(self) -> torch.device:
-        return resolve_device(self.cfg.device)
+    # ---- the caches (built once, by build_caches) -------------------------------------------
+    @property
+    def engine(self) -> Engine:  # type: ignore[override]
+        return self.caches.engine
 
-    def _open_store(self, x: np.ndarray) -> tuple[ArrayFeatureStore, Any]:
-        """The counted feature store and what must outlive it (:func:`open_feature_store`)."""
-        return open_feature_store(self.mc, x, self.cfg.out)
+    @property
+    def history(self) -> HistoryEngine | None:
+        return self.caches.history
 
-    def _build_caches(self) -> None:
-        """``engine``, ``history``, ``feature_cache`` and ``features`` for the cache policy."""
-        self.history: HistoryEngine | None = None
-        self.feature_cache: CachedFeatureStore | None = None
-        self.features: FeatureStore = self.store
-        self.engine: Engine = Engine()
-        if self.policy == "none":
-            return
-        order = degree_order(self.sampler.rowptr)
-        if self.policy == "feature":
-            self.feature_cache = CachedFeatureStore.within_budget(self.store, order, self.budget_bytes, self.device)
-        else:
-            # The sampler's float64 degrees are shared, not copied, as the capacity guard's weight.
-            self.history = self.engine = HistoryEngine.build(self.cfg.history, self.store, order, self.sampler.deg,
-                                                             self.cfg.layers, self.cfg.hidden, self.budget_bytes,
-                                                             self.device)
-            self.feature_cache = self.history.features
-        self.features = self.feature_cache
+    @property
+    def feature_cache(self) -> CachedFeatureStore | None:
+        return self.caches.feature_cache
+
+    @property
+    def features(self) -> FeatureStore:
+        return self.caches.features
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.caches.budget_bytes
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
 
     # ---- training ------------------------------------------------------------------------
     def epoch_permutation(self, epoch: int) -> np.ndarray:
@@ -133,9 +172,14 @@ class MiniBatchTrainer(Trainer):
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_seeds(self.train_ids, self.mc.batch_size, self.cfg.seed, epoch)
 
+    def _input(self, rows: torch.Tensor) -> torch.Tensor | FirstHop:
+        """The model's input from rows read for layer 0: the rows themselves, or (first hop
+        precomputed) a :class:`FirstHop` of them."""
+        return FirstHop.from_rows(rows, self.model.norm, self.num_features) if self.first_hop else rows
+
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
         prop = BlockPropagation(batch.ops, batch.hits, self.history.layers if self.history else ())
-        out = self.net(batch.x, prop)
+        out = self.net(self._input(batch.x), prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
 
     @property
@@ -188,8 +232,15 @@ class MiniBatchTrainer(Trainer):
         bar.close()
         sync()
         rec = self._epoch_record(before, time.perf_counter() - t_start, loss_sum, hop_sum, len(batches), t)
+        # The epoch's one collective, here in the loop that every rank runs alike (no-op in one process).
+        ranks = self.ctx.gather_objects((rec, dict(self.history.counts) if self.history else {}))
+        rec = self.merge_ranks([r for r, _ in ranks], [c for _, c in ranks])
         self.epoch_log.append(rec)
         return rec
+
+    def merge_ranks(self, recs: list[dict[str, Any]], counts: list[dict[str, int]]) -> dict[str, Any]:
+        """One epoch record from every rank's record and history counts (one rank: its own)."""
+        return recs[0]
 
     def _counters(self) -> dict[str, int]:
         served = self.feature_cache.rows_served if self.feature_cache else 0
@@ -197,6 +248,7 @@ class MiniBatchTrainer(Trainer):
 
     def _epoch_record(self, before: dict[str, int], elapsed: float, loss_sum: float, hop_sum: np.ndarray,
                       num_batches: int, t: dict[str, float]) -> dict[str, Any]:
+        """This rank's figures of the epoch; it reads counters only and never communicates."""
         now = self._counters()
         rec: dict[str, Any] = {
             "loss": loss_sum / len(self.train_ids), "step_time_s": elapsed,
@@ -226,7 +278,7 @@ class MiniBatchTrainer(Trainer):
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
                                    chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
-                                   **shard)
+                                   first_hop=self._input if self.first_hop else None, **shard)
 
     def evaluate(self) -> dict[str, float]:
         """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
@@ -270,25 +322,15 @@ class MiniBatchTrainer(Trainer):
         if self.history:
             info["history_bytes_used"] = self.history.cache.bytes_used
         if self.feature_cache is not None:
-            info["cache_metadata_bytes"] = self.cache_metadata_bytes()
+            info["cache_metadata_bytes"] = self.caches.metadata_bytes()
         return info
 
-    def cache_metadata_bytes(self) -> int:
-        """Bytes of the caches' metadata (slot maps, write iterations, replacement order): part of
-        the ``--cache-mb`` budget, next to the arena's rows."""
-        meta = self.feature_cache.metadata_bytes if self.feature_cache is not None else 0
-        return meta + (self.history.cache.metadata_bytes if self.history is not None else 0)
-
     def extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"iteration": self.iteration, "epoch_log": list(self.epoch_log),
-                                 "store": self.store.state_dict()}
-        if self.feature_cache is not None and self.history is None:  # else the engine holds it
-            state["feature_cache"] = self.feature_cache.state_dict()
-        return state
+        return {"iteration": self.iteration, "epoch_log": list(self.epoch_log), "store": self.store.state_dict(),
+                **self.caches.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
         self.epoch_log = list(state["epoch_log"])
         self.store.load_state_dict(state["store"])
-        if self.feature_cache is not None and self.history is None:
-            self.feature_cache.load_state_dict(state["feature_cache"])
+        self.caches.load_state_dict(state)
