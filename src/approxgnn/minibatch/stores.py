@@ -19,6 +19,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from ..state import check_version
+
 
 def index_dtype(count: int) -> type:
     """int32 while every node id fits, else int64 (slot maps have one entry per node)."""
@@ -111,6 +113,7 @@ class ArrayFeatureStore:
         return {"version": self.VERSION, **self.counters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "feature store")
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
 
 
@@ -168,6 +171,9 @@ class JoinedFeatureStore:
         return {"version": self.VERSION, "parts": [p.state_dict() for p in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "joined feature store")
+        if len(state["parts"]) != len(self.parts):
+            raise ValueError(f"the state joins {len(state['parts'])} stores, this one {len(self.parts)}")
         for p, s in zip(self.parts, state["parts"]):
             p.load_state_dict(s)
 
