@@ -244,6 +244,6 @@ def run_rank(cfg: TrainConfig, data: Dataset | None = None, *, resume: bool = Fa
 
 
 def _load(cfg: TrainConfig) -> Dataset:
-    from . import load_data
+    from .api import load_data
 
     return load_data(cfg)

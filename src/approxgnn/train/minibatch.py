@@ -35,9 +35,10 @@ from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..history.caches import Caches, build_caches
-from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation, epoch_seeds,
-                         layerwise_inference, write_features)
+from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
+                         MiniBatchConfig, NeighborSampler, layerwise_inference, write_features)
+from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
+from ..minibatch.sampler import batch_key
 from ..nn import Engine, build_model
 from .base import Trainer, resolve_device, synchronizer
 from .config import TrainConfig
