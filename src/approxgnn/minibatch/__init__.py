@@ -14,9 +14,10 @@ from .feature_cache import CachedFeatureStore
 from .inference import layerwise_inference
 from .loader import BatchLoader
 from .sampler import NeighborSampler
-from .stores import ArrayFeatureStore, FeatureStore, write_features
+from .stores import ArrayFeatureStore, FeatureStore, JoinedFeatureStore, first_hop_store, write_features
 
 # What a user builds a loop from; the helpers (seeds per epoch, batch keys, the prefetcher, the
 # degree order, ...) are imported from their modules.
-__all__ = ["MiniBatchConfig", "NeighborSampler", "FeatureStore", "ArrayFeatureStore", "CachedFeatureStore",
-           "write_features", "BatchLoader", "BlockPropagation", "layerwise_inference"]
+__all__ = ["MiniBatchConfig", "NeighborSampler", "FeatureStore", "ArrayFeatureStore", "JoinedFeatureStore",
+           "CachedFeatureStore", "first_hop_store", "write_features", "BatchLoader", "BlockPropagation",
+           "layerwise_inference"]
