@@ -27,6 +27,7 @@ from torch import Tensor
 from ..nn.engine import Engine
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
+from ..state import check_version
 from . import kernels
 from .budget import Allocation, LayerStats, allocate_budget, budget_flops
 from .config import RSCConfig
@@ -327,8 +328,7 @@ class SampledPropagation(Propagation, Engine):
                 "layers": {l: s.state_dict() for l, s in self.layers.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported RSC state (version {state.get('version')!r})")
+        check_version(state, 1, "RSC")
         if set(state["layers"]) != set(self.layers):
             raise ValueError(f"RSC state holds layers {sorted(state['layers'])}, model has {sorted(self.layers)}")
         self.schedule.load_state_dict(state["schedule"])
