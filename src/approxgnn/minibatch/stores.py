@@ -19,6 +19,10 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from ..graph import CSRGraph
+from ..precompute import FirstHopTable, precompute_first_hop
+from ..state import check_version
+
 
 def index_dtype(count: int) -> type:
     """int32 while every node id fits, else int64 (slot maps have one entry per node)."""
@@ -111,6 +115,7 @@ class ArrayFeatureStore:
         return {"version": self.VERSION, **self.counters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "feature store")
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
 
 
@@ -168,8 +173,22 @@ class JoinedFeatureStore:
         return {"version": self.VERSION, "parts": [p.state_dict() for p in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "joined feature store")
+        if len(state["parts"]) != len(self.parts):
+            raise ValueError(f"the state joins {len(state['parts'])} stores, this one {len(self.parts)}")
         for p, s in zip(self.parts, state["parts"]):
             p.load_state_dict(s)
+
+
+def first_hop_store(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | os.PathLike | None = None
+                    ) -> tuple[FeatureStore, FirstHopTable]:
+    """The store layer 0 reads when its aggregation ``norm`` is precomputed over ``store``'s
+    features (:mod:`approxgnn.precompute`): GCN's table ``[ÂX | Â1]`` alone (``ÂX`` holds the raw
+    features), SAGE's ``[X | mean]`` joined; every read counted. The table lives where ``X`` does
+    (RAM, or on disk beside an on-disk ``X``), or in ``directory``. Also returns the table."""
+    table = precompute_first_hop(graph, store.x, norm, directory=directory)
+    rows = ArrayFeatureStore(table.table)
+    return (rows if norm == "gcn" else JoinedFeatureStore([store, rows])), table
 
 
 def degree_order(rowptr: np.ndarray) -> np.ndarray:

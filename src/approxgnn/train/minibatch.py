@@ -35,10 +35,11 @@ from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..history.caches import Caches, build_caches
-from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation, epoch_seeds,
-                         layerwise_inference, write_features)
-from ..nn import Engine, build_model
+from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
+                         MiniBatchConfig, NeighborSampler, first_hop_store, layerwise_inference, write_features)
+from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
+from ..minibatch.sampler import batch_key
+from ..nn import Engine, FirstHop, build_model
 from .base import Trainer, resolve_device, synchronizer
 from .config import TrainConfig
 from .context import LocalContext
@@ -77,6 +78,20 @@ def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None,
     return store, tmp
 
 
+def open_first_hop(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | None,
+                   ctx: Any = None) -> tuple[FeatureStore, dict[str, Any]]:
+    """:func:`~approxgnn.minibatch.first_hop_store` of ``store``, and its facts for ``result.json``.
+    Under a distributed context rank 0 builds the table first and the other ranks then find it on
+    disk (the fingerprint names the file), so it is computed once."""
+    ranks = ctx is not None and ctx.distributed
+    if ranks and not ctx.is_main:
+        ctx.broadcast_object(None)  # wait until rank 0's table is whole
+    joined, table = first_hop_store(graph, store, norm, directory)
+    if ranks and ctx.is_main:
+        ctx.broadcast_object(table.path)
+    return joined, table.info()
+
+
 class MiniBatchTrainer(Trainer):
     """Sampled mini-batches on SAGE/GCN with an optional feature cache and history engine.
 
@@ -100,10 +115,21 @@ class MiniBatchTrainer(Trainer):
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         self.net: torch.nn.Module = self.model  # what the forward pass calls (a data-parallel wrapper, in ddp.py)
-        self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm)
+        self.first_hop, why = cfg.first_hop_path()
+        self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm, first_hop=self.first_hop)
         self.store, self._tmp = open_feature_store(mc, data.x, cfg.out, self.ctx)
+        self.num_features = data.num_features
+        precompute: dict[str, Any] = {"path": "precomputed" if self.first_hop else "plain", "reason": why}
+        if self.first_hop:
+            self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx)
+            precompute.update(info)
         self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.store, self.sampler.rowptr,
                                            self.sampler.deg, cfg.layers, cfg.hidden, mc.cache_mb, self.device)
+        # Short names for the parts (the caches are built once and never replaced).
+        self.engine: Engine = self.caches.engine
+        self.history: HistoryEngine | None = self.caches.history
+        self.feature_cache: CachedFeatureStore | None = self.caches.feature_cache
+        self.features: FeatureStore = self.caches.features
         self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
         self.y = torch.as_tensor(data.y).to(self.device)
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
@@ -114,30 +140,9 @@ class MiniBatchTrainer(Trainer):
         self.epoch_log: list[dict[str, Any]] = []
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
-                      "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
+                      "policy": self.policy, "cache_budget_bytes": self.caches.budget_bytes,
                       "cached_layers": list(self.caches.cached_layers),
-                      "feature_store": "memmap" if self.store.on_disk else "ram"}
-
-    # ---- the caches (built once, by build_caches) -------------------------------------------
-    @property
-    def engine(self) -> Engine:  # type: ignore[override]
-        return self.caches.engine
-
-    @property
-    def history(self) -> HistoryEngine | None:
-        return self.caches.history
-
-    @property
-    def feature_cache(self) -> CachedFeatureStore | None:
-        return self.caches.feature_cache
-
-    @property
-    def features(self) -> FeatureStore:
-        return self.caches.features
-
-    @property
-    def budget_bytes(self) -> int:
-        return self.caches.budget_bytes
+                      "feature_store": "memmap" if self.store.on_disk else "ram", "precompute": precompute}
 
     @property
     def is_main(self) -> bool:
@@ -151,10 +156,15 @@ class MiniBatchTrainer(Trainer):
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_seeds(self.train_ids, self.mc.batch_size, self.cfg.seed, epoch)
 
+    def _input(self, rows: torch.Tensor) -> torch.Tensor | FirstHop:
+        """The model's input from rows read for layer 0: the rows themselves, or (first hop
+        precomputed) a :class:`FirstHop` of them."""
+        return FirstHop.from_rows(rows, self.model.norm, self.num_features) if self.first_hop else rows
+
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
         prop = self.history.propagation(batch.sample, batch.ops, batch.hits) if self.history \
             else BlockPropagation(batch.ops)
-        out = self.net(batch.x, prop)
+        out = self.net(self._input(batch.x), prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
 
     @property
@@ -253,7 +263,7 @@ class MiniBatchTrainer(Trainer):
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
                                    chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
-                                   **shard)
+                                   first_hop=self._input if self.first_hop else None, **shard)
 
     def evaluate(self) -> dict[str, float]:
         """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
