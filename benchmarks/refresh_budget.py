@@ -34,7 +34,9 @@ from refresh_policies import COMMON, locked
 
 from approxgnn.datasets import load_dataset
 from approxgnn.history import HistoryConfig
-from approxgnn.minibatch import BlockPropagation, MiniBatchConfig, batch_key, epoch_seeds
+from approxgnn.minibatch import BlockPropagation, MiniBatchConfig
+from approxgnn.minibatch.loader import epoch_seeds
+from approxgnn.minibatch.sampler import batch_key
 from approxgnn.report import markdown_table
 from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
 from approxgnn.train.results import format_table
@@ -132,6 +134,8 @@ def bn_recalibrated(trainer) -> dict[str, float] | None:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     if not bns:
         return None
+    if trainer.first_hop:
+        raise SystemExit("--bn-recal runs the plain path (--precompute off)")
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # a cumulative average over the batches below
