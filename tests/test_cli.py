@@ -382,7 +382,9 @@ FLAG_VALUES: dict[str, tuple[list[str], object]] = {
     "--warmup": (["3"], 3), "--val-guard": ([], True), "--fanouts": (["7,3"], [7, 3]), "--batch-size": (["77"], 77),
     "--cache-mb": (["3.5"], 3.5), "--policy": (["gas"], "gas"), "--rate": (["0.5"], 0.5), "--evict": ([], True),
     "--staleness": (["11"], 11), "--cached-layers": (["0"], [0]), "--embedding-share": (["0.3"], 0.3),
-    "--history-switch-time": (["0.4"], 0.4), "--eval-batch-size": (["999"], 999), "--features-on-disk": ([], True),
+    "--history-switch-time": (["0.4"], 0.4), "--history-start-time": (["0.2"], 0.2),
+    "--cached-value": (["aggregate", "--layers", "3", "--fanouts", "5,5,5"], "aggregate"),  # a hidden layer >= 1
+    "--hit-fanout": (["2"], 2), "--hit-mix": (["0.3"], 0.3), "--eval-batch-size": (["999"], 999), "--features-on-disk": ([], True),
     "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
     "--backend": (["gloo"], "gloo"), "--dist-timeout": (["61"], 61.0), "--dist-eval": (["rank0"], "rank0"),
     "--threads": (["3"], 3),
@@ -408,7 +410,7 @@ def test_every_train_flag_reaches_the_recorded_config(flag: str, dest: str) -> N
     given, plain = flat(given), flat(plain)
     assert given[dest] == expected != plain[dest]
     changed = {k for k in given if given[k] != plain[k]}
-    allowed = {dest} | ({"layers", "minibatch.fanouts"} if flag in ("--layers", "--preset") else set())
+    allowed = {dest} | ({"layers", "minibatch.fanouts"} if flag in ("--layers", "--preset", "--cached-value") else set())
     if flag == "--preset":  # the preset's own values come with it
         from approxgnn.train.presets import PRESETS
 
