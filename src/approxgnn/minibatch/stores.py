@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..graph import CSRGraph
 from ..precompute import FirstHopTable, precompute_first_hop
+from ..state import check_version
 
 
 def index_dtype(count: int) -> type:
@@ -114,6 +115,7 @@ class ArrayFeatureStore:
         return {"version": self.VERSION, **self.counters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "feature store")
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
 
 
@@ -171,6 +173,9 @@ class JoinedFeatureStore:
         return {"version": self.VERSION, "parts": [p.state_dict() for p in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "joined feature store")
+        if len(state["parts"]) != len(self.parts):
+            raise ValueError(f"the state joins {len(state['parts'])} stores, this one {len(self.parts)}")
         for p, s in zip(self.parts, state["parts"]):
             p.load_state_dict(s)
 
