@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -75,8 +76,8 @@ class PyGApproximation(Engine):
 
     VERSION = 1
 
-    def __init__(self, cfg: RSCConfig, epochs: int | None) -> None:
-        self.cfg, self.epochs = cfg, epochs
+    def __init__(self, cfg: RSCConfig, epochs: int | None, precompute: bool = True) -> None:
+        self.cfg, self.epochs, self.precompute = cfg, epochs, precompute
         self.graphs = GraphCache()
         self.bound: dict[str, GraphEntry] = {}  # engine name -> its graph
         self.bind_epoch: int | None = None  # graphs are bound in the first training epoch only
@@ -190,6 +191,25 @@ class PyGApproximation(Engine):
             return None
         return self.graphs.get(adj, weight, x.size(0), x.dtype, getattr(conv, ATTR + "_spec"))
 
+    def first_hop(self, conv: nn.Module, graph: GraphEntry, x: Tensor) -> Tensor | None:
+        """``Â @ x`` computed once, for an input no gradient reaches that this layer saw in its
+        previous forward too (the same tensor, unmodified: the model's raw features); else None
+        and the layer aggregates as usual. A fresh input every call (e.g. one dropped out before
+        the layer, or a hidden activation under ``no_grad``) never matches, so it costs nothing.
+        From the second sight on the layer has no SpMM, so RSC stops budgeting it."""
+        if not self.precompute or x.requires_grad:
+            return None
+        seen = getattr(conv, ATTR + "_first_hop", None)
+        if seen is None or seen[0]() is not x or seen[1] != x._version or seen[2] is not graph:
+            setattr(conv, ATTR + "_first_hop", (weakref.ref(x), x._version, graph, None))
+            return None
+        if seen[3] is None:
+            seen = (*seen[:3], spmm(graph.op, x))
+            setattr(conv, ATTR + "_first_hop", seen)
+            if graph.engine is not None:
+                graph.engine.remove_layer(getattr(conv, ATTR + "_layer"))
+        return seen[3]
+
     def propagate(self, conv: nn.Module, graph: GraphEntry, h: Tensor) -> Tensor:
         """``Â @ h``: through RSC in a training forward that needs the gradient, else exact."""
         if conv.training and torch.is_grad_enabled() and h.requires_grad:
@@ -289,8 +309,8 @@ def _square_input(adj: Any, n: int) -> bool:
     return adj.layout == torch.strided and adj.dim() == 2 and adj.size(0) == 2 and not adj.is_floating_point()
 
 
-def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int | None = None,
-                **rsc_options: Any) -> nn.Module:
+def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int | None = None, *,
+                precompute: bool = True, **rsc_options: Any) -> nn.Module:
     """Make ``model``'s ``GCNConv``/``SAGEConv`` (mean)/``GCN2Conv`` layers train with RSC; returns ``model``.
 
     Args:
@@ -300,6 +320,10 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
         budget: RSC's ``C`` in (0, 1], the fraction of backward-SpMM FLOPs kept; ``1.0`` trains
             exactly as the plain model does.
         epochs: the epochs the loop will run (``E``), for the switch to exact at ``switch_time·E``.
+        precompute: a ``GCNConv`` or mean ``SAGEConv`` (without ``project``) given the same
+            input tensor again, one no gradient reaches (the raw features, with no dropout before
+            the layer), aggregates it once and reuses ``Â @ x`` (:meth:`PyGApproximation.first_hop`;
+            the same function, no SpMM in that layer from then on). ``False`` turns that off.
         **rsc_options: any other :class:`~approxgnn.rsc.RSCConfig` field (``switch_time``,
             ``warmup``, ``selection``, ``cache_interval``, ...). ``min_layer_flops`` defaults to
             :data:`MIN_LAYER_FLOPS` here (a layer with ``nnz(Â_off)·d`` below it stays exact);
@@ -315,7 +339,7 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
     cfg = _config(budget, {"min_layer_flops": MIN_LAYER_FLOPS, **rsc_options})
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
-    ctrl = PyGApproximation(cfg, epochs)
+    ctrl = PyGApproximation(cfg, epochs, precompute)
     layer = 0
     for name, m in model.named_modules():
         if type(m) in APPROX_CLASSES.values():
