@@ -292,11 +292,11 @@ def test_pyg_approximate_reuses_the_first_aggregation(kind):
     on, model = _approximated_losses(kind, True)
     off, _ = _approximated_losses(kind, False)
     np.testing.assert_allclose(on, off, rtol=1e-5)  # budget 1: exact either way, the same function
-    assert getattr(model.convs[0], "_approxgnn_first_hop")[3] is not None  # the table was built and used
+    assert engine_of(model)._first_hops[0][3] is not None  # the table was built and used
     # Under a budget, RSC stops budgeting the layer whose product is gone.
     _, sampled = _approximated_losses(kind, True, budget=0.3, epochs=6)
     layers = {l for e in engine_of(sampled).bound.values() for l in e.engine.layers}
     assert 0 not in layers and layers
     # An input dropped out before the first layer is new every step: no table is ever built.
     _, dropped = _approximated_losses(kind, True, input_dropout=0.3)
-    assert getattr(dropped.convs[0], "_approxgnn_first_hop")[3] is None
+    assert engine_of(dropped)._first_hops[0][3] is None

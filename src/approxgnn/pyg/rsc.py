@@ -78,6 +78,9 @@ class PyGApproximation(Engine):
 
     def __init__(self, cfg: RSCConfig, epochs: int | None, precompute: bool = True) -> None:
         self.cfg, self.epochs, self.precompute = cfg, epochs, precompute
+        # layer -> (weakref to its last input, that input's version, its graph, Â·input or None);
+        # not part of the state: a copy or a resumed run rebuilds it in two forwards.
+        self._first_hops: dict[int, tuple[Any, int, GraphEntry, Tensor | None]] = {}
         self.graphs = GraphCache()
         self.bound: dict[str, GraphEntry] = {}  # engine name -> its graph
         self.bind_epoch: int | None = None  # graphs are bound in the first training epoch only
@@ -131,12 +134,13 @@ class PyGApproximation(Engine):
 
     # -- copies and pickles ---------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"cfg": self.cfg, "epochs": self.epochs, "state": self.state_dict(), "bind_epoch": self.bind_epoch,
+        return {"cfg": self.cfg, "epochs": self.epochs, "precompute": self.precompute, "state": self.state_dict(),
+                "bind_epoch": self.bind_epoch,
                 "exact_layers": self.exact_layers, "fallbacks": self.fallbacks,
                 "unbound_forwards": self.unbound_forwards, "warned": self._warned}
 
     def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["cfg"], s["epochs"])  # type: ignore[misc]
+        self.__init__(s["cfg"], s["epochs"], s.get("precompute", True))  # type: ignore[misc]
         self.load_state_dict(s["state"])
         self.bind_epoch, self.exact_layers = s["bind_epoch"], list(s["exact_layers"])
         self.fallbacks, self.unbound_forwards = Counter(s["fallbacks"]), Counter(s["unbound_forwards"])
@@ -199,15 +203,15 @@ class PyGApproximation(Engine):
         From the second sight on the layer has no SpMM, so RSC stops budgeting it."""
         if not self.precompute or x.requires_grad:
             return None
-        seen = getattr(conv, ATTR + "_first_hop", None)
+        layer = getattr(conv, ATTR + "_layer")
+        seen = self._first_hops.get(layer)
         if seen is None or seen[0]() is not x or seen[1] != x._version or seen[2] is not graph:
-            setattr(conv, ATTR + "_first_hop", (weakref.ref(x), x._version, graph, None))
+            self._first_hops[layer] = (weakref.ref(x), x._version, graph, None)
             return None
         if seen[3] is None:
-            seen = (*seen[:3], spmm(graph.op, x))
-            setattr(conv, ATTR + "_first_hop", seen)
+            seen = self._first_hops[layer] = (*seen[:3], spmm(graph.op, x))
             if graph.engine is not None:
-                graph.engine.remove_layer(getattr(conv, ATTR + "_layer"))
+                graph.engine.remove_layer(layer)
         return seen[3]
 
     def propagate(self, conv: nn.Module, graph: GraphEntry, h: Tensor) -> Tensor:
