@@ -201,7 +201,7 @@ def test_unknown_dataset_lists_the_valid_names(tmp_path: Path, capsys: pytest.Ca
     assert "no such file or directory" in capsys.readouterr().err
     assert exit_code(["prepare", "--dataset", "coraa", "--out", str(tmp_path / "x.npy")]) == 2
     assert exit_code(["prepare", "--dataset", "cora", "--out", str(tmp_path / "x.txt")]) == 2
-    assert "--out must name a .npy file" in capsys.readouterr().err
+    assert "--out must name a directory (the on-disk layout) or a .npy file" in capsys.readouterr().err
 
 
 def test_occupied_out_needs_resume_or_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture,

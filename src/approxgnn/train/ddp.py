@@ -45,14 +45,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..datasets import Dataset
-from ..minibatch import ArrayFeatureStore
+from ..minibatch import FeatureStore
 from .base import TrainingDiverged, check_finite, resolve_device
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import DistContext, shard_batches
 from .loop import fit, read_checkpoint
 from .memory import check_memory
-from .minibatch import MiniBatchTrainer, open_feature_store
+from .minibatch import MiniBatchTrainer, open_feature_store, open_store_file
 
 SHARD_PATTERN = re.compile(r"^checkpoint\.e(\d+)\.rank(\d+)\.pt$")
 SUMMED = ("feature_bytes_read", "feature_rows_read", "feature_cache_rows_served", "admitted", "evicted", "entries",
@@ -89,7 +89,7 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
     def _device(self) -> torch.device:
         return self.ctx.device
 
-    def _open_store(self, x: np.ndarray) -> tuple[ArrayFeatureStore, Any]:
+    def _open_store(self, x: np.ndarray) -> tuple[FeatureStore, Any]:
         """One memory-mapped file for all ranks: ``--features-path`` or an existing memmap as they
         are; otherwise rank 0 writes ``x`` (to ``<out>/features.npy`` or a temporary directory)
         and the others map the file it names."""
@@ -98,7 +98,7 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
         store, keep = (open_feature_store(replace(self.mc, features_on_disk=True), x, self.cfg.out)
                        if self.ctx.is_main else (None, None))
         path = self.ctx.broadcast_object(str(store.x.filename) if store is not None else None)
-        return (store, keep) if store is not None else (ArrayFeatureStore.open(path), None)
+        return (store, keep) if store is not None else (open_store_file(path, self.mc.feature_store), None)
 
     # ---- training ------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
