@@ -124,6 +124,31 @@ def write_csr(folder: Path, chunks: EdgeChunks, num_nodes: int) -> int:
     return nnz
 
 
+class _RowFile:
+    """A float32 ``.npy`` written by row blocks through ``out[a:b] = block`` with plain writes: unlike
+    a memory map, the written pages never count towards the process's resident memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]) -> None:
+        self.shape = shape
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)  # header, sparse body
+        self.offset = header.offset
+        del header
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=np.float32)
+        pos = self.offset + rows.start * self.shape[1] * 4
+        view, done = memoryview(data).cast("B"), 0
+        while done < len(view):  # pwrite may write less than asked
+            done += os.pwrite(self.fd, view[done:], pos + done)
+
+    def __enter__(self) -> "_RowFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
 def _write_array(folder: Path, name: str, values: np.ndarray, dtype: str) -> None:
     out = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=values.shape)
     step = max(1, _CHUNK // max(1, int(np.prod(values.shape[1:], dtype=np.int64))))
@@ -244,10 +269,8 @@ def write_synthetic_layout(out: str | os.PathLike, *, name: str = "synthetic", n
         nnz = write_csr(tmp, chunks, n)
         edges = int(keys.size)
         del keys
-        x = np.lib.format.open_memmap(tmp / "x.npy", mode="w+", dtype=np.float32, shape=(n, num_features))
-        features(seed, y, c, num_features, feature_noise, x)  # finite by construction
-        x.flush()
-        del x
+        with _RowFile(tmp / "x.npy", (n, num_features)) as x:
+            features(seed, y, c, num_features, feature_noise, x)  # finite by construction
         masks = stratified_split(y, split_rng(seed, split, stream=2), train=train, val=val, test=test, where=name)
         for m, values in zip(MASKS, masks):
             _write_array(tmp, m, values, "bool")
