@@ -124,15 +124,29 @@ def write_csr(folder: Path, chunks: EdgeChunks, num_nodes: int) -> int:
     return nnz
 
 
+def create_npy(path: Path, shape: tuple[int, ...], dtype: str, header_bytes: int = 4096) -> int:
+    """An ``.npy`` of ``shape`` whose data starts at ``header_bytes`` (the header padded with spaces,
+    as the format allows), the body left sparse; returns the data offset. With a page-sized header,
+    rows of 1 KiB (256 float32) never straddle a 4 KiB page, so a direct read of one row is one page."""
+    header = repr({"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                   "shape": tuple(shape)}).encode("latin1")
+    pad = header_bytes - 10 - len(header) - 1
+    if pad < 0:
+        raise ValueError(f"{path}: an .npy header of {len(header)} bytes does not fit in {header_bytes}")
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + (header_bytes - 10).to_bytes(2, "little") + header + b" " * pad + b"\n")
+        f.truncate(header_bytes + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+    return header_bytes
+
+
 class _RowFile:
-    """A float32 ``.npy`` written by row blocks through ``out[a:b] = block`` with plain writes: unlike
-    a memory map, the written pages never count towards the process's resident memory."""
+    """A float32 ``[N, F]`` ``.npy`` (page-aligned, :func:`create_npy`) written by row blocks through
+    ``out[a:b] = block`` with plain writes: unlike a memory map, the written pages never count
+    towards the process's resident memory."""
 
     def __init__(self, path: Path, shape: tuple[int, int]) -> None:
         self.shape = shape
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)  # header, sparse body
-        self.offset = header.offset
-        del header
+        self.offset = create_npy(path, shape, "float32")
         self.fd = os.open(path, os.O_WRONLY)
 
     def __setitem__(self, rows: slice, block: np.ndarray) -> None:
@@ -201,14 +215,13 @@ def _manifest(name: str, n: int, nnz: int, f: int, c: int, metric: str, meta: di
 
 def _write_features_checked(folder: Path, x: np.ndarray, where: str) -> None:
     """``x.npy`` in row chunks, refusing NaN/inf (so that opening the layout need not scan them)."""
-    out = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.float32, shape=tuple(x.shape))
     step = max(1, _CHUNK // max(1, x.shape[1]))
-    for s in range(0, x.shape[0], step):
-        block = np.asarray(x[s : s + step], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise DatasetError(f"{where}: features contain NaN or inf (rows {s}..{s + len(block) - 1})")
-        out[s : s + step] = block
-    out.flush()
+    with _RowFile(folder / "x.npy", tuple(x.shape)) as out:
+        for s in range(0, x.shape[0], step):
+            block = np.asarray(x[s : s + step], dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise DatasetError(f"{where}: features contain NaN or inf (rows {s}..{s + len(block) - 1})")
+            out[s : s + step] = block
 
 
 def write_layout(data: Dataset, out: str | os.PathLike, *, overwrite: bool = False) -> Dataset:

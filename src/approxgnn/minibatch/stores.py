@@ -19,6 +19,8 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from ..datasets.layout_write import create_npy
+
 
 def index_dtype(count: int) -> type:
     """int32 while every node id fits, else int64 (slot maps have one entry per node)."""
@@ -125,7 +127,8 @@ def write_features(path: str | os.PathLike, x: np.ndarray, *, chunk: int = 1 << 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(x.shape))
+    create_npy(tmp, tuple(x.shape), "float32")  # page-aligned rows: fewer pages per direct read
+    out = np.load(tmp, mmap_mode="r+")
     for s in range(0, x.shape[0], chunk):
         out[s : s + chunk] = x[s : s + chunk]
     out.flush()
