@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ import numpy as np
 import torch
 from numba import njit
 from torch import Tensor
+
+from .stores import readonly_tensor
 
 PAGE = 4096
 
@@ -246,9 +247,7 @@ class DiskFeatureStore:
         page cache serves that scan better than random reads). Counted as one full scan."""
         self.rows_read += self.num_nodes
         self.bytes_read += self.num_nodes * self.row_bytes
-        with warnings.catch_warnings():  # a read-only memmap: torch only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(self.x)
+        return readonly_tensor(self.x)
 
     # ---- figures, state, lifetime --------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -102,9 +102,7 @@ class ArrayFeatureStore:
         full scan. For exact inference, which reads every row anyway."""
         self.rows_read += self.num_nodes
         self.bytes_read += self.num_nodes * self.row_bytes
-        with warnings.catch_warnings():  # a read-only memmap: torch only reads it
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(self.x)
+        return readonly_tensor(self.x)
 
     def counters(self) -> dict[str, int]:
         return {"rows_read": self.rows_read, "bytes_read": self.bytes_read}
@@ -114,6 +112,14 @@ class ArrayFeatureStore:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
+
+
+def readonly_tensor(x: np.ndarray) -> Tensor:
+    """``x`` as a tensor sharing its memory, without torch's warning about a read-only array (a
+    read-only memmap: nothing writes through the tensor)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)
 
 
 def degree_order(rowptr: np.ndarray) -> np.ndarray:
