@@ -1,11 +1,13 @@
 """Full-batch GCN training step: approxgnn exact and RSC against PyG's ``GCN`` (``GCNConv``) in one run.
 
     python benchmarks/fullbatch_vs_pyg.py --dataset synthetic-hard-100k --epochs 20 --json fullbatch_vs_pyg.json
+    python benchmarks/fullbatch_vs_pyg.py --precompute on,off --engines exact  # each engine with and without
 
 What a PyG user runs instead: ``torch_geometric.nn.models.GCN`` (``GCNConv(cached=True)``, so the
 normalisation is computed once) on a CSR ``adj_t`` (a torch sparse CSR tensor), Adam, dropout, the
 same width and depth, one full-graph step per epoch. Ours: the library's ``FullBatchTrainer`` for
-``--engine exact`` and ``--engine rsc`` (defaults). The engines take turns epoch by epoch, so load
+``--engine exact`` and ``--engine rsc`` (defaults), each once per ``--precompute`` mode (``on``: the
+first aggregation precomputed, its one-off cost printed; ``off``: the plain path). The engines take turns epoch by epoch, so load
 from other processes on the shared machine hits all of them alike; each row is the median step
 time (forward, backward, optimiser; evaluation excluded). Needs ``torch_geometric`` (``make peer``).
 """
@@ -60,6 +62,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--engines", default="exact,rsc", help="comma-separated: exact, rsc")
+    p.add_argument("--precompute", default="on", help="comma-separated --precompute modes to run each engine with")
     p.add_argument("--json")
     a = p.parse_args()
 
@@ -67,11 +71,17 @@ def main() -> None:
     print(f"[{a.dataset}] {data.num_nodes} nodes, {data.num_edges} edges, {data.num_features} features; "
           f"torch threads {torch.get_num_threads()}", flush=True)
     steps = {"pyg GCNConv": pyg_step(data, a.hidden, a.layers, a.dropout, a.lr)}
-    for engine in ("exact", "rsc"):
-        cfg = TrainConfig(dataset=a.dataset, model="gcn", engine=engine, layers=a.layers, hidden=a.hidden,
-                          dropout=a.dropout, lr=a.lr, epochs=a.epochs + 2, device="cpu", progress=False)
-        tr = build_trainer(cfg, data)
-        steps[f"approxgnn {engine}"] = (lambda tr=tr: lambda e: tr.train_epoch(e)["step_time_s"])()
+    precompute: dict[str, object] = {}
+    for engine in a.engines.split(","):
+        for mode in a.precompute.split(","):
+            cfg = TrainConfig(dataset=a.dataset, model="gcn", engine=engine, layers=a.layers, hidden=a.hidden,
+                              dropout=a.dropout, lr=a.lr, epochs=a.epochs + 2, device="cpu", progress=False,
+                              precompute=mode)
+            tr = build_trainer(cfg, data)
+            name = f"approxgnn {engine}" + (f" precompute {mode}" if "," in a.precompute else "")
+            precompute[name] = tr.run_info().get("precompute")
+            print(f"{name}: first hop {precompute[name]}", flush=True)
+            steps[name] = (lambda tr=tr: lambda e: tr.train_epoch(e)["step_time_s"])()
     times: dict[str, list[float]] = {k: [] for k in steps}
     for epoch in range(a.epochs + 2):
         for name, step in steps.items():
@@ -82,7 +92,7 @@ def main() -> None:
     rows = [{"engine": k, "step_median_s": statistics.median(v), "vs_pyg": base / statistics.median(v),
              "steps": len(v)} for k, v in times.items()]
     print(format_table(rows, ["engine", "step_median_s", "vs_pyg", "steps"]))
-    _common.write_json(a.json, {"args": vars(a), "rows": rows, "times": times})
+    _common.write_json(a.json, {"args": vars(a), "rows": rows, "times": times, "precompute": precompute})
 
 
 if __name__ == "__main__":

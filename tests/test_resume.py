@@ -15,7 +15,9 @@ from approxgnn.train.checkpoint import PREVIOUS_NAME, CHECKPOINT_NAME, load_late
 ROOT = Path(__file__).resolve().parents[1]
 
 ENGINE_FLAGS = {
-    "exact": ["--engine", "exact", "--model", "gcn"],
+    "exact": ["--engine", "exact", "--model", "gcn"],  # precomputed first hop (the default)
+    "exact-plain": ["--engine", "exact", "--model", "gcn", "--precompute", "off"],
+    "exact-sage": ["--engine", "exact", "--model", "sage", "--precompute", "on"],
     "rsc": ["--engine", "rsc", "--model", "gcn", "--budget", "0.3", "--warmup", "1", "--tune-interval", "3",
             "--cache-interval", "2"],
     "refresh": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",

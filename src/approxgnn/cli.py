@@ -33,7 +33,7 @@ from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.base import resolve_device
-from .train.config import BACKENDS, DIST_EVAL_MODES, FULL_BATCH_ENGINES, DistConfig, split_refresh
+from .train.config import BACKENDS, DIST_EVAL_MODES, FULL_BATCH_ENGINES, PRECOMPUTE_MODES, DistConfig, split_refresh
 from .train.distributed import check_devices, env_world_size, under_launcher
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS, apply_preset
@@ -101,6 +101,13 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--out", "out", {"help": "run directory: result.json and checkpoints"}),
     ("--checkpoint-every", "checkpoint_every", {"type": int, "help": "epochs between checkpoints (0: none)"}),
     ("--no-progress", "progress", {"action": "store_false"}),
+    ("--precompute", "precompute",
+     {"choices": PRECOMPUTE_MODES, "help": "compute the first aggregation once before training (GCN's ÂX, SAGE's "
+                                           "neighbour mean; needs input dropout 0). auto: where it is the default "
+                                           "(see README); on: required; off: the plain path"}),
+    ("--no-precompute", "precompute", {"action": "store_const", "const": "off", "help": "same as --precompute off"}),
+    ("--precompute-dir", "precompute_dir",
+     {"help": "keep precomputed tables here and reuse them in later runs (keyed by graph and features)"}),
     # RSC
     ("--budget", "rsc.budget", {"type": _real, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
     ("--cache-interval", "rsc.cache_interval", {"type": int, "help": "RSC: iterations a sample is reused"}),

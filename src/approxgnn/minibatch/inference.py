@@ -10,7 +10,7 @@ stops the forward pass by raising :class:`LayerOutput` with that layer's output.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,9 +40,10 @@ class LayerwisePropagation(Propagation):
     rows, as in a relabelled block); the diagonal term then reads those rows.
     """
 
-    def __init__(self, layer: int, op: SparseOperator, x_in: Tensor, target_rows: Tensor | None = None) -> None:
+    def __init__(self, layer: int, op: SparseOperator | None, x_in: Any, target_rows: Tensor | None = None) -> None:
+        # op None: layer 0 with its aggregation precomputed (x_in a FirstHop), nothing to multiply.
         self.layer, self.x_in, self.rows = layer, x_in, target_rows
-        self.op, self.diag = (op, None) if target_rows is None else (SparseOperator(op.matrix), op.diag)
+        self.op, self.diag = (op, None) if target_rows is None or op is None else (SparseOperator(op.matrix), op.diag)
 
     def __call__(self, x: Tensor, layer: int) -> Tensor:
         if layer < self.layer:
@@ -69,7 +70,8 @@ class LayerwisePropagation(Propagation):
 def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store: ArrayFeatureStore,
                         nodes: np.ndarray, *, features: FeatureStore | None = None, chunk_size: int = 65536,
                         device: torch.device = torch.device("cpu"), progress: bool = False,
-                        part: tuple[int, int] = (0, 1), gather: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
+                        part: tuple[int, int] = (0, 1), gather: Callable[[Tensor, int], Tensor] | None = None,
+                        first_hop: Callable[[Tensor], Any] | None = None) -> Tensor:
     """Exact logits ``[len(nodes), C]`` of ``model`` (module docstring), in eval mode.
 
     Sharded over ``W`` processes with ``part = (r, W)``: each computes, per layer, the ``r``-th of
@@ -82,6 +84,11 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
     matrix (``store.full()``) through blocks with mapped columns; one that transforms first (GCN)
     gets each chunk's sources read through ``features`` (default ``store``; e.g. a cache over it),
     so that it transforms only those.
+
+    ``first_hop``: layer 0's aggregation is precomputed and ``store`` holds the joined rows (own
+    features and table, :mod:`approxgnn.precompute`); ``first_hop(rows)`` turns read rows into the
+    model's layer-0 input (a :class:`~approxgnn.nn.FirstHop`). Layer 0 then reads its targets' rows
+    only, with no block: that is exact already.
     """
     model.eval()
     features = store if features is None else features
@@ -91,6 +98,8 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
         needed.insert(0, sampler.closed_neighbourhood(needed[0]))
     mapped = model.norm == "mean"
     dummy = torch.zeros(1, store.dim, device=device)
+    if first_hop is not None:
+        dummy = first_hop(dummy)  # the layers below run on one row of the model's real input kind
     rank, world = part
     slices = [np.array_split(np.arange(len(t)), world)[rank] for t in needed]
     bar = tqdm(total=sum(-(-len(s) // chunk_size) for s in slices), desc="eval", disable=not progress,
@@ -100,14 +109,17 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
     for layer, targets in enumerate(needed):
         # Layer 0 reads the feature store in place on the CPU; on an accelerator it gathers each
         # chunk's rows instead of copying every feature over.
-        by_rows = mapped and (layer > 0 or device.type == "cpu")
+        by_rows = mapped and (layer > 0 or device.type == "cpu") and not (layer == 0 and first_hop is not None)
         if by_rows and layer == 0:
             h = store.full()
         mine = targets[slices[layer]]
         out: Tensor | None = None
         for s in range(0, len(mine), chunk_size):
             chunk = mine[s : s + chunk_size]
-            if by_rows:
+            if layer == 0 and first_hop is not None:
+                x_in = first_hop(features.read(chunk).to(device))
+                prop = LayerwisePropagation(0, None, x_in)
+            elif by_rows:
                 x_in = h
                 op = sampler.rows_block(chunk, pos, len(h)).operator(device)
                 prop = LayerwisePropagation(layer, op, x_in, torch.from_numpy(pos[chunk]).to(device))

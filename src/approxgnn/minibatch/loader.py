@@ -58,7 +58,7 @@ class Batch:
 
     sample: SampledBatch
     x: Tensor  # [len(input_nodes), F] raw features of layer 0's sources
-    ops: list[SparseOperator]  # per layer
+    ops: list[SparseOperator | None]  # per layer (layer 0's None when its aggregation is precomputed)
     hits: dict[int, Tensor]  # per cached layer: [k_l, d] rows served from the history cache
     times: dict[str, float] = field(default_factory=dict)
 
@@ -81,7 +81,7 @@ class BatchLoader:
         t2 = time.perf_counter()
         hits = self.history.serve(sample, now, self.device) if self.history is not None else {}
         t3 = time.perf_counter()
-        ops = [b.operator(self.device) for b in sample.blocks]
+        ops = [None if b is None else b.operator(self.device) for b in sample.blocks]  # None: precomputed
         t4 = time.perf_counter()
         for k, dt in (("sample_s", t1 - t0), ("gather_s", t2 - t1), ("serve_s", t3 - t2), ("blocks_s", t4 - t3)):
             self.times[k] += dt

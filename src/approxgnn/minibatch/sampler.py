@@ -19,6 +19,11 @@ Randomness is a counter-based hash of ``(key, hop, node)`` (splitmix64), so a ba
 function of its key — independent of thread scheduling — and a resumed run redraws it exactly.
 Use :func:`batch_key` to derive the key from ``(seed, epoch, batch)``.
 
+With a precomputed first hop (``first_hop``, :mod:`approxgnn.precompute`) the last hop is never
+sampled: layer 0's output needs only its targets' own rows of ``X`` and of the precomputed table, so
+``blocks[0]`` is None, ``input_nodes`` are layer 0's computed targets and ``fanouts[-1]`` is unused
+(that aggregation is exact, over the full neighbourhood).
+
 For exact layer-wise inference, :meth:`NeighborSampler.closed_neighbourhood` gives a layer's
 receptive field and :meth:`NeighborSampler.full_block` / :meth:`NeighborSampler.rows_block` give
 full-neighbourhood blocks (relabelled, or with columns mapped into an existing input matrix).
@@ -292,7 +297,9 @@ class SampledBatch:
     * ``layer_nodes[l]``: global ids of the nodes whose ``h^(l)`` is used, ordered
       ``[computed (num_computed[l]) ; cache hits]``; ``layer_nodes[L-1]`` are the seeds.
     * ``input_nodes``: nodes whose raw features layer 0 reads (all computed).
-    * ``blocks[l]``: ``num_computed[l] × len(layer_nodes[l-1])`` (``len(input_nodes)`` for l=0).
+    * ``blocks[l]``: ``num_computed[l] × len(layer_nodes[l-1])`` (``len(input_nodes)`` for l=0);
+      ``blocks[0]`` is None when the first hop is precomputed (``input_nodes`` are then layer 0's
+      computed targets).
     """
 
     seeds: np.ndarray
@@ -319,13 +326,15 @@ class NeighborSampler:
     """Uniform neighbour sampling without replacement on a CSR graph (module docstring).
 
     ``fanouts[k]`` is the fanout of hop ``k`` from the seeds (``-1``: all neighbours);
-    ``norm`` is ``"mean"`` (SAGE) or ``"gcn"``. One sampler serves one thread at a time (a lock
-    guards the shared scratch array).
+    ``norm`` is ``"mean"`` (SAGE) or ``"gcn"``; ``first_hop``: layer 0's aggregation is
+    precomputed, so the last hop is not sampled (module docstring). One sampler serves one thread
+    at a time (a lock guards the shared scratch array).
     """
 
     graph: CSRGraph
     fanouts: list[int]
     norm: str = "mean"
+    first_hop: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
@@ -370,9 +379,10 @@ class NeighborSampler:
         blocks: list[Block | None] = [None] * num_layers
         num_computed = [0] * num_layers
         layer_nodes[-1], num_computed[-1] = seeds, len(seeds)
-        targets = seeds
+        targets = input_nodes = seeds
+        hops = self.fanouts[:-1] if self.first_hop else self.fanouts
         with self._lock:
-            for hop, fanout in enumerate(self.fanouts):
+            for hop, fanout in enumerate(hops):
                 layer = num_layers - 1 - hop
                 below = layer - 1  # the layer whose outputs this hop's new nodes provide
                 test = prune.get(below) if below >= 0 else None
@@ -383,6 +393,8 @@ class NeighborSampler:
                 else:
                     input_nodes = nodes
                 targets = nodes[:n_comp]
+        if self.first_hop:  # layer 0 computes its targets from their own rows, no block
+            input_nodes = layer_nodes[0][: num_computed[0]]
         return SampledBatch(seeds, layer_nodes, input_nodes, blocks, num_computed)  # type: ignore[arg-type]
 
     def full_block(self, targets: np.ndarray) -> tuple[Block, np.ndarray]:

@@ -122,6 +122,64 @@ def readonly_tensor(x: np.ndarray) -> Tensor:
         return torch.from_numpy(x)
 
 
+class JoinedFeatureStore:
+    """Several counted stores over the same nodes read as one: row ``v`` is the concatenation of
+    every part's row ``v`` (e.g. ``[X | mean_{j∈N(v)} x_j]`` for a precomputed first hop).
+
+    Each part counts its own reads, so ``bytes_read`` is the sum over the tables; a cache over
+    this store (:mod:`.feature_cache`) holds joined rows, i.e. rows of every table, in one budget.
+    """
+
+    VERSION = 1
+
+    def __init__(self, parts: list[ArrayFeatureStore]) -> None:
+        if not parts or len({p.num_nodes for p in parts}) != 1:
+            raise ValueError(f"joined stores need one node count, got {[p.num_nodes for p in parts]}")
+        self.parts = list(parts)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.parts[0].num_nodes
+
+    @property
+    def dim(self) -> int:
+        return sum(p.dim for p in self.parts)
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(p.row_bytes for p in self.parts)
+
+    @property
+    def on_disk(self) -> bool:
+        return any(p.on_disk for p in self.parts)
+
+    @property
+    def rows_read(self) -> int:
+        return self.parts[0].rows_read
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(p.bytes_read for p in self.parts)
+
+    def read(self, ids: np.ndarray) -> Tensor:
+        """``[len(ids), dim]``: every part's rows side by side (each part counts its read)."""
+        return torch.cat([p.read(ids) for p in self.parts], 1)
+
+    def full(self) -> Tensor:
+        """All rows joined (a copy in RAM); counted as one full scan of every part."""
+        return torch.cat([p.full() for p in self.parts], 1)
+
+    def counters(self) -> dict[str, int]:
+        return {"rows_read": self.rows_read, "bytes_read": self.bytes_read}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.VERSION, "parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for p, s in zip(self.parts, state["parts"]):
+            p.load_state_dict(s)
+
+
 def degree_order(rowptr: np.ndarray) -> np.ndarray:
     """Node ids by degree, highest first (ties: lower id first)."""
     deg = np.diff(rowptr)

@@ -7,6 +7,7 @@ what an approximate engine budgets for.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,28 @@ from torch import Tensor, nn
 
 from .dropout import dropout
 from .propagation import Propagation
+
+
+@dataclass
+class FirstHop:
+    """Layer 0's input with its aggregation already done (:mod:`approxgnn.precompute`).
+
+    ``agg [m, w]``: rows of the precomputed table for layer 0's ``m`` targets -- GCN's
+    ``[ÂX | Â1]`` (``w = F + 1``), SAGE's neighbour mean (``w = F``); ``x [m, F]``: the targets'
+    own features (SAGE's self term; None for GCN). A model given one skips layer 0's propagation
+    and computes the same function (input dropout must be 0: a dropped input would change ``ÂX``).
+    """
+
+    agg: Tensor
+    x: Tensor | None = None
+
+    @classmethod
+    def from_rows(cls, rows: Tensor, norm: str, num_features: int) -> "FirstHop":
+        """From rows of the joined store a mini-batch reads: GCN's table alone ``[ÂX | Â1]``, or
+        SAGE's own features and neighbour mean side by side ``[X | mean]`` (``2F`` columns)."""
+        if norm == "gcn":
+            return cls(rows)
+        return cls(rows[:, num_features:], rows[:, :num_features])
 
 
 def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float,
@@ -57,6 +80,11 @@ class _Stack(nn.Module):
     def _drop_input(self, x: Tensor) -> Tensor:
         return dropout(x, self.input_dropout, self.training)
 
+    def _check_first_hop(self) -> None:
+        if self.training and self.input_dropout > 0:
+            raise ValueError(f"a precomputed first hop needs input dropout 0, this model drops inputs at "
+                             f"{self.input_dropout} (the plain path applies it before aggregating)")
+
     def reset_parameters(self) -> None:
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):
@@ -80,13 +108,20 @@ class GCN(_Stack):
         dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
         self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
 
-    def spmm_widths(self) -> dict[int, int]:
-        return {i: lin.out_features for i, lin in enumerate(self.lins)}
+    def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
+        """``{layer: width}`` of the propagations with a backward product (all, or all but layer 0
+        when its aggregation is precomputed)."""
+        return {i: lin.out_features for i, lin in enumerate(self.lins) if i > 0 or not first_hop}
 
-    def forward(self, x: Tensor, prop: Propagation) -> Tensor:
+    def forward(self, x: Tensor | FirstHop, prop: Propagation) -> Tensor:
         last = len(self.lins) - 1
         for i, lin in enumerate(self.lins):
-            x = prop(lin(self._drop_input(x) if i == 0 else self._drop(x)), i)
+            if i == 0 and isinstance(x, FirstHop):
+                # Â(XW + 1bᵀ) = (ÂX)W + (Â1)bᵀ: the table's last column is Â1.
+                self._check_first_hop()
+                x = F.linear(x.agg[:, :-1], lin.weight) + x.agg[:, -1:] * lin.bias
+            else:
+                x = prop(lin(self._drop_input(x) if i == 0 else self._drop(x)), i)
             if i < last:
                 x = self._activate(x, i, prop)
         return x
@@ -110,14 +145,19 @@ class SAGE(_Stack):
         self.lins_self = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
         self.lins_neigh = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(num_layers))
 
-    def spmm_widths(self) -> dict[int, int]:
+    def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
+        """``{layer: width}`` of the propagations with a backward product (never layer 0's)."""
         return {i: lin.in_features for i, lin in enumerate(self.lins_neigh) if i > 0}
 
-    def forward(self, x: Tensor, prop: Propagation) -> Tensor:
+    def forward(self, x: Tensor | FirstHop, prop: Propagation) -> Tensor:
         last = len(self.lins_self) - 1
         for i, (ls, ln) in enumerate(zip(self.lins_self, self.lins_neigh)):
-            x = self._drop_input(x) if i == 0 else self._drop(x)
-            x = ls(prop.targets(x, i)) + ln(prop(x, i))
+            if i == 0 and isinstance(x, FirstHop):
+                self._check_first_hop()
+                x = ls(x.x) + ln(x.agg)
+            else:
+                x = self._drop_input(x) if i == 0 else self._drop(x)
+                x = ls(prop.targets(x, i)) + ln(prop(x, i))
             if i < last:
                 x = self._activate(x, i, prop)
         return x
@@ -152,7 +192,8 @@ class GCNII(_Stack):
         for w in self.weights:
             nn.init.xavier_uniform_(w)
 
-    def spmm_widths(self) -> dict[int, int]:
+    def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
+        """``{layer: width}`` of every propagation (GCNII has no first hop to precompute)."""
         return {i: w.size(0) for i, w in enumerate(self.weights)}
 
     def forward(self, x: Tensor, prop: Propagation) -> Tensor:

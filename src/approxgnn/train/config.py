@@ -7,6 +7,7 @@ from typing import Any
 from ..history.config import HistoryConfig
 from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
+from ..precompute import first_hop_norm
 from ..rsc.config import RSCConfig
 from .presets import PRESETS
 from .schedule import LR_SCHEDULES
@@ -14,6 +15,11 @@ from .schedule import LR_SCHEDULES
 ENGINES = ("exact", "rsc", "sample", "refresh")
 BACKENDS = ("gloo", "nccl")
 DIST_EVAL_MODES = ("sharded", "rank0")
+PRECOMPUTE_MODES = ("auto", "on", "off")
+# Engines whose ``--precompute auto`` takes the precomputed first hop (where it is on by default).
+# Full batch: the same function to float rounding (tests/test_precompute.py), so always when it
+# applies; benchmarks/RESULTS.md ("Precomputed first hop") has the measurements.
+PRECOMPUTE_AUTO_ENGINES = ("exact", "rsc")
 FULL_BATCH_ENGINES = ("exact", "rsc")
 MINI_BATCH_ENGINES = ("sample", "refresh")
 
@@ -89,6 +95,10 @@ class TrainConfig:
     minibatch: MiniBatchConfig = field(default_factory=MiniBatchConfig)  # --engine sample and refresh
     history: HistoryConfig = field(default_factory=HistoryConfig)  # --engine refresh
     dist: DistConfig = field(default_factory=DistConfig)  # --nproc N / torchrun (mini-batch engines)
+    # The first aggregation computed once before training (approxgnn.precompute): auto (where it
+    # is the default and applies), on (required: an error where it cannot apply), off.
+    precompute: str = "auto"
+    precompute_dir: str | None = None  # where tables are kept and found again (None: RAM, or beside on-disk X)
 
     def __post_init__(self) -> None:
         if self.minibatch.fanouts is None and self.layers >= 1:
@@ -142,6 +152,12 @@ class TrainConfig:
             raise ValueError(f"--nproc {self.dist.nproc}: multi-process training runs the mini-batch engines "
                              f"(sample, refresh); --engine {self.engine} is full-batch and runs in one process "
                              "(docs/distributed.md says how it would scale)")
+        if self.precompute not in PRECOMPUTE_MODES:
+            raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {self.precompute!r}")
+        if self.precompute == "on":
+            use, why = self.first_hop_path()
+            if not use:
+                raise ValueError(f"--precompute on cannot apply: {why}")
         self.rsc.validate()
         self.minibatch.validate()
         self.dist.validate()
@@ -165,6 +181,22 @@ class TrainConfig:
             return self.input_dropout
         family = "full_batch" if self.engine in FULL_BATCH_ENGINES else "mini_batch"
         return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[family] else 0.0
+
+    def first_hop_path(self) -> tuple[bool, str]:
+        """Whether this run takes the precomputed first hop, and why (recorded in ``result.json``).
+
+        It applies to models whose first layer aggregates without weights (GCN, SAGE) with input
+        dropout 0 (a dropped input changes ``ÂX`` every step); ``auto`` takes it on the engines in
+        :data:`PRECOMPUTE_AUTO_ENGINES`."""
+        if self.precompute == "off":
+            return False, "--precompute off"
+        if first_hop_norm(self.model) is None:
+            return False, f"{self.model}'s first layer has no propagation to precompute"
+        if self.resolved_input_dropout() > 0:
+            return False, f"input dropout {self.resolved_input_dropout()} > 0 changes the first aggregation every step"
+        if self.engine not in PRECOMPUTE_AUTO_ENGINES:
+            return False, f"--engine {self.engine} does not take a precomputed first hop"
+        return True, "input dropout 0: the first aggregation holds no weights"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,6 +222,9 @@ class TrainConfig:
             # Recorded before input dropout was its own knob, when inputs were always dropped at
             # the hidden rate: a resumed run keeps training the way it started.
             d["input_dropout"] = d["dropout"]
+        if "precompute" not in d:
+            # Recorded before the precomputed first hop existed: a resumed run keeps the plain path.
+            d["precompute"] = "off"
         return cls(**d)
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..datasets import Dataset
 from ..graph import normalize
-from ..nn import Engine, ExactPropagation, Propagation, build_model
+from ..nn import Engine, ExactPropagation, FirstHop, Propagation, build_model
 from ..ops import SparseOperator
+from ..precompute import precompute_first_hop
 from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .schedule import build_scheduler
@@ -22,19 +24,24 @@ from .metrics import evaluate_logits
 
 
 def build_propagation(cfg: TrainConfig, op: SparseOperator, model: torch.nn.Module,
-                      adj_row_norm: torch.Tensor) -> Propagation:
-    """The training-time operator of the configured engine (evaluation always uses the exact one)."""
+                      adj_row_norm: torch.Tensor, first_hop: bool = False) -> Propagation:
+    """The training-time operator of the configured engine (evaluation always uses the exact one).
+    ``first_hop``: layer 0's aggregation is precomputed, so RSC budgets the other layers only."""
     if cfg.engine == "exact":
         return ExactPropagation(op)
     if cfg.engine == "rsc":
         from ..rsc import SampledPropagation
 
-        return SampledPropagation(op, adj_row_norm, model.spmm_widths(), cfg.rsc, epochs=cfg.epochs)
+        return SampledPropagation(op, adj_row_norm, model.spmm_widths(first_hop), cfg.rsc, epochs=cfg.epochs)
     raise ValueError(f"engine {cfg.engine!r} is not a full-batch engine")
 
 
 class FullBatchTrainer(Trainer):
-    """Adam on the whole graph each step; exact evaluation every epoch."""
+    """Adam on the whole graph each step; exact evaluation every epoch.
+
+    With the precomputed first hop (:meth:`TrainConfig.first_hop_path`), the model's input is a
+    :class:`FirstHop` over the whole graph: layer 0 is a dense product, no SpMM either way.
+    """
 
     def __init__(self, cfg: TrainConfig, data: Dataset) -> None:
         self.cfg, self.metric = cfg, data.metric
@@ -45,16 +52,28 @@ class FullBatchTrainer(Trainer):
         adj = normalize(graph, self.model.norm)
         self.op = SparseOperator.from_adjacency(adj).to(self.device)
         self.eval_prop = ExactPropagation(self.op)
-        self.prop = build_propagation(cfg, self.op, self.model, adj.row_norm().to(self.device))
+        use_first_hop, why = cfg.first_hop_path()
+        self.prop = build_propagation(cfg, self.op, self.model, adj.row_norm().to(self.device), use_first_hop)
         # RSC's operator is its own engine; the exact operator has none (the no-op Engine).
         self.engine = self.prop if isinstance(self.prop, Engine) else Engine()
-        self.x = torch.as_tensor(data.x, dtype=torch.float32).to(self.device)
+        x = torch.as_tensor(data.x, dtype=torch.float32).to(self.device)
+        precompute: dict[str, Any] = {"path": "precomputed" if use_first_hop else "plain", "reason": why}
+        self.x: torch.Tensor | FirstHop = x
+        if use_first_hop:
+            table = precompute_first_hop(graph, data.x, self.model.norm, directory=cfg.precompute_dir)
+            # Full batch holds the table in memory (an on-disk one found from an earlier run is read in).
+            arr = np.array(table.table) if isinstance(table.table, np.memmap) else table.table
+            agg = torch.from_numpy(arr).to(self.device)
+            # GCN's table carries the raw features inside ÂX; SAGE's self term needs X itself.
+            self.x = FirstHop(agg, None if self.model.norm == "gcn" else x)
+            precompute.update(table.info())
         self.y = torch.as_tensor(data.y).to(self.device)
         self.masks = {k: torch.as_tensor(getattr(data, f"{k}_mask")).to(self.device) for k in ("train", "val", "test")}
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = build_scheduler(cfg.lr_schedule, self.optimizer, cfg.epochs)
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
-                      "device": str(self.device), "input_dropout": cfg.resolved_input_dropout()}
+                      "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
+                      "precompute": precompute}
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         sync = synchronizer(self.device)
