@@ -17,6 +17,8 @@ cache really shrank and records it). Cells:
 * ``fio depth D``: ``fio --rw=randread --bs=4k --direct=1 --ioengine=libaio --iodepth=D`` on the
   same file for ``--fio-seconds``.
 
+``kernel_MiB`` is what the kernel read from the device for the process (``/proc/self/io``
+``read_bytes``, readahead included): for the disk store it checks the pages the store counts itself.
 Figures are medians over ``--runs``. The JSON is rewritten after every cell, so a killed run keeps
 what it measured.
 """
@@ -53,21 +55,31 @@ def drop_caches() -> dict[str, int]:
     return {"cached_before": before, "cached_after": page_cache_bytes()}
 
 
+def kernel_read_bytes() -> int:
+    """Bytes this process caused to be read from the block device (``/proc/self/io``), readahead included."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return -1
+
+
 def gather_memmap(path: str, ids: np.ndarray) -> dict[str, Any]:
     store = ArrayFeatureStore.open(path)
-    t0 = time.perf_counter()
+    io0, t0 = kernel_read_bytes(), time.perf_counter()
     store.read(ids)
-    return {"seconds": time.perf_counter() - t0}
+    return {"seconds": time.perf_counter() - t0, "kernel_read_bytes": kernel_read_bytes() - io0}
 
 
 def gather_disk(path: str, ids: np.ndarray, threads: int) -> dict[str, Any]:
     store = DiskFeatureStore(path, threads=threads)
-    t0 = time.perf_counter()
+    io0, t0 = kernel_read_bytes(), time.perf_counter()
     rows = store.read(ids)
     seconds = time.perf_counter() - t0
+    kernel = kernel_read_bytes() - io0
     check = slice(0, 2000)  # untimed: the rows are the file's rows
     assert np.array_equal(rows[check].numpy(), np.load(path, mmap_mode="r")[ids[check]]), "disk store read wrong rows"
-    out = {"seconds": seconds, "direct": store.direct, **{k: v for k, v in store.counters().items() if k.startswith("disk")}}
+    out = {"seconds": seconds, "direct": store.direct, "kernel_read_bytes": kernel, **{k: v for k, v in store.counters().items() if k.startswith("disk")}}
     store.close()
     return out
 
@@ -124,7 +136,7 @@ def main() -> None:
     summary = summarise(results)
     payload["summary"] = summary
     _common.write_json(a.json, payload)
-    print(format_table(summary, ["cell", "rows_s", "iops", "MiB_s", "vs_fio64_iops", "vs_memmap_rows"]))
+    print(format_table(summary, ["cell", "rows_s", "iops", "MiB_s", "kernel_MiB", "vs_fio64_iops", "vs_memmap_rows"]))
 
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -137,6 +149,8 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for c in results:
         row: dict[str, Any] = {"cell": c, "rows_s": med(c, "rows_s"), "iops": med(c, "iops"), "MiB_s": med(c, "MiB_s")}
+        kernel = med(c, "kernel_read_bytes")
+        row["kernel_MiB"] = kernel / 2**20 if kernel is not None else None
         if c.startswith("disk"):
             row["vs_fio64_iops"] = row["rows_s"] / fio64 if fio64 else None
             row["vs_memmap_rows"] = row["rows_s"] / memmap if memmap else None
