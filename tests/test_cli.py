@@ -336,3 +336,32 @@ def test_rsc_preset_paper_sets_the_published_configuration_and_flags_override_it
     plain = cli.config_from_args(cli.build_parser().parse_args(["train", "--engine", "rsc"]))
     assert plain.rsc == RSCConfig()
     assert exit_code(["train", "--engine", "rsc", "--rsc-preset", "fastest"]) == 2
+
+
+def test_an_old_record_gives_one_configuration_by_config_and_by_resume(tmp_path: Path, stub_run: list) -> None:
+    """A config recorded before the mini-batch / history split and before ``input_dropout``
+    existed, as result.json (``--config``) and as a checkpoint (``--resume``): both routes give
+    the same configuration, and it drops inputs at ``dropout``, as that run did."""
+    from approxgnn.history import HistoryConfig
+    from approxgnn.minibatch import MiniBatchConfig
+    from approxgnn.train.checkpoint import save_checkpoint
+
+    now = TrainConfig(dataset="cora", engine="refresh", model="sage", dropout=0.4, epochs=7,
+                      minibatch=MiniBatchConfig(fanouts=[6, 3], batch_size=77, cache_mb=3.0),
+                      history=HistoryConfig(policy="gas", staleness=11)).to_dict()
+    old = {k: v for k, v in now.items() if k not in ("input_dropout", "preset", "lr_schedule", "dist", "minibatch",
+                                                     "history")}
+    old["refresh"] = {**now["minibatch"], **{k: v for k, v in now["history"].items()
+                                             if k not in ("embedding_share", "switch_time")}}
+    run_dir = tmp_path / "old-run"
+    run_dir.mkdir()
+    old["out"] = str(run_dir)
+    (run_dir / "result.json").write_text(json.dumps({"config": old, "val": 0.5}))
+    save_checkpoint(run_dir, {"config": old, "loop": {"epoch": 3}})
+
+    assert exit_code(["train", "--config", str(run_dir / "result.json"), "--out", str(tmp_path / "again")]) == 0
+    assert exit_code(["train", "--resume", str(run_dir)]) == 0
+    by_config, by_resume = (c.to_dict() for c in stub_run)
+    assert {**by_config, "out": None} == {**by_resume, "out": None}
+    assert stub_run[0].resolved_input_dropout() == stub_run[1].resolved_input_dropout() == 0.4
+    assert (stub_run[0].minibatch.batch_size, stub_run[0].history.policy, stub_run[0].history.staleness) == (77, "gas", 11)

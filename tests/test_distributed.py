@@ -374,3 +374,61 @@ def test_more_processes_than_gpus_is_a_usage_error(capsys, monkeypatch):
     args = ["train", "--dataset", "synthetic", "--engine", "sample", "--nproc", "2"]
     assert "but 1 GPU(s)" in _usage_error(args + ["--device", "cuda"], capsys)
     assert "NCCL cannot run 2 processes on one GPU" in _usage_error(args + ["--device", "cuda:0"], capsys)
+
+
+# ---- collectives stay in the loop -----------------------------------------------------------------
+class _CountingContext:
+    """A one-rank group (collectives are the identity) that records each collective with the
+    function that called it, so that a collective hidden in a helper shows up by name."""
+
+    def __init__(self, device):
+        from approxgnn.train.context import LocalContext
+
+        self._local, self.calls = LocalContext(device), []
+        self.rank, self.world_size, self.device, self.is_main = 0, 1, device, True
+        self.backend, self.threads, self.distributed = "gloo", 1, True
+
+    def __getattr__(self, name):
+        import inspect
+
+        method = getattr(self._local, name)
+
+        def call(*args, **kw):
+            self.calls.append((name, inspect.stack()[1].function))
+            return method(*args, **kw)
+
+        return call
+
+
+def test_no_collective_hides_outside_the_training_loop(tmp_path) -> None:
+    """Every rank must make the same collectives in the same order. The data-parallel trainer's
+    collectives per epoch are the loss check of each step and one gather of the epoch's records,
+    both called from the loop; building the record, merging the ranks' records, the figures and
+    the run facts communicate nothing (rank 0 alone calls some of them). The merged hit rate
+    is the engine's own rate of the gathered counts."""
+    import torch
+    import torch.distributed as dist
+
+    from approxgnn.history import HistoryEngine
+    from approxgnn.train.checkpoint import seed_everything
+    from approxgnn.train.ddp import DistributedMiniBatchTrainer
+
+    cfg = _config("refresh", 32, dist=DistConfig(nproc=1), epochs=2, dropout=0.3)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        seed_everything(cfg.seed)
+        ctx = _CountingContext(torch.device("cpu"))
+        trainer = DistributedMiniBatchTrainer(cfg, planted_dataset(n=600), ctx)
+        ctx.calls.clear()  # opening the shared feature file broadcast its path
+        for epoch in range(cfg.epochs):
+            rec = trainer.train_epoch(epoch)
+            counts = dict(trainer.history.counts)
+            assert rec["hit_rate"] == HistoryEngine.rates(counts)["hit_rate"] and counts["served"] > 0
+            steps = rec["batches"]
+            assert sorted(ctx.calls) == sorted([("all_values", "finite_guard")] * steps
+                                               + [("gather_objects", "train_epoch")])
+            ctx.calls.clear()
+        trainer.stats(), trainer.run_info(), trainer.merge_ranks([rec], [counts])
+        assert ctx.calls == [] and "per_rank" in rec
+    finally:
+        dist.destroy_process_group()

@@ -368,7 +368,7 @@ def test_cache_metadata_is_counted_in_the_budget(policy):
     hc = trainer.history.cache if trainer.history else None
     owned = _owned_bytes(*[o for o in (fc, hc) if o is not None], skip=(fc.fallback, trainer.sampler.deg))
     assert owned <= budget
-    assert owned == fc.rows.untyped_storage().nbytes() + trainer.cache_metadata_bytes()
+    assert owned == fc.rows.untyped_storage().nbytes() + trainer.caches.metadata_bytes()
     # and the budget is used: one more row's worth of arena would not fit
     arena = fc.rows.untyped_storage().nbytes() // 4
     share = cfg.history.resolved_embedding_share()

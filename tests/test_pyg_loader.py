@@ -250,3 +250,42 @@ def test_history_state_resumes_the_same_batches(one_torch_thread: None) -> None:
     assert served > 0
     with pytest.raises(ValueError, match="another cache policy"):
         HistoryGNN(GraphSAGE(d.x.shape[1], 16, 2, d.num_classes), loader2, policy="none").load_history_state_dict(state)
+
+
+def test_wrapper_builds_the_trainers_caches_and_switches_to_exact(one_torch_thread: None) -> None:
+    """HistoryGNN takes every knob of ``approxgnn train --engine refresh`` that shapes the cache:
+    the same knobs give the trainer's split of the budget, and ``switch_time`` 0.5 of 4 epochs
+    serves hits in epochs 0-1 and none from epoch 2 on."""
+    from approxgnn.history import HistoryConfig
+    from approxgnn.minibatch import MiniBatchConfig
+    from approxgnn.train import TrainConfig, build_trainer
+
+    d = planted_dataset(n=600)
+    kw = dict(cache_mb=0.05, policy="refresh", staleness=20)
+
+    def wrapper(**extra):
+        torch.manual_seed(0)
+        loader = NeighborBatchLoader(d, [4, 4, 4], batch_size=32, input_nodes=d.train_mask, seed=0)
+        return HistoryGNN(GraphSAGE(d.x.shape[1], 32, 3, d.num_classes, dropout=0.3), loader, **kw, **extra), loader
+
+    cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=32, epochs=4, progress=False,
+                      minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=kw["cache_mb"]),
+                      history=HistoryConfig(policy="refresh", staleness=20, embedding_share=0.1, switch_time=0.5))
+    ours = build_trainer(cfg, d).history
+    theirs = wrapper(embedding_share=0.1, switch_time=0.5, epochs=4)[0].engine
+    assert (theirs.cache.max_slots, theirs.features.capacity) == (ours.cache.max_slots, ours.features.capacity)
+    # The share reached the wrapper's arena: embeddings may claim at most 10 % of its floats,
+    # fewer rows than the policy's default share of one half allows.
+    arena = theirs.cache.table.untyped_storage().nbytes() // 4  # floats of the one arena both caches share
+    assert 0 < theirs.cache.max_slots * 32 <= 0.1 * arena
+    assert wrapper()[0].engine.cache.max_slots > theirs.cache.max_slots
+
+    wrapped, loader = wrapper(switch_time=0.5, epochs=4)
+    figures = []
+    for _ in range(4):
+        _train_steps(wrapped, loader, epochs=1)
+        figures.append((wrapped.stats()["exact"], wrapped.stats()["hit_rate"]))
+    assert [e for e, _ in figures] == [False, False, True, True]
+    assert figures[1][1] > 0 and figures[2][1] == figures[3][1] == 0.0
+    with pytest.raises(ValueError, match="give epochs"):
+        wrapper(switch_time=0.5)

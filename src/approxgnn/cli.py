@@ -20,7 +20,6 @@ import os
 import runpy
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -33,10 +32,10 @@ from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
 from .train.base import resolve_device
-from .train.config import BACKENDS, DIST_EVAL_MODES, FULL_BATCH_ENGINES, PRECOMPUTE_MODES, DistConfig, split_refresh
+from .train.config import BACKENDS, DIST_EVAL_MODES, PRECOMPUTE_MODES, DistConfig
 from .train.distributed import check_devices, env_world_size, under_launcher
 from .train.results import format_table
-from .train.presets import PRESET_HELP, PRESETS, apply_preset
+from .train.presets import PRESET_HELP, PRESETS
 from .train.schedule import LR_SCHEDULES
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -239,28 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sub_config(cls: type, values: Any, where: str | None, group: str | None = None) -> Any:
-    """``cls(**values)``; unknown keys, wrong types and invalid values become ValueErrors that say
-    ``where`` the values came from (the ``--config`` file) and which ``group`` (``rsc``, ...)."""
-    prefix = f"{where}: " if where else ""
-    section = f" in '{group}'" if group else ""
-    if not isinstance(values, dict):
-        raise ValueError(f"{prefix}expected a JSON object{section}, got {type(values).__name__}")
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{prefix}unknown key(s) {unknown}{section}; valid: {', '.join(known)}")
-    try:
-        return cls(**values)
-    except TypeError as e:  # e.g. "budget": "high" -- compared with a number
-        raise ValueError(f"{prefix}a value{section} has the wrong type ({e})") from None
-    except ValueError as e:
-        raise ValueError(f"{prefix}{e}") from None
-
-
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     """Dataclass defaults, then ``--preset``, then the ``--config`` file, then the flags actually given
-    (ValueError if invalid)."""
+    (ValueError if invalid). Builds plain values only: :meth:`TrainConfig.from_dict` migrates
+    and checks them, as it does a checkpoint's for ``--resume``."""
     base: dict[str, Any] = {}
     where = None
     if getattr(ns, "config_file", None):
@@ -273,34 +254,21 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
             base = base.get("config", base)  # also accept a result.json
         if not isinstance(base, dict):
             raise ValueError(f"--config {ns.config_file}: expected a JSON object of TrainConfig fields")
-    if "refresh" in base:  # a file written before the mini-batch / history split
-        try:
-            base.update(split_refresh(base.pop("refresh"), base))
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
     if getattr(ns, "rsc_preset", None):  # under the --config file's and the flags' values
         if not isinstance(base.get("rsc", {}), dict):
             raise ValueError(f"{where}: 'rsc' must be a JSON object")
         base["rsc"] = {**RSC_PRESETS[ns.rsc_preset], **base.get("rsc", {})}
-    top = {f.name for f in fields(TrainConfig)}
     for _, dest, _ in _TRAIN_FLAGS:
         if not hasattr(ns, dest):
             continue
-        value = getattr(ns, dest)
-        if "." in dest:
-            group, key = dest.split(".")
+        group, _, key = dest.rpartition(".")
+        target = base
+        if group:  # a pre-split file's "refresh" group goes under these (TrainConfig.from_dict)
             if not isinstance(base.setdefault(group, {}), dict):
                 raise ValueError(f"{where}: '{group}' must be a JSON object")
-            base[group][key] = value
-        elif dest in top:
-            base[dest] = value
-    base = apply_preset(base)  # under the file and the flags: the user's values win
-    rsc = _sub_config(RSCConfig, base.pop("rsc", {}), where, "rsc")
-    minibatch = _sub_config(MiniBatchConfig, base.pop("minibatch", {}), where, "minibatch")
-    history = _sub_config(HistoryConfig, base.pop("history", {}), where, "history")
-    dist = _sub_config(DistConfig, base.pop("dist", {}), where, "dist")
-    return _sub_config(TrainConfig, {**base, "rsc": rsc, "minibatch": minibatch, "history": history, "dist": dist},
-                       where)
+            target = base[group]
+        target[key] = getattr(ns, dest)
+    return TrainConfig.from_dict(base, where=where)
 
 
 Job = Callable[[], int]
@@ -336,7 +304,8 @@ def prepare_train(ns: argparse.Namespace) -> Job:
         cfg = config_from_args(ns)
         check_out_dir(cfg.out, resume=False, overwrite=getattr(ns, "overwrite", False))
     check_dataset_name(cfg.dataset)
-    world = _world_size(ns, cfg)
+    world = cfg.dist.nproc = _world_size(ns, cfg)
+    cfg.validate()  # the world it will run in (e.g. a full-batch engine runs in one process)
     if resume_state is not None:
         from .train.ddp import check_world_size
 
@@ -368,9 +337,6 @@ def _world_size(ns: argparse.Namespace, cfg: TrainConfig) -> int:
     if given is not None and given != world:
         raise ValueError(f"--nproc {given} under a launcher whose WORLD_SIZE is {world}: drop --nproc "
                          "(torchrun sets the number of processes)")
-    if world > 1 and cfg.engine in FULL_BATCH_ENGINES:
-        raise ValueError(f"WORLD_SIZE {world}: multi-process training runs the mini-batch engines (sample, refresh), "
-                         f"not --engine {cfg.engine}")
     return world
 
 

@@ -141,7 +141,7 @@ class HistoryEngine(Engine):
     # ---- Engine protocol -----------------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.reset_counts()  # figures are per epoch
-        # switch_time 1 never switches, also where the run's length is unknown (num_epochs 0: PyG loops)
+        # switch_time 1 never switches, whatever num_epochs is
         if not self.exact and self.switch_time < 1.0 and epoch >= switch_epoch(self.switch_time, num_epochs):
             self.go_exact()
 
@@ -158,12 +158,18 @@ class HistoryEngine(Engine):
         entries, the bytes of the cache's metadata (counted in its budget), admissions, evictions and
         expiries (entries rewritten or replaced after they had gone stale), the last three this epoch."""
         s = self.counts
-        return {"hit_rate": s["served"] / s["nonseed"] if s["nonseed"] else 0.0,
-                "mean_age": s["age_sum"] / s["served"] if s["served"] else 0.0,
-                "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
+        return {**self.rates(s), "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
                 "metadata_bytes": self.cache.metadata_bytes,
                 "admitted": s["admitted"], "evicted": s["evicted"], "expired": s.get("expired", 0),
                 "exact": self.exact}
+
+    @staticmethod
+    def rates(counts: dict[str, int]) -> dict[str, float]:
+        """The hit rate ``served / nonseed`` (hits over the non-seed nodes at the cached layers) and
+        the mean age of hits ``age_sum / served`` (iterations), 0 where nothing was counted, of
+        :attr:`counts` -- or of counts summed over several engines (the ranks of one run)."""
+        return {"hit_rate": counts["served"] / counts["nonseed"] if counts["nonseed"] else 0.0,
+                "mean_age": counts["age_sum"] / counts["served"] if counts["served"] else 0.0}
 
     def state_dict(self) -> dict[str, Any]:
         state = {"version": self.VERSION, "cache": self.cache.state_dict(), "counts": dict(self.counts),

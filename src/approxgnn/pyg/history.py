@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..history import HistoryConfig, HistoryEngine
-from ..history.config import HISTORY_POLICIES
-from ..minibatch import BlockPropagation, CachedFeatureStore, degree_order, layerwise_inference
+from ..history.caches import build_caches
+from ..minibatch import BlockPropagation, layerwise_inference
 from ..minibatch.sampler import PruneTest, SampledBatch
 from ..nn.propagation import Propagation
 from .loader import NeighborBatchLoader
@@ -107,6 +107,10 @@ class HistoryGNN(nn.Module):
     ``gas`` (push everything, never stale), ``feature`` (only a feature cache) or ``none``.
     ``cache_mb``: one byte budget for the feature cache and the history (metadata included).
     ``cached_layers``: hidden layers whose outputs are cached (default the second-to-last).
+    ``embedding_share``: the most of the arena embeddings may take from feature rows (default:
+    the policy's). ``switch_time`` < 1 trains exactly (no history, the whole budget back to
+    feature rows) from epoch ``⌊switch_time · epochs⌋`` of the loader on, and needs ``epochs``,
+    the run's length. The cache is built as ``approxgnn train --engine refresh`` builds it.
 
     Its parameters are ``model``'s own (optimise ``model.parameters()``, save ``model.state_dict()``).
     In the loop: ``out = wrapped(batch)[:batch.batch_size]``, ``loss.backward()``,
@@ -119,7 +123,8 @@ class HistoryGNN(nn.Module):
 
     def __init__(self, model: nn.Module, loader: NeighborBatchLoader, *, cache_mb: float = 64.0,
                  policy: str = "refresh", rate: float = 0.9, staleness: int = 200, evict: bool = False,
-                 cached_layers: list[int] | None = None) -> None:
+                 cached_layers: list[int] | None = None, embedding_share: float | None = None,
+                 switch_time: float = 1.0, epochs: int | None = None) -> None:
         super().__init__()
         self.gnn = PropagationGNN(model)
         if loader.sampler.norm != self.gnn.norm:
@@ -127,22 +132,17 @@ class HistoryGNN(nn.Module):
         if loader.sampler.num_layers != self.gnn.num_layers:
             raise ValueError(f"the loader samples {loader.sampler.num_layers} hop(s) (num_neighbors), "
                              f"the model has {self.gnn.num_layers} layers")
-        if cache_mb < 0:
-            raise ValueError(f"cache budget must be >= 0 MB, got {cache_mb}")
-        cfg = HistoryConfig(policy=policy, rate=rate, evict=evict, staleness=staleness, cached_layers=cached_layers)
+        cfg = HistoryConfig(policy=policy, rate=rate, evict=evict, staleness=staleness, cached_layers=cached_layers,
+                            embedding_share=embedding_share, switch_time=switch_time)
         cfg.check_depth(self.gnn.num_layers)
-        self.loader, self.policy, self.iteration = loader, policy, 0
-        self.engine: HistoryEngine | None = None
+        if switch_time < 1.0 and (epochs is None or epochs < 1):
+            raise ValueError(f"switch_time {switch_time} switches at a fraction of the run: give epochs (>= 1)")
+        self.loader, self.policy, self.epochs, self.iteration = loader, policy, epochs, 0
         self._pending: tuple[Any, BlockPropagation] | None = None
-        budget, order = int(cache_mb * 2**20), degree_order(loader.sampler.rowptr)
-        if policy in HISTORY_POLICIES:
-            self.engine = HistoryEngine.build(cfg, loader.store, order, loader.sampler.deg, self.gnn.num_layers,
-                                              model.hidden_channels, budget, loader.device)
-            loader.attach(self, self.engine.features)
-        elif policy == "feature":
-            loader.attach(None, CachedFeatureStore.within_budget(loader.store, order, budget, loader.device))
-        else:  # "none"
-            loader.attach(None)
+        self.caches = build_caches(cfg, loader.store, loader.sampler.rowptr, loader.sampler.deg, self.gnn.num_layers,
+                                   model.hidden_channels, cache_mb, loader.device)
+        self.engine: HistoryEngine | None = self.caches.history
+        loader.attach(self if self.engine is not None else None, self.caches.features)
 
     # ---- what the loader asks (the HistoryServer protocol, at this wrapper's iteration) ----
     def prune_tests(self, now: int) -> dict[int, PruneTest]:
@@ -152,7 +152,10 @@ class HistoryGNN(nn.Module):
         return self.engine.serve(batch, now, device)
 
     def on_epoch_start(self, epoch: int) -> None:
-        self.engine.on_epoch_start(epoch, 0)  # the cache's figures are per epoch
+        """The loader's call before epoch ``epoch``: per-epoch figures, and the switch to exact."""
+        # Without ``epochs`` the switch time is 1 (checked above): the run never switches, and
+        # ``epoch + 1`` (the run lasts at least this long) is as good a length as any.
+        self.engine.on_epoch_start(epoch, self.epochs if self.epochs is not None else epoch + 1)
 
     # ---- the training loop -------------------------------------------------------------------
     def forward(self, batch: Any) -> Tensor:
@@ -192,11 +195,10 @@ class HistoryGNN(nn.Module):
     def history_state_dict(self) -> dict[str, Any]:
         """What resuming needs besides the model and optimiser: the cache (or feature cache), the
         iteration and the loader's epoch (its next epoch's batches and samples follow from it)."""
-        state: dict[str, Any] = {"version": self.VERSION, "iteration": self.iteration, "epoch": self.loader.epoch}
+        state: dict[str, Any] = {"version": self.VERSION, "iteration": self.iteration, "epoch": self.loader.epoch,
+                                 **self.caches.state_dict()}
         if self.engine is not None:
             state["engine"] = self.engine.state_dict()
-        elif isinstance(self.loader.features, CachedFeatureStore):
-            state["features"] = self.loader.features.state_dict()
         return state
 
     def load_history_state_dict(self, state: dict[str, Any]) -> None:
@@ -204,11 +206,12 @@ class HistoryGNN(nn.Module):
             raise ValueError(f"unsupported HistoryGNN state (version {state.get('version')!r})")
         if ("engine" in state) != (self.engine is not None):
             raise ValueError(f"the state was saved with another cache policy than {self.policy!r}")
+        if "features" in state:  # the feature cache's key until the caches were built in one place
+            state = {**{k: v for k, v in state.items() if k != "features"}, "feature_cache": state["features"]}
         self.iteration, self.loader.epoch = int(state["iteration"]), int(state["epoch"])
         if self.engine is not None:
             self.engine.load_state_dict(state["engine"])
-        elif "features" in state:
-            self.loader.features.load_state_dict(state["features"])
+        self.caches.load_state_dict(state)
 
     def stats(self) -> dict[str, Any]:
         """The history's figures since the epoch began (hit rate, mean age, occupancy, …)."""

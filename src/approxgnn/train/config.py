@@ -9,7 +9,7 @@ from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
 from ..precompute import first_hop_norm
 from ..rsc.config import RSCConfig
-from .presets import PRESETS
+from .presets import PRESETS, apply_preset
 from .schedule import LR_SCHEDULES
 
 ENGINES = ("exact", "rsc", "sample", "refresh")
@@ -149,9 +149,9 @@ class TrainConfig:
             raise ValueError(f"{len(self.minibatch.fanouts)} fanouts given for {self.layers} layers; "
                              "give one fanout per layer (or leave --fanouts out to get one per layer)")
         if self.dist.nproc > 1 and self.engine in FULL_BATCH_ENGINES:
-            raise ValueError(f"--nproc {self.dist.nproc}: multi-process training runs the mini-batch engines "
-                             f"(sample, refresh); --engine {self.engine} is full-batch and runs in one process "
-                             "(docs/distributed.md says how it would scale)")
+            raise ValueError(f"{self.dist.nproc} processes (--nproc, or a launcher's WORLD_SIZE): multi-process "
+                             "training runs the mini-batch engines (sample, refresh); "
+                             f"--engine {self.engine} is full-batch and runs in one process")
         if self.precompute not in PRECOMPUTE_MODES:
             raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {self.precompute!r}")
         if self.precompute == "on":
@@ -202,32 +202,72 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], *, where: str | None = None) -> "TrainConfig":
+        """The config of plain values ``d`` (TrainConfig fields; ``rsc``, ``minibatch``, ``history``
+        and ``dist`` as dicts or dataclasses). Every route to a config -- the command line's
+        flags and ``--config`` file, ``--resume``'s checkpoint, a script -- comes through here, so
+        that one set of values always gives one configuration. In this order:
+
+        * unknown keys are refused, at the top and in each group, naming the valid ones;
+        * a ``refresh`` group (written before the mini-batch / history split) is split;
+        * a recorded run's configuration (all of :data:`RECORD_KEYS` present) trains as that run
+          did: without ``input_dropout`` (recorded before it existed) inputs drop at ``dropout``;
+          without ``precompute``, the first hop is not precomputed. A partial set of values (a
+          hand-written ``--config`` file, the flags) takes the defaults instead;
+        * the ``preset`` it names is laid under its values (:func:`~.presets.apply_preset`);
+        * each group, then the whole, is built and validated; a wrong type is a ValueError too.
+
+        ``where`` prefixes every message (e.g. the ``--config`` file the values came from).
+        """
+        prefix = f"{where}: " if where else ""
+        if not isinstance(d, dict):
+            raise ValueError(f"{prefix}expected a JSON object of TrainConfig fields, got {type(d).__name__}")
         d = dict(d)
-        known = {f.name for f in fields(cls)} | {"refresh"}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}")
-        if isinstance(d.get("rsc"), dict):
-            d["rsc"] = RSCConfig(**d["rsc"])
-        if "refresh" in d:  # written before the split (result.json, --config files, old checkpoints)
-            d.update(split_refresh(d.pop("refresh"), d))
-        if isinstance(d.get("minibatch"), dict):
-            d["minibatch"] = MiniBatchConfig(**d["minibatch"])
-        if isinstance(d.get("history"), dict):
-            d["history"] = HistoryConfig(**d["history"])
-        if isinstance(d.get("dist"), dict):
-            d["dist"] = DistConfig(**d["dist"])
-        if "input_dropout" not in d and "dropout" in d:
-            # Recorded before input dropout was its own knob, when inputs were always dropped at
-            # the hidden rate: a resumed run keeps training the way it started.
-            d["input_dropout"] = d["dropout"]
-        if "precompute" not in d:
-            # Recorded before the precomputed first hop existed: a resumed run keeps the plain path.
-            d["precompute"] = "off"
-        return cls(**d)
+        _check_keys(d, [f.name for f in fields(cls)] + ["refresh"], prefix, "")
+        try:
+            if "refresh" in d:
+                d.update(split_refresh(d.pop("refresh"), d))
+        except ValueError as e:
+            raise ValueError(f"{prefix}{e}") from None
+        if RECORD_KEYS <= d.keys():  # a recorded run's configuration keeps training the way it started
+            if "input_dropout" not in d:  # recorded when inputs were always dropped at the hidden rate
+                d["input_dropout"] = d["dropout"]
+            if "precompute" not in d:  # recorded before the precomputed first hop: the plain path
+                d["precompute"] = "off"
+        d = apply_preset(d)
+        for group, sub in GROUPS.items():
+            if group in d and not isinstance(d[group], sub):
+                d[group] = _build(sub, d[group], prefix, f" in '{group}'")
+        return _build(cls, d, prefix, "")
 
 
+def _check_keys(values: dict[str, Any], known: list[str], prefix: str, section: str) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{prefix}unknown key(s) {unknown}{section}; valid: {', '.join(known)}")
+
+
+def _build(cls: type, values: Any, prefix: str, section: str) -> Any:
+    """``cls(**values)``, with unknown keys, wrong types and invalid values as ValueErrors that
+    say where the values came from (``prefix``) and which group (``section``)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{prefix}expected a JSON object{section}, got {type(values).__name__}")
+    _check_keys(values, [f.name for f in fields(cls)], prefix, section)
+    try:
+        return cls(**values)
+    except TypeError as e:  # e.g. "budget": "high" -- compared with a number
+        raise ValueError(f"{prefix}a value{section} has the wrong type ({e})") from None
+    except ValueError as e:
+        raise ValueError(f"{prefix}{e}") from None
+
+
+# The keys every recorded config (result.json, checkpoints: TrainConfig.to_dict) has held, since
+# before input_dropout and precompute were added: all of them present marks a recorded run.
+RECORD_KEYS = frozenset({
+    "dataset", "data_root", "split", "model", "engine", "layers", "hidden", "dropout", "batch_norm", "lr",
+    "weight_decay", "epochs", "seed", "device", "out", "checkpoint_every", "progress", "rsc"})
+GROUPS: dict[str, type] = {"rsc": RSCConfig, "minibatch": MiniBatchConfig, "history": HistoryConfig,
+                           "dist": DistConfig}
 MINIBATCH_KEYS = frozenset(f.name for f in fields(MiniBatchConfig))
 HISTORY_KEYS = frozenset(f.name for f in fields(HistoryConfig))
 

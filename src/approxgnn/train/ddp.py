@@ -45,14 +45,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..datasets import Dataset
-from ..minibatch import FeatureStore
+from ..history import HistoryEngine
 from .base import TrainingDiverged, check_finite, resolve_device
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, seed_everything
 from .config import TrainConfig
 from .distributed import DistContext, shard_batches
 from .loop import fit, read_checkpoint
 from .memory import check_memory
-from .minibatch import MiniBatchTrainer, open_feature_store, open_store_file
+from .minibatch import MiniBatchTrainer
 
 SHARD_PATTERN = re.compile(r"^checkpoint\.e(\d+)\.rank(\d+)\.pt$")
 SUMMED = ("feature_bytes_read", "feature_rows_read", "feature_cache_rows_served", "admitted", "evicted", "entries",
@@ -68,10 +68,7 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
     """:class:`MiniBatchTrainer` as one rank of ``ctx`` (see the module docstring)."""
 
     def __init__(self, cfg: TrainConfig, data: Dataset, ctx: DistContext) -> None:
-        self.ctx = ctx
-        if not ctx.is_main:  # one progress bar, from rank 0
-            cfg = replace(cfg, progress=False)
-        super().__init__(cfg, data)
+        super().__init__(cfg, data, ctx)
         if len(self.train_ids) < ctx.world_size:
             raise ValueError(f"{len(self.train_ids)} training nodes cannot be shared by {ctx.world_size} processes")
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -81,24 +78,6 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
         if ctx.rank:  # model initialised alike on every rank; dropout streams differ from here on
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, ctx.rank]).generate_state(1)[0]))
         self._last_checkpoint: int | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.ctx.is_main
-
-    def _device(self) -> torch.device:
-        return self.ctx.device
-
-    def _open_store(self, x: np.ndarray) -> tuple[FeatureStore, Any]:
-        """One memory-mapped file for all ranks: ``--features-path`` or an existing memmap as they
-        are; otherwise rank 0 writes ``x`` (to ``<out>/features.npy`` or a temporary directory)
-        and the others map the file it names."""
-        if self.mc.features_path or isinstance(x, np.memmap):
-            return open_feature_store(self.mc, x, self.cfg.out)
-        store, keep = (open_feature_store(replace(self.mc, features_on_disk=True), x, self.cfg.out)
-                       if self.ctx.is_main else (None, None))
-        path = self.ctx.broadcast_object(str(store.x.filename) if store is not None else None)
-        return (store, keep) if store is not None else (open_store_file(path, self.mc.feature_store), None)
 
     # ---- training ------------------------------------------------------------------------
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
@@ -116,13 +95,15 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
 
     def _epoch_record(self, before: dict[str, int], elapsed: float, loss_sum: float, hop_sum: np.ndarray,
                       num_batches: int, t: dict[str, float]) -> dict[str, Any]:
+        """This rank's record with its all-reduce figures (no communication: the loop gathers)."""
         t = {**t, "allreduce_s": self.comm["allreduce_s"]}
         rec = super()._epoch_record(before, elapsed, loss_sum, hop_sum, num_batches, t)
         rec["allreduce_calls"], rec["allreduce_bytes"] = self.comm["allreduce_calls"], self.comm["allreduce_bytes"]
         self.comm.update(allreduce_s=0.0, allreduce_bytes=0, allreduce_calls=0)
-        counts = dict(self.history.counts) if self.history else {}
-        ranks = self.ctx.gather_objects({"rec": rec, "counts": counts})
-        return aggregate_records([r["rec"] for r in ranks], [r["counts"] for r in ranks])
+        return rec
+
+    def merge_ranks(self, recs: list[dict[str, Any]], counts: list[dict[str, int]]) -> dict[str, Any]:
+        return aggregate_records(recs, counts)
 
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -191,9 +172,7 @@ def aggregate_records(recs: list[dict[str, Any]], counts: list[dict[str, int]]) 
             out[k] = sum(r[k] for r in recs)
     out["sampled_nodes_per_hop"] = np.mean([r["sampled_nodes_per_hop"] for r in recs], axis=0).round(1).tolist()
     if counts and counts[0]:
-        total = {k: sum(c[k] for c in counts) for k in counts[0]}
-        out["hit_rate"] = total["served"] / total["nonseed"] if total["nonseed"] else 0.0
-        out["mean_age"] = total["age_sum"] / total["served"] if total["served"] else 0.0
+        out.update(HistoryEngine.rates({k: sum(c[k] for c in counts) for k in counts[0]}))
         out["occupancy"] = float(np.mean([r["occupancy"] for r in recs]))
     out["per_rank"] = [{k: r[k] for k in PER_RANK if k in r} for r in recs]
     return out

@@ -176,6 +176,8 @@ class DistContext:
     device: torch.device
     threads: int
     heartbeat: Heartbeat | None = field(default=None, repr=False)
+    distributed = True  # (not a field) peers exist: e.g. every rank maps one feature file
+
 
     @classmethod
     def from_env(cls, dc: DistConfig, device: torch.device) -> "DistContext":

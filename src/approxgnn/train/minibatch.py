@@ -22,6 +22,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,15 @@ from tqdm.auto import tqdm
 
 from ..datasets import Dataset
 from ..history import HistoryEngine
+from ..history.caches import Caches, build_caches
 from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
                          FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, degree_order, epoch_permutation, epoch_seeds,
+                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation, epoch_seeds,
                          layerwise_inference, write_features)
 from ..nn import Engine, build_model
 from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
+from .context import LocalContext
 from .loop import interactive
 from .metrics import evaluate_logits
 from .schedule import build_scheduler
@@ -47,12 +50,18 @@ MINIBATCH_MODELS = ("sage", "gcn")
 FIGURES = ("hit_rate", "mean_age", "occupancy")  # history figures reported per epoch and in the result
 
 
-def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None) -> tuple[FeatureStore, Any]:
+def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None,
+                       ctx: Any = None) -> tuple[FeatureStore, Any]:
     """The counted store of ``x`` as configured: a prepared ``.npy`` (``features_path``), ``x``
     itself (RAM, or a memmap already: an on-disk layout's features), or ``x`` written to
     ``<out>/features.npy`` (or a temporary directory, returned second: keep it alive as long as the
     store). Features on disk are read by ``mc.feature_store``: ``disk``/``auto`` a
-    :class:`DiskFeatureStore`, ``mmap`` an :class:`ArrayFeatureStore` over a memory map."""
+    :class:`DiskFeatureStore`, ``mmap`` an :class:`ArrayFeatureStore` over a memory map.
+
+    Under a distributed rank context ``ctx`` every rank reads one file: rank 0 writes it (as if
+    ``features_on_disk``) and broadcasts its path, which the other ranks open read-only.
+    """
+    shared = ctx is not None and ctx.distributed
     tmp = None
     if mc.features_path:
         path = Path(mc.features_path)
@@ -60,10 +69,15 @@ def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None) -> t
         if mc.feature_store == "mmap" or not _is_whole_npy(x):
             return ArrayFeatureStore(x), None  # a raw memory map: only the memory map can read it
         path = Path(x.filename)
-    elif mc.features_on_disk or mc.feature_store == "disk":
-        tmp = None if out else tempfile.TemporaryDirectory(prefix="approxgnn-")
-        path = Path(out if out else tmp.name) / "features.npy"
-        write_features(path, x)
+    elif mc.features_on_disk or mc.feature_store == "disk" or shared:
+        if shared and not ctx.is_main:
+            path = Path(ctx.broadcast_object(None))
+        else:
+            tmp = None if out else tempfile.TemporaryDirectory(prefix="approxgnn-")
+            path = Path(out if out else tmp.name) / "features.npy"
+            write_features(path, x)
+            if shared:
+                ctx.broadcast_object(str(path))  # the file is whole before any other rank opens it
     else:
         return ArrayFeatureStore(x), None
     store = open_store_file(path, mc.feature_store)
@@ -98,25 +112,30 @@ def store_kind(store: FeatureStore) -> str:
 class MiniBatchTrainer(Trainer):
     """Sampled mini-batches on SAGE/GCN with an optional feature cache and history engine.
 
+    ``ctx``: this process's rank context (default :class:`LocalContext`, one process); the
+    data-parallel trainer (:mod:`.ddp`) passes its group's. ``caches`` (:func:`build_caches`):
     ``engine`` is the :class:`HistoryEngine` under the history policies, else the no-op
     :class:`Engine`; ``history`` is the same engine or None, ``features`` the store batches read.
     """
 
-    def __init__(self, cfg: TrainConfig, data: Dataset) -> None:
+    def __init__(self, cfg: TrainConfig, data: Dataset, ctx: Any = None) -> None:
         if cfg.model not in MINIBATCH_MODELS:
             raise ValueError(f"mini-batch engines run {list(MINIBATCH_MODELS)}, not {cfg.model!r} "
                              "(GCNII's initial residual needs the input rows of every layer's targets)")
+        self.ctx = LocalContext(resolve_device(cfg.device)) if ctx is None else ctx
+        if not self.ctx.is_main:  # one progress bar, from rank 0
+            cfg = replace(cfg, progress=False)
         mc = self.mc = cfg.minibatch
         self.cfg, self.metric, self.policy = cfg, data.metric, cfg.cache_policy()
-        self.device = self._device()
+        self.device = self.ctx.device
         graph = dataset_graph(data)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         self.net: torch.nn.Module = self.model  # what the forward pass calls (a data-parallel wrapper, in ddp.py)
         self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm)
-        self.store, self._tmp = self._open_store(data.x)
-        self.budget_bytes = int(mc.cache_mb * 2**20) if self.policy != "none" else 0
-        self._build_caches()
+        self.store, self._tmp = open_feature_store(mc, data.x, cfg.out, self.ctx)
+        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.store, self.sampler.rowptr,
+                                           self.sampler.deg, cfg.layers, cfg.hidden, mc.cache_mb, self.device)
         self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
         self.y = torch.as_tensor(data.y).to(self.device)
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
@@ -128,34 +147,33 @@ class MiniBatchTrainer(Trainer):
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
                       "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
-                      "cached_layers": list(self.history.layers) if self.history else [],
+                      "cached_layers": list(self.caches.cached_layers),
                       "feature_store": store_kind(self.store)}
 
-    def _device(self) -> torch.device:
-        return resolve_device(self.cfg.device)
+    # ---- the caches (built once, by build_caches) -------------------------------------------
+    @property
+    def engine(self) -> Engine:  # type: ignore[override]
+        return self.caches.engine
 
-    def _open_store(self, x: np.ndarray) -> tuple[FeatureStore, Any]:
-        """The counted feature store and what must outlive it (:func:`open_feature_store`)."""
-        return open_feature_store(self.mc, x, self.cfg.out)
+    @property
+    def history(self) -> HistoryEngine | None:
+        return self.caches.history
 
-    def _build_caches(self) -> None:
-        """``engine``, ``history``, ``feature_cache`` and ``features`` for the cache policy."""
-        self.history: HistoryEngine | None = None
-        self.feature_cache: CachedFeatureStore | None = None
-        self.features: FeatureStore = self.store
-        self.engine: Engine = Engine()
-        if self.policy == "none":
-            return
-        order = degree_order(self.sampler.rowptr)
-        if self.policy == "feature":
-            self.feature_cache = CachedFeatureStore.within_budget(self.store, order, self.budget_bytes, self.device)
-        else:
-            # The sampler's float64 degrees are shared, not copied, as the capacity guard's weight.
-            self.history = self.engine = HistoryEngine.build(self.cfg.history, self.store, order, self.sampler.deg,
-                                                             self.cfg.layers, self.cfg.hidden, self.budget_bytes,
-                                                             self.device)
-            self.feature_cache = self.history.features
-        self.features = self.feature_cache
+    @property
+    def feature_cache(self) -> CachedFeatureStore | None:
+        return self.caches.feature_cache
+
+    @property
+    def features(self) -> FeatureStore:
+        return self.caches.features
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.caches.budget_bytes
+
+    @property
+    def is_main(self) -> bool:
+        return self.ctx.is_main
 
     # ---- training ------------------------------------------------------------------------
     def epoch_permutation(self, epoch: int) -> np.ndarray:
@@ -220,8 +238,15 @@ class MiniBatchTrainer(Trainer):
         bar.close()
         sync()
         rec = self._epoch_record(before, time.perf_counter() - t_start, loss_sum, hop_sum, len(batches), t)
+        # The epoch's one collective, here in the loop that every rank runs alike (no-op in one process).
+        ranks = self.ctx.gather_objects((rec, dict(self.history.counts) if self.history else {}))
+        rec = self.merge_ranks([r for r, _ in ranks], [c for _, c in ranks])
         self.epoch_log.append(rec)
         return rec
+
+    def merge_ranks(self, recs: list[dict[str, Any]], counts: list[dict[str, int]]) -> dict[str, Any]:
+        """One epoch record from every rank's record and history counts (one rank: its own)."""
+        return recs[0]
 
     def _counters(self) -> dict[str, int]:
         served = self.feature_cache.rows_served if self.feature_cache else 0
@@ -229,6 +254,7 @@ class MiniBatchTrainer(Trainer):
 
     def _epoch_record(self, before: dict[str, int], elapsed: float, loss_sum: float, hop_sum: np.ndarray,
                       num_batches: int, t: dict[str, float]) -> dict[str, Any]:
+        """This rank's figures of the epoch; it reads counters only and never communicates."""
         now = self._counters()
         rec: dict[str, Any] = {
             "loss": loss_sum / len(self.train_ids), "step_time_s": elapsed,
@@ -305,25 +331,15 @@ class MiniBatchTrainer(Trainer):
         if self.history:
             info["history_bytes_used"] = self.history.cache.bytes_used
         if self.feature_cache is not None:
-            info["cache_metadata_bytes"] = self.cache_metadata_bytes()
+            info["cache_metadata_bytes"] = self.caches.metadata_bytes()
         return info
 
-    def cache_metadata_bytes(self) -> int:
-        """Bytes of the caches' metadata (slot maps, write iterations, replacement order): part of
-        the ``--cache-mb`` budget, next to the arena's rows."""
-        meta = self.feature_cache.metadata_bytes if self.feature_cache is not None else 0
-        return meta + (self.history.cache.metadata_bytes if self.history is not None else 0)
-
     def extra_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"iteration": self.iteration, "epoch_log": list(self.epoch_log),
-                                 "store": self.store.state_dict()}
-        if self.feature_cache is not None and self.history is None:  # else the engine holds it
-            state["feature_cache"] = self.feature_cache.state_dict()
-        return state
+        return {"iteration": self.iteration, "epoch_log": list(self.epoch_log), "store": self.store.state_dict(),
+                **self.caches.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
         self.epoch_log = list(state["epoch_log"])
         self.store.load_state_dict(state["store"])
-        if self.feature_cache is not None and self.history is None:
-            self.feature_cache.load_state_dict(state["feature_cache"])
+        self.caches.load_state_dict(state)
