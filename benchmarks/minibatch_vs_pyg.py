@@ -3,6 +3,7 @@
     python benchmarks/minibatch_vs_pyg.py --json benchmarks/minibatch_vs_pyg.json --epochs 5 --seeds 0,1
     python benchmarks/minibatch_vs_pyg.py --json new.json --our-epochs 8 --resume benchmarks/minibatch_vs_pyg.json
     python benchmarks/minibatch_vs_pyg.py --quick        # smoke test: synthetic-hard-50k, 2 epochs
+    python benchmarks/minibatch_vs_pyg.py --runs pyg,sample,sample+pc --seeds 0,1,2 --our-epochs 8 --json pc.json
 
 ``--our-epochs`` lets our runs go on past PyG's epochs (the lr is constant, so their first epochs
 are the same run) until they can reach PyG's final test; ``--resume`` keeps the runs of an earlier
@@ -149,18 +150,23 @@ def pyg_run(data, g, adj_t, masks, seed: int, a: argparse.Namespace) -> dict[str
 
 
 # ---- ours ---------------------------------------------------------------------------------------
-def our_config(data, engine: str, seed: int, a: argparse.Namespace) -> TrainConfig:
+def our_config(data, kind: str, seed: int, a: argparse.Namespace) -> TrainConfig:
+    """``kind``: ``sample`` or ``refresh``, with ``+pc`` for the precomputed first hop
+    (``--precompute on``; without it ``off``, the plain path)."""
+    engine, _, pc = kind.partition("+")
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=a.fanouts, batch_size=a.batch_size, features_path=str(data.x.filename),
                          cache_mb=a.cache_share * feature_mb)
     history = HistoryConfig(policy="refresh" if engine == "refresh" else "none", staleness=a.staleness)
     return TrainConfig(dataset=a.dataset, model="sage", engine=engine, layers=a.layers, hidden=a.hidden,
                        dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=a.our_epochs, seed=seed,
-                       device="cpu", progress=True, minibatch=mb, history=history)
+                       device="cpu", progress=True, minibatch=mb, history=history,
+                       precompute="on" if pc == "pc" else "off")
 
 
-def our_run(data, engine: str, seed: int, a: argparse.Namespace) -> dict[str, Any]:
-    cfg = our_config(data, engine, seed, a)
+def our_run(data, kind: str, seed: int, a: argparse.Namespace) -> dict[str, Any]:
+    engine = kind
+    cfg = our_config(data, kind, seed, a)
     t0 = time.perf_counter()
     trainer = build_trainer(cfg, data)
     setup_s = time.perf_counter() - t0
@@ -172,7 +178,9 @@ def our_run(data, engine: str, seed: int, a: argparse.Namespace) -> dict[str, An
                    {"setup_s": setup_s, "eval_time_s": result["eval_time_s"],
                     "input_dropout": result.get("input_dropout"), "hit_rate": result.get("hit_rate"),
                     "feature_bytes_per_epoch": result.get("feature_bytes_read_per_epoch"),
-                    "cache_mb": cfg.minibatch.cache_mb if engine == "refresh" else 0.0})
+                    "sampled_nodes_per_hop": result.get("sampled_nodes_per_hop"),
+                    "precompute": result.get("precompute"),
+                    "cache_mb": cfg.minibatch.cache_mb if cfg.engine == "refresh" else 0.0})
 
 
 def _progress(kind: str, epoch: int, c: dict[str, Any], secs: float) -> None:
@@ -229,7 +237,9 @@ COLUMNS = ["run", "seed", "threads", "epoch_s", "epoch_speedup", "curve_test_%",
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic-hard-1m")
-    p.add_argument("--runs", default="pyg,sample,refresh", help="which of pyg, sample, refresh, in this order")
+    p.add_argument("--runs", default="pyg,sample,refresh",
+                   help="which of pyg, sample, refresh, in this order; sample+pc, refresh+pc: with the "
+                        "precomputed first hop (the plain ones run --precompute off)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--our-epochs", type=int, help="cap on our runs' epochs (default: --epochs); the lr is "
@@ -247,6 +257,7 @@ def main() -> None:
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, seed 0")
     p.add_argument("--json", help="written after every run")
+    p.add_argument("--keep", help="comma-separated run kinds --resume may keep (default: every kind)")
     p.add_argument("--resume", metavar="JSON", help="keep the runs of this earlier --json that this call would "
                    "repeat (same run, seed and epochs) instead of running them again")
     a = p.parse_args()
@@ -275,7 +286,7 @@ def measure(a: argparse.Namespace) -> None:
     for seed in (int(s) for s in a.seeds.split(",")):
         for kind in a.runs.split(","):
             key = (kind, seed, a.epochs if kind == "pyg" else a.our_epochs)
-            if key in kept:
+            if key in kept and (not a.keep or kind in a.keep.split(",")):
                 print(f"  {kind} seed {seed}: kept from {a.resume}", flush=True)
                 runs.append(kept[key])
             else:

@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precompute", default="auto", choices=("auto", "on", "off"),
+                   help="--precompute of both runs (auto: the precomputed first hop where it applies)")
     p.add_argument("--json")
     p.add_argument("--report", metavar="DIR", help="also write `approxgnn report`'s report.md and curves into DIR")
     a = p.parse_args()
@@ -56,8 +58,11 @@ def main() -> None:
     print(f"[{a.dataset}] {data.num_nodes} nodes, {data.num_edges} edges, {int(data.train_mask.sum())} training "
           f"nodes; torch threads {torch.get_num_threads()}", flush=True)
     trainers = {e: build_trainer(TrainConfig(dataset=a.dataset, model=a.model, engine=e, layers=a.layers,
-                                             hidden=a.hidden, epochs=a.epochs, lr=a.lr, seed=a.seed, progress=False), data)
+                                             hidden=a.hidden, epochs=a.epochs, lr=a.lr, seed=a.seed, progress=False,
+                                             precompute=a.precompute), data)
                 for e in ("exact", "rsc")}
+    for e, tr in trainers.items():
+        print(f"  {e}: first hop {tr.run_info().get('precompute')}", flush=True)
     curves: dict[str, list[dict]] = {e: [] for e in trainers}
     for epoch in range(a.epochs):
         for engine, tr in trainers.items():

@@ -100,7 +100,8 @@ def _worker(jobs: list[dict], report: str) -> int:
         every = [torch.empty_like(flat) for _ in range(self.ctx.world_size)]
         dist.all_gather(every, flat)
         seen["param_diffs"].append(float(max((e - flat).abs().max() for e in every)))
-        seen["store"] = {"memmap": isinstance(self.store.x, np.memmap), "file": str(self.store.x.filename)}
+        store = self.store.parts[0] if hasattr(self.store, "parts") else self.store  # X, under a joined first hop
+        seen["store"] = {"memmap": isinstance(store.x, np.memmap), "file": str(store.x.filename)}
         return norm
 
     def poisoned_forward(self, batch):
@@ -150,7 +151,9 @@ def _cli_config() -> TrainConfig:
 
 # Per rank batch size B; one process runs 2B. 600 planted nodes have 200 training nodes: three
 # global batches of 64 and one of 8 (4 per rank). `feature`: a raw-feature cache on, no history.
-EQUIVALENT = {"sample": ("sample", "none"), "refresh-feature-cache": ("refresh", "feature")}
+EQUIVALENT = {"sample": ("sample", "none"), "refresh-feature-cache": ("refresh", "feature"),
+              "sample-precomputed-first-hop": ("sample", "none")}
+EQUIVALENT_KW = {"sample-precomputed-first-hop": {"precompute": "on"}}  # rank 0 builds the table, rank 1 finds it
 CORA = dict(dataset="cora", epochs=15, hidden=32, minibatch={"cache_mb": 2.0})
 
 
@@ -162,7 +165,8 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
     np.lib.format.open_memmap(big, mode="w+", dtype=np.float32, shape=(BIG_NODES, BIG_DIM))  # all holes
     jobs = [{"name": "big", "cfg": _config("refresh", 16, dataset="big", epochs=1, minibatch={"cache_mb": 1.0}),
              "spec": {"kind": "big", "path": str(big)}}]
-    jobs += [{"name": name, "cfg": _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0}),
+    jobs += [{"name": name, "cfg": _config(engine, 32, policy=policy, minibatch={"cache_mb": 1.0},
+                                           **EQUIVALENT_KW.get(name, {})),
               "spec": {"kind": "planted", "n": 600}} for name, (engine, policy) in EQUIVALENT.items()]
     jobs.append({"name": "sample-rank0-eval", "cfg": _config("sample", 32, policy="none", minibatch={"cache_mb": 1.0},
                                                               dist=DistConfig(nproc=2, timeout_s=60, eval="rank0")),
@@ -184,7 +188,9 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
 def test_two_processes_trace_one_process_at_the_same_global_batch(two_ranks, name, one_torch_thread):
     ranks = [r[name] for r in two_ranks[0]]
     engine, policy = EQUIVALENT[name]
-    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}), planted_dataset(n=600))
+    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}, **EQUIVALENT_KW.get(name, {})),
+              planted_dataset(n=600))
+    assert one["precompute"]["path"] == ("precomputed" if name in EQUIVALENT_KW else "plain")
     for r in ranks:
         assert "error" not in r, r.get("error")
         assert r["world_size"] == 2

@@ -16,9 +16,10 @@ from .feature_cache import CachedFeatureStore
 from .inference import layerwise_inference
 from .loader import Batch, BatchLoader, Prefetcher, epoch_permutation, epoch_seeds
 from .sampler import NeighborSampler, SampledBatch, batch_key
-from .stores import ArrayFeatureStore, FeatureStore, degree_order, write_features
+from .stores import ArrayFeatureStore, FeatureStore, JoinedFeatureStore, degree_order, first_hop_store, write_features
 
 __all__ = ["MiniBatchConfig", "FEATURE_STORES", "default_fanouts", "NeighborSampler", "SampledBatch", "batch_key",
-           "FeatureStore", "ArrayFeatureStore", "DiskFeatureStore", "CachedFeatureStore", "degree_order",
+           "FeatureStore", "ArrayFeatureStore", "DiskFeatureStore", "JoinedFeatureStore", "CachedFeatureStore",
+           "degree_order", "first_hop_store",
            "write_features", "Batch", "BatchLoader", "Prefetcher", "epoch_permutation", "epoch_seeds",
            "BlockPropagation", "layerwise_inference"]

@@ -20,6 +20,8 @@ from numba import njit, prange
 from torch import Tensor
 
 from ..datasets.layout_write import create_npy
+from ..graph import CSRGraph
+from ..precompute import FirstHopTable, precompute_first_hop
 
 
 def index_dtype(count: int) -> type:
@@ -178,6 +180,17 @@ class JoinedFeatureStore:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in zip(self.parts, state["parts"]):
             p.load_state_dict(s)
+
+
+def first_hop_store(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | os.PathLike | None = None
+                    ) -> tuple[FeatureStore, FirstHopTable]:
+    """The store layer 0 reads when its aggregation ``norm`` is precomputed over ``store``'s
+    features (:mod:`approxgnn.precompute`): GCN's table ``[ÂX | Â1]`` alone (``ÂX`` holds the raw
+    features), SAGE's ``[X | mean]`` joined; every read counted. The table lives where ``X`` does
+    (RAM, or on disk beside an on-disk ``X``), or in ``directory``. Also returns the table."""
+    table = precompute_first_hop(graph, store.x, norm, directory=directory)
+    rows = ArrayFeatureStore(table.table)
+    return (rows if norm == "gcn" else JoinedFeatureStore([store, rows])), table
 
 
 def degree_order(rowptr: np.ndarray) -> np.ndarray:

@@ -21,22 +21,26 @@ from .propagation import Propagation
 class FirstHop:
     """Layer 0's input with its aggregation already done (:mod:`approxgnn.precompute`).
 
-    ``agg [m, w]``: rows of the precomputed table for layer 0's ``m`` targets -- GCN's
-    ``[ÂX | Â1]`` (``w = F + 1``), SAGE's neighbour mean (``w = F``); ``x [m, F]``: the targets'
-    own features (SAGE's self term; None for GCN). A model given one skips layer 0's propagation
-    and computes the same function (input dropout must be 0: a dropped input would change ``ÂX``).
+    ``agg [m, F]``: layer 0's ``m`` targets' rows of the precomputed aggregation -- GCN's ``ÂX``,
+    SAGE's neighbour mean; ``x [m, F]``: their own features (SAGE's self term; None for GCN);
+    ``row_sum [m, 1]``: GCN's ``Â1``, which the bias needs (None for SAGE). A model given one skips
+    layer 0's propagation and computes the same function (input dropout must be 0: a dropped
+    input would change ``ÂX``).
     """
 
     agg: Tensor
     x: Tensor | None = None
+    row_sum: Tensor | None = None
 
     @classmethod
     def from_rows(cls, rows: Tensor, norm: str, num_features: int) -> "FirstHop":
-        """From rows of the joined store a mini-batch reads: GCN's table alone ``[ÂX | Â1]``, or
-        SAGE's own features and neighbour mean side by side ``[X | mean]`` (``2F`` columns)."""
+        """From rows of the table alone (GCN: ``[ÂX | Â1]``, ``F + 1`` columns) or of the joined
+        store a SAGE mini-batch reads (``[X | mean]``, ``2F`` columns). The parts are made
+        contiguous: a strided matrix would slow both products of the linear map."""
+        f = num_features
         if norm == "gcn":
-            return cls(rows)
-        return cls(rows[:, num_features:], rows[:, :num_features])
+            return cls(rows[:, :f].contiguous(), None, rows[:, f:].contiguous())
+        return cls(rows[:, f:].contiguous(), rows[:, :f].contiguous())
 
 
 def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float,
@@ -119,7 +123,7 @@ class GCN(_Stack):
             if i == 0 and isinstance(x, FirstHop):
                 # Â(XW + 1bᵀ) = (ÂX)W + (Â1)bᵀ: the table's last column is Â1.
                 self._check_first_hop()
-                x = F.linear(x.agg[:, :-1], lin.weight) + x.agg[:, -1:] * lin.bias
+                x = torch.addmm(x.row_sum * lin.bias, x.agg, lin.weight.t())
             else:
                 x = prop(lin(self._drop_input(x) if i == 0 else self._drop(x)), i)
             if i < last:

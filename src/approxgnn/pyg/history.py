@@ -34,6 +34,7 @@ from ..history import HistoryConfig, HistoryEngine
 from ..history.caches import build_caches
 from ..minibatch import BlockPropagation, layerwise_inference
 from ..minibatch.sampler import PruneTest, SampledBatch
+from ..nn.models import FirstHop
 from ..nn.propagation import Propagation
 from .loader import NeighborBatchLoader
 
@@ -81,11 +82,16 @@ class PropagationGNN(nn.Module):
     def num_layers(self) -> int:
         return len(self.model.convs)
 
-    def forward(self, x: Tensor, prop: Propagation) -> Tensor:
+    def forward(self, x: Tensor | FirstHop, prop: Propagation) -> Tensor:
         m = self.model
         last = len(m.convs) - 1
         for i, conv in enumerate(m.convs):
-            if self.norm == "mean":
+            if i == 0 and isinstance(x, FirstHop):  # layer 0's aggregation precomputed
+                # SAGE: W_l mean_j x_j + W_r x_i; GCN: Â(XW) + b = (ÂX)W + b (GCNConv's lin has no bias).
+                x = conv.lin_l(x.agg) + conv.lin_r(x.x) if self.norm == "mean" else conv.lin(x.agg)
+                if self.norm == "gcn" and conv.bias is not None:
+                    x = x + conv.bias
+            elif self.norm == "mean":
                 x = conv.lin_l(prop(x, i)) + conv.lin_r(prop.targets(x, i))
             else:
                 x = prop(conv.lin(x), i)
@@ -164,9 +170,15 @@ class HistoryGNN(nn.Module):
         b = batch.sampled_batch
         record = self.engine.layers if self.engine is not None and self.training else ()
         prop = BlockPropagation(b.ops, b.hits, record)
-        out = self.gnn(b.x, prop)
+        out = self.gnn(self._input(b.x), prop)
         self._pending = (b, prop) if record else None
         return out
+
+    def _input(self, rows: Tensor) -> Tensor | FirstHop:
+        """Layer 0's input from the rows the loader read (a :class:`FirstHop` under ``precompute``)."""
+        if not self.loader.precompute:
+            return rows
+        return FirstHop.from_rows(rows, self.gnn.norm, self.loader.num_features)
 
     def push(self, batch: Any) -> None:
         """After ``optimizer.step()``: admit (and evict) ``batch``'s embeddings under the policy,
@@ -188,7 +200,8 @@ class HistoryGNN(nn.Module):
         was_training = self.training
         try:
             return layerwise_inference(self.gnn, loader.sampler, loader.store, ids, features=loader.features,
-                                       chunk_size=chunk_size, device=loader.device, progress=progress)
+                                       chunk_size=chunk_size, device=loader.device, progress=progress,
+                                       first_hop=self._input if loader.precompute else None)
         finally:
             self.train(was_training)
 

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from ..graph import CSRGraph
-from ..minibatch import ArrayFeatureStore, Batch, BatchLoader, FeatureStore, NeighborSampler, batch_key, epoch_seeds
+from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, FeatureStore, NeighborSampler, batch_key, epoch_seeds,
+                         first_hop_store)
 from ..minibatch.loader import HistoryServer
 from ..minibatch.sampler import SampledBatch
 
@@ -80,17 +81,25 @@ class NeighborBatchLoader:
     normalisation of the model that will run on the batches, ``"mean"`` (GraphSAGE) or ``"gcn"``.
     Epoch ``e``'s batches are a permutation drawn from ``(seed, e)`` (``shuffle``) and batch
     ``b``'s sample from ``(seed, e, b)``, so a run is reproducible.
+
+    ``precompute``: layer 0's aggregation is computed once over full neighbourhoods
+    (:mod:`approxgnn.precompute`, for a model without input dropout, as PyG's ``BasicGNN``): the
+    last hop is not sampled, and a batch's ``x`` holds the rows layer 0 reads -- GCN's ``[ÂX | Â1]``,
+    GraphSAGE's ``[X | mean]`` -- which :class:`~approxgnn.pyg.history.HistoryGNN` understands.
     """
 
     def __init__(self, data: Any, num_neighbors: Sequence[int], batch_size: int = 1024, input_nodes: Any = None, *,
                  shuffle: bool = True, seed: int = 0, norm: str = "mean",
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", precompute: bool = False) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         x = _as_numpy(data.x)
         self.graph = CSRGraph.from_edge_index(_as_numpy(data.edge_index), int(x.shape[0]))
-        self.sampler = NeighborSampler(self.graph, list(num_neighbors), norm)
-        self.store = ArrayFeatureStore(x)
+        self.sampler = NeighborSampler(self.graph, list(num_neighbors), norm, first_hop=precompute)
+        self.store: FeatureStore = ArrayFeatureStore(x)
+        self.num_features, self.precompute = int(x.shape[1]), precompute
+        if precompute:
+            self.store, self.table = first_hop_store(self.graph, self.store, norm)
         self.features: FeatureStore = self.store
         self.device = torch.device(device)
         y = getattr(data, "y", None)
@@ -131,14 +140,17 @@ def pyg_layout(sample: SampledBatch) -> tuple[np.ndarray, np.ndarray, list[int],
 
     Walking down the hops, ``pos`` holds the local ids of layer ``l``'s rows (``layer_nodes[l]``);
     block ``l``'s sources are its first ``m_l`` rows (its targets) followed by hop-new nodes,
-    which get the next free local ids.
+    which get the next free local ids. A precomputed first hop has no block 0: the walk stops at
+    layer 0's rows, whose first ``len(input_nodes)`` are the input nodes.
     """
     L, B = sample.num_layers, len(sample.seeds)
     pos = np.arange(B, dtype=np.int64)
-    groups, edges, n_nodes, n_edges, total = [sample.seeds], [], [B], [], B
+    groups, edges, n_nodes, n_edges, total = [sample.seeds], [np.empty((2, 0), np.int64)], [B], [], B
     for hop in range(1, L + 1):
         layer = L - hop
         block = sample.blocks[layer]
+        if block is None:  # the first hop, precomputed
+            break
         sources = sample.layer_nodes[layer - 1] if layer > 0 else sample.input_nodes
         m = block.num_targets
         new = sources[m:]
@@ -150,7 +162,7 @@ def pyg_layout(sample: SampledBatch) -> tuple[np.ndarray, np.ndarray, list[int],
         n_edges.append(block.nnz)
         total += len(new)
         pos = src_pos
-    return np.concatenate(groups), np.concatenate(edges, axis=1), n_nodes, n_edges, pos
+    return np.concatenate(groups), np.concatenate(edges, axis=1), n_nodes, n_edges, pos[: len(sample.input_nodes)]
 
 
 def to_pyg_batch(batch: Batch, y: Tensor | None = None) -> Any:

@@ -194,8 +194,9 @@ class TrainConfig:
             return False, f"{self.model}'s first layer has no propagation to precompute"
         if self.resolved_input_dropout() > 0:
             return False, f"input dropout {self.resolved_input_dropout()} > 0 changes the first aggregation every step"
-        if self.engine not in PRECOMPUTE_AUTO_ENGINES:
-            return False, f"--engine {self.engine} does not take a precomputed first hop"
+        if self.precompute == "auto" and self.engine not in PRECOMPUTE_AUTO_ENGINES:
+            return False, (f"--engine {self.engine}: off unless --precompute on (it changes the sampling: "
+                           "the last hop becomes exact; README, 'Precomputed first hop')")
         return True, "input dropout 0: the first aggregation holds no weights"
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,9 +63,12 @@ class FullBatchTrainer(Trainer):
             table = precompute_first_hop(graph, data.x, self.model.norm, directory=cfg.precompute_dir)
             # Full batch holds the table in memory (an on-disk one found from an earlier run is read in).
             arr = np.array(table.table) if isinstance(table.table, np.memmap) else table.table
-            agg = torch.from_numpy(arr).to(self.device)
-            # GCN's table carries the raw features inside ÂX; SAGE's self term needs X itself.
-            self.x = FirstHop(agg, None if self.model.norm == "gcn" else x)
+            rows = torch.from_numpy(arr)
+            if self.model.norm == "gcn":  # [ÂX | Â1]: the raw features are inside ÂX, X is not kept
+                hop = FirstHop.from_rows(rows, "gcn", table.num_features)
+                self.x = FirstHop(hop.agg.to(self.device), row_sum=hop.row_sum.to(self.device))
+            else:  # SAGE's self term needs X itself
+                self.x = FirstHop(rows.to(self.device), x)
             precompute.update(table.info())
         self.y = torch.as_tensor(data.y).to(self.device)
         self.masks = {k: torch.as_tensor(getattr(data, f"{k}_mask")).to(self.device) for k in ("train", "val", "test")}

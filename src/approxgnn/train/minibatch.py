@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..datasets import Dataset
+from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..history.caches import Caches, build_caches
 from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
-                         FeatureStore,
-                         MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation, epoch_seeds,
-                         layerwise_inference, write_features)
-from ..nn import Engine, build_model
+                         FeatureStore, MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation,
+                         epoch_seeds, first_hop_store, layerwise_inference, write_features)
+from ..nn import Engine, FirstHop, build_model
 from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .context import LocalContext
@@ -109,6 +109,20 @@ def store_kind(store: FeatureStore) -> str:
     return "memmap" if getattr(store, "on_disk", False) else "ram"
 
 
+def open_first_hop(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | None,
+                   ctx: Any = None) -> tuple[FeatureStore, dict[str, Any]]:
+    """:func:`~approxgnn.minibatch.first_hop_store` of ``store``, and its facts for ``result.json``.
+    Under a distributed context rank 0 builds the table first and the other ranks then find it on
+    disk (the fingerprint names the file), so it is computed once."""
+    ranks = ctx is not None and ctx.distributed
+    if ranks and not ctx.is_main:
+        ctx.broadcast_object(None)  # wait until rank 0's table is whole
+    joined, table = first_hop_store(graph, store, norm, directory)
+    if ranks and ctx.is_main:
+        ctx.broadcast_object(table.path)
+    return joined, table.info()
+
+
 class MiniBatchTrainer(Trainer):
     """Sampled mini-batches on SAGE/GCN with an optional feature cache and history engine.
 
@@ -132,8 +146,14 @@ class MiniBatchTrainer(Trainer):
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         self.net: torch.nn.Module = self.model  # what the forward pass calls (a data-parallel wrapper, in ddp.py)
-        self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm)
+        self.first_hop, why = cfg.first_hop_path()
+        self.sampler = NeighborSampler(graph, list(mc.fanouts), self.model.norm, first_hop=self.first_hop)
         self.store, self._tmp = open_feature_store(mc, data.x, cfg.out, self.ctx)
+        self.num_features = data.num_features
+        precompute: dict[str, Any] = {"path": "precomputed" if self.first_hop else "plain", "reason": why}
+        if self.first_hop:
+            self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx)
+            precompute.update(info)
         self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.store, self.sampler.rowptr,
                                            self.sampler.deg, cfg.layers, cfg.hidden, mc.cache_mb, self.device)
         self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
@@ -148,7 +168,7 @@ class MiniBatchTrainer(Trainer):
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
                       "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
                       "cached_layers": list(self.caches.cached_layers),
-                      "feature_store": store_kind(self.store)}
+                      "feature_store": store_kind(self.store), "precompute": precompute}
 
     # ---- the caches (built once, by build_caches) -------------------------------------------
     @property
@@ -183,9 +203,14 @@ class MiniBatchTrainer(Trainer):
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return epoch_seeds(self.train_ids, self.mc.batch_size, self.cfg.seed, epoch)
 
+    def _input(self, rows: torch.Tensor) -> torch.Tensor | FirstHop:
+        """The model's input from rows read for layer 0: the rows themselves, or (first hop
+        precomputed) a :class:`FirstHop` of them."""
+        return FirstHop.from_rows(rows, self.model.norm, self.num_features) if self.first_hop else rows
+
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
         prop = BlockPropagation(batch.ops, batch.hits, self.history.layers if self.history else ())
-        out = self.net(batch.x, prop)
+        out = self.net(self._input(batch.x), prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
 
     @property
@@ -287,7 +312,7 @@ class MiniBatchTrainer(Trainer):
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
                                    chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
-                                   **shard)
+                                   first_hop=self._input if self.first_hop else None, **shard)
 
     def evaluate(self) -> dict[str, float]:
         """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
