@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--file", required=True, help="a float32 [N, F] .npy, larger than the page cache can hold")
     p.add_argument("--rows", type=int, default=99_000)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--threads", type=int, nargs="+", default=[64])
+    p.add_argument("--threads", type=int, nargs="+", default=[64, 128])
     p.add_argument("--fio-depths", type=int, nargs="*", default=[64, 1])
     p.add_argument("--fio-seconds", type=int, default=20)
     p.add_argument("--no-memmap", action="store_true", help="skip the (slow) memory-map cell")

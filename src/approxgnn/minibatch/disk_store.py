@@ -106,14 +106,17 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 class DiskFeatureStore:
     """Rows of a float32 ``[N, F]`` ``.npy`` file read by ``pread`` from a thread pool (module docstring).
 
-    ``threads``: reads in flight at once (the queue depth the disk sees). ``direct``: ``None``
+    ``threads``: reads in flight at most (the queue depth the disk sees). 128 by default: when a read
+    completes its thread must wait for a core, so on a busy 2-core machine 64 threads kept fewer than
+    64 reads in flight (0.7-0.9x fio's depth-64 IOPS) and 128 reached fio's depth-64 figure
+    (benchmarks/RESULTS.md); idle threads cost no memory but their stacks' address space. ``direct``: ``None``
     tries ``O_DIRECT`` and falls back; ``False`` never tries. ``max_run_pages``: the longest
     single read of merged adjacent rows.
     """
 
     VERSION = 1
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 64, direct: bool | None = None,
+    def __init__(self, path: str | os.PathLike, *, threads: int = 128, direct: bool | None = None,
                  max_run_pages: int = 32) -> None:
         self.path = Path(path)
         shape, dtype, self.header = _npy_layout(self.path)
