@@ -47,7 +47,8 @@ from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig, build_trainer, fit
 from approxgnn.train.config import DistConfig
-from approxgnn.train.distributed import launch, set_threads
+from approxgnn import set_threads
+from approxgnn.train.distributed import launch
 from approxgnn.train.results import format_table
 
 NETWORK = {"alpha_s": 20e-6, "beta_Bps": 25e9 / 8}  # an assumed 25 Gbit/s link with 20 µs latency

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn.models import GraphSAGE
 
-from approxgnn._threads import set_torch_threads
+from approxgnn import set_threads
 from approxgnn.datasets import load_dataset
 from approxgnn.pyg import HistoryGNN, NeighborBatchLoader
 from approxgnn.report import COLUMNS, build_report, markdown_table, render
@@ -132,7 +132,7 @@ def main() -> None:
     a = p.parse_args()
     if a.quick:
         a.datasets, a.seeds, a.epochs = "cora", "0", 3
-    set_torch_threads(a.threads)  # after numba's pool starts, or the first parallel kernel undoes it
+    set_threads(a.threads, numba_threads=False)  # after numba's pool starts, or the first parallel kernel undoes it
     runs = []
     for name in a.datasets.split(","):
         data = load_dataset(name, root=a.data_root, split=0, seed=0)

@@ -31,10 +31,10 @@ def _torch_threads_for_tests() -> Iterator[None]:
     other, and keeps the suite quick on a loaded CI machine. Tests check results, never speed."""
     import torch
 
-    from approxgnn._threads import set_torch_threads  # numba's pool would otherwise reset it
+    from approxgnn import set_threads  # numba's pool would otherwise reset it
 
     old = torch.get_num_threads()
-    set_torch_threads(1)
+    set_threads(1, numba_threads=False)
     yield
     torch.set_num_threads(old)
 
@@ -45,9 +45,9 @@ def one_torch_thread() -> Iterator[None]:
     with two intra-op threads (they spin waiting for each other)."""
     import torch
 
-    from approxgnn._threads import set_torch_threads  # numba's pool would otherwise reset it
+    from approxgnn import set_threads  # numba's pool would otherwise reset it
 
     old = torch.get_num_threads()
-    set_torch_threads(1)
+    set_threads(1, numba_threads=False)
     yield
     torch.set_num_threads(old)

@@ -365,3 +365,52 @@ def test_an_old_record_gives_one_configuration_by_config_and_by_resume(tmp_path:
     assert {**by_config, "out": None} == {**by_resume, "out": None}
     assert stub_run[0].resolved_input_dropout() == stub_run[1].resolved_input_dropout() == 0.4
     assert (stub_run[0].minibatch.batch_size, stub_run[0].history.policy, stub_run[0].history.staleness) == (77, "gas", 11)
+
+
+# Each train flag with a value other than its default, and the value the config must then hold.
+FLAG_VALUES: dict[str, tuple[list[str], object]] = {
+    "--preset": (["refresh"], "refresh"), "--dataset": (["cora"], "cora"), "--data-root": (["/tmp/d"], "/tmp/d"),
+    "--split": (["1"], 1), "--model": (["sage"], "sage"), "--engine": (["sample"], "sample"),
+    "--layers": (["3", "--fanouts", "5,5,5"], 3), "--hidden": (["33"], 33), "--dropout": (["0.25"], 0.25),
+    "--input-dropout": (["0.15"], 0.15), "--batch-norm": ([], True), "--lr": (["0.02"], 0.02),
+    "--lr-schedule": (["cosine"], "cosine"), "--weight-decay": (["0.001"], 0.001), "--epochs": (["9"], 9),
+    "--seed": (["4"], 4), "--device": (["cpu"], "cpu"), "--out": (["/tmp/o"], "/tmp/o"),
+    "--checkpoint-every": (["2"], 2), "--no-progress": ([], False), "--precompute": (["off"], "off"),
+    "--no-precompute": ([], "off"), "--precompute-dir": (["/tmp/p"], "/tmp/p"), "--budget": (["0.35"], 0.35),
+    "--cache-interval": (["7"], 7), "--tune-interval": (["4"], 4), "--switch-time": (["0.6"], 0.6),
+    "--allocation": (["uniform"], "uniform"), "--selection": (["importance"], "importance"), "--step": (["0.05"], 0.05),
+    "--warmup": (["3"], 3), "--val-guard": ([], True), "--fanouts": (["7,3"], [7, 3]), "--batch-size": (["77"], 77),
+    "--cache-mb": (["3.5"], 3.5), "--policy": (["gas"], "gas"), "--rate": (["0.5"], 0.5), "--evict": ([], True),
+    "--staleness": (["11"], 11), "--cached-layers": (["0"], [0]), "--embedding-share": (["0.3"], 0.3),
+    "--history-switch-time": (["0.4"], 0.4), "--eval-batch-size": (["999"], 999), "--features-on-disk": ([], True),
+    "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
+    "--backend": (["gloo"], "gloo"), "--dist-timeout": (["61"], 61.0), "--dist-eval": (["rank0"], "rank0"),
+    "--threads": (["3"], 3),
+}
+
+
+@pytest.mark.parametrize("flag, dest", [(f, d) for f, d, _ in cli._TRAIN_FLAGS])
+def test_every_train_flag_reaches_the_recorded_config(flag: str, dest: str) -> None:
+    """Each flag alone (on a mini-batch SAGE base, where every group applies) changes exactly its
+    own field of the config that result.json records (``TrainConfig.to_dict``), to its value."""
+    assert set(FLAG_VALUES) == {f for f, _, _ in cli._TRAIN_FLAGS}, "a new flag needs a line in FLAG_VALUES"
+    base = ["train", "--engine", "refresh", "--model", "sage"]
+    args, expected = FLAG_VALUES[flag]
+    if flag in ("--engine", "--model"):
+        base = ["train"]
+    plain = cli.config_from_args(cli.build_parser().parse_args(base)).to_dict()
+    given = cli.config_from_args(cli.build_parser().parse_args(base + [flag, *args])).to_dict()
+
+    def flat(d: dict) -> dict:  # {"history.staleness": 11, "lr": 0.02, ...}
+        return {f"{g}.{k}" if isinstance(v, dict) else g: (v[k] if isinstance(v, dict) else v)
+                for g, v in d.items() for k in (v if isinstance(v, dict) else [None])}
+
+    given, plain = flat(given), flat(plain)
+    assert given[dest] == expected != plain[dest]
+    changed = {k for k in given if given[k] != plain[k]}
+    allowed = {dest} | ({"layers", "minibatch.fanouts"} if flag in ("--layers", "--preset") else set())
+    if flag == "--preset":  # the preset's own values come with it
+        from approxgnn.train.presets import PRESETS
+
+        allowed |= set(flat(PRESETS["refresh"]))
+    assert changed <= allowed, changed - allowed

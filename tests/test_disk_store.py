@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from approxgnn.minibatch import ArrayFeatureStore, CachedFeatureStore, DiskFeatureStore, degree_order, write_features
+from approxgnn.minibatch import ArrayFeatureStore, CachedFeatureStore, DiskFeatureStore, write_features
+from approxgnn.minibatch.stores import degree_order
 
 PAGE = 4096
 

@@ -9,7 +9,8 @@ from approxgnn.graph import CSRGraph
 from approxgnn.history.cache import HistoryCache
 from approxgnn.history import HistoryEngine
 from approxgnn.history.policies import admission_order, eviction_mask
-from approxgnn.minibatch import ArrayFeatureStore, CachedFeatureStore, NeighborSampler, degree_order, write_features
+from approxgnn.minibatch import ArrayFeatureStore, CachedFeatureStore, NeighborSampler, write_features
+from approxgnn.minibatch.stores import degree_order
 from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig

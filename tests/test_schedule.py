@@ -1,6 +1,7 @@
 """``--lr-schedule``: cosine annealing per epoch in both trainers, and a resume that stays bit-exact."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -49,8 +50,13 @@ def test_resume_with_cosine_is_bit_exact(tmp_path, engine: str) -> None:
 
 def test_cli_flag(tmp_path) -> None:
     out = tmp_path / "run"
-    assert cli.main(["train", "--dataset", "synthetic-2k", "--hidden", "8", "--epochs", "3", "--lr-schedule",
-                     "cosine", "--no-progress", "--out", str(out)]) == 0
+    argv = ["train", "--dataset", "synthetic-2k", "--hidden", "8", "--epochs", "3", "--lr-schedule", "cosine",
+            "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["config"] == cli.config_from_args(cli.build_parser().parse_args(argv)).to_dict()
+    lrs = [c["lr"] for c in saved["curve"]]  # annealed: 0.01 · (1 + cos(π·e/3)) / 2
+    assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)])
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--lr-schedule", "linear"])
     assert e.value.code == 2

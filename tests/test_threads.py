@@ -1,4 +1,4 @@
-"""``set_torch_threads``: a torch thread count that numba's thread pool starting does not undo."""
+"""``set_threads``: a torch thread count that numba's thread pool starting does not undo."""
 from __future__ import annotations
 
 import os
@@ -11,9 +11,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # A fresh process, so that numba's pool starts inside it: at a parallel sampler hop (>= 16384 targets).
 SCRIPT = """
 import numba, numpy as np, torch
-from approxgnn._threads import set_torch_threads
+from approxgnn import set_threads
 from approxgnn.graph import CSRGraph
-from approxgnn.minibatch import NeighborSampler, batch_key
+from approxgnn.minibatch import NeighborSampler
+from approxgnn.minibatch.sampler import batch_key
 {set_threads}(1)
 g = CSRGraph.from_edge_index(np.random.default_rng(0).integers(0, 40000, (2, 200000)), 40000)
 NeighborSampler(g, [3], "mean").sample(np.arange(20000), batch_key(0, 0, 0))
@@ -31,7 +32,7 @@ def _after_sampling(set_threads: str) -> tuple[int, str]:
 
 
 def test_torch_threads_survive_numbas_pool() -> None:
-    # With torch.set_num_threads(1) in place of set_torch_threads, this prints 2 where numba's
+    # With torch.set_num_threads(1) in place of set_threads, this prints 2 where numba's
     # layer is OpenMP (as here): the pool's start resets the count.
-    assert _after_sampling("set_torch_threads")[0] == 1
+    assert _after_sampling("set_threads")[0] == 1
 

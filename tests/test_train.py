@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from approxgnn.train import TrainConfig, check_out_dir, run
+from approxgnn.train import TrainConfig, run
+from approxgnn.train.loop import check_out_dir
 from approxgnn.train.metrics import accuracy, roc_auc
 
 from helpers import planted_dataset

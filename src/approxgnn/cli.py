@@ -30,8 +30,9 @@ from .history.config import POLICIES, HistoryConfig
 from .minibatch.config import FEATURE_STORES, MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
-from .train import ENGINES, TrainConfig, check_out_dir, read_checkpoint, run
+from .train import ENGINES, TrainConfig, read_checkpoint, run
 from .train.base import resolve_device
+from .train.loop import check_out_dir
 from .train.config import BACKENDS, DIST_EVAL_MODES, PRECOMPUTE_MODES, DistConfig
 from .train.distributed import check_devices, env_world_size, under_launcher
 from .train.results import format_table

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._threads import start_numba_pool
+from .threads import start_numba_pool
 
 
 def use_numba(t: Tensor) -> bool:
@@ -73,7 +73,7 @@ def csr_spmm(rowptr: Tensor, col: Tensor, val: Tensor, x: Tensor, diag: Tensor |
     ``rowptr [m+1]``, ``col [nnz]``, ``val [nnz]`` (same dtype as ``x``); ``diag [m]``, ``[m, 1]`` or None."""
     dg = np.empty(0, x.numpy().dtype) if diag is None else diag.reshape(-1).to(x.dtype).numpy()
     kernel = _csr_spmm_ser if (out.numel() + col.numel() * x.size(1)) < SERIAL_BELOW else _csr_spmm_par
-    start_numba_pool()  # no-op after the first call; keeps torch's thread count (see _threads)
+    start_numba_pool()  # no-op after the first call; keeps torch's thread count (see threads)
     kernel(rowptr.numpy(), col.numpy(), val.numpy(), x.numpy(), dg, out.numpy())
     return out
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..minibatch.feature_cache import CachedFeatureStore
+from ..state import check_version
 from ..minibatch.sampler import PruneTest
 from ..minibatch.stores import index_dtype
 from .slots import SlotOrder, order_metadata_bytes
@@ -248,8 +249,7 @@ class HistoryCache:
                 "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers), "expired": self.expired}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.VERSION:
-            raise ValueError(f"unsupported history cache state (version {state.get('version')!r})")
+        check_version(state, self.VERSION, "history cache")
         if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
             raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
         self.clear()

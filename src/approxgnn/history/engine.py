@@ -27,6 +27,7 @@ from ..minibatch.feature_cache import CachedFeatureStore
 from ..minibatch.sampler import PruneTest, SampledBatch
 from ..minibatch.stores import FeatureStore
 from ..nn.engine import Engine, switch_epoch
+from ..state import check_version
 from .arena import arena_floats, embedding_rows
 from .cache import HistoryCache
 from .config import HistoryConfig
@@ -179,8 +180,7 @@ class HistoryEngine(Engine):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.VERSION:
-            raise ValueError(f"unsupported history engine state (version {state.get('version')!r})")
+        check_version(state, self.VERSION, "history engine")
         self.cache.load_state_dict(state["cache"])
         self.counts = {**self.counts, **state["counts"]}  # "expired" is absent from older states
         self.exact = bool(state.get("exact", False))  # so is "exact": they never switched

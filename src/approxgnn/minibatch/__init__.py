@@ -5,21 +5,21 @@
 * feature stores behind one ``read(ids)`` protocol (:class:`FeatureStore`): :class:`ArrayFeatureStore`
   (RAM or ``.npy`` memmap, counted), :class:`DiskFeatureStore` (``pread`` from a thread pool over
   ``O_DIRECT``, counting the pages really read) and :class:`CachedFeatureStore` (a cache over any store);
-* :class:`BatchLoader` / :class:`Prefetcher` -- one batch ahead in a worker thread;
+* :class:`BatchLoader` -- one batch ahead in a worker thread (:class:`.loader.Prefetcher`);
 * :class:`BlockPropagation` -- a model on one batch's blocks;
 * :func:`layerwise_inference` -- exact inference over full neighbourhoods, chunk by chunk.
 """
 from .blocks import BlockPropagation
-from .config import FEATURE_STORES, MiniBatchConfig, default_fanouts
+from .config import MiniBatchConfig
 from .disk_store import DiskFeatureStore
 from .feature_cache import CachedFeatureStore
 from .inference import layerwise_inference
-from .loader import Batch, BatchLoader, Prefetcher, epoch_permutation, epoch_seeds
-from .sampler import NeighborSampler, SampledBatch, batch_key
-from .stores import ArrayFeatureStore, FeatureStore, JoinedFeatureStore, degree_order, first_hop_store, write_features
+from .loader import BatchLoader
+from .sampler import NeighborSampler
+from .stores import ArrayFeatureStore, FeatureStore, JoinedFeatureStore, first_hop_store, write_features
 
-__all__ = ["MiniBatchConfig", "FEATURE_STORES", "default_fanouts", "NeighborSampler", "SampledBatch", "batch_key",
-           "FeatureStore", "ArrayFeatureStore", "DiskFeatureStore", "JoinedFeatureStore", "CachedFeatureStore",
-           "degree_order", "first_hop_store",
-           "write_features", "Batch", "BatchLoader", "Prefetcher", "epoch_permutation", "epoch_seeds",
+# What a user builds a loop from; the helpers (seeds per epoch, batch keys, the prefetcher, the
+# degree order, ...) are imported from their modules.
+__all__ = ["MiniBatchConfig", "NeighborSampler", "FeatureStore", "ArrayFeatureStore", "DiskFeatureStore",
+           "JoinedFeatureStore", "CachedFeatureStore", "first_hop_store", "write_features", "BatchLoader",
            "BlockPropagation", "layerwise_inference"]

@@ -23,6 +23,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from ..state import check_version
 from .stores import FeatureStore, index_dtype
 
 
@@ -157,6 +158,7 @@ class CachedFeatureStore:
         return {"version": self.VERSION, "num_valid": self.num_valid, "rows_served": self.rows_served}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "feature cache")
         if int(state["num_valid"]) > self.num_valid:
             raise ValueError("cannot restore a feature cache larger than this one (different budget?)")
         self.truncate(int(state["num_valid"]))

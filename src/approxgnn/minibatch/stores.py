@@ -22,6 +22,7 @@ from torch import Tensor
 from ..datasets.layout_write import create_npy
 from ..graph import CSRGraph
 from ..precompute import FirstHopTable, precompute_first_hop
+from ..state import check_version
 
 
 def index_dtype(count: int) -> type:
@@ -113,6 +114,7 @@ class ArrayFeatureStore:
         return {"version": self.VERSION, **self.counters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "feature store")
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
 
 
@@ -178,6 +180,9 @@ class JoinedFeatureStore:
         return {"version": self.VERSION, "parts": [p.state_dict() for p in self.parts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_version(state, self.VERSION, "joined feature store")
+        if len(state["parts"]) != len(self.parts):
+            raise ValueError(f"the state joins {len(state['parts'])} stores, this one {len(self.parts)}")
         for p, s in zip(self.parts, state["parts"]):
             p.load_state_dict(s)
 

@@ -12,7 +12,8 @@ sparse ``adj_t [N, N]`` or as a ``torch_sparse.SparseTensor``. Each conv normali
 
 Rows are targets, columns sources: ``out = Â @ x`` is PyG's aggregation. The diagonal is split off
 (:class:`~approxgnn.graph.NormalizedAdjacency`: ``Â = Â_off + diag``) so RSC samples ``Â_off`` only.
-:class:`GraphCache` keeps the built operators, keyed by the identity of the input tensors.
+:class:`GraphCache` keeps the built operators and finds them again by the graph's *content*: an
+adjacency rebuilt inside ``forward`` (``edge_index.flip([0])`` in ``DirGNNConv``) reuses its operator.
 """
 from __future__ import annotations
 
@@ -32,7 +33,12 @@ Spec = tuple[str, float, bool, str]
 
 @dataclass
 class GraphEntry:
-    """One normalised graph: the exact operator, its RSC row norms, and (once bound) its RSC engine."""
+    """One normalised graph: the exact operator, its RSC row norms, and (once bound) its RSC engine.
+
+    ``adj``/``weight`` are the input tensors it was built from (``versions`` their in-place edit
+    counters then): the witness a later input is compared with. ``alias`` is the latest other
+    input found equal to them, so a tensor reused across epochs is matched by identity.
+    """
 
     adj: Any
     weight: Tensor | None
@@ -40,11 +46,44 @@ class GraphEntry:
     op: SparseOperator
     row_norm: Tensor
     engine: Any = None
+    name: str = ""
+    spec: Any = None
+    alias: tuple[Any, Tensor | None, tuple[int, int]] | None = None
 
 
 def _version(t: Any) -> int:
     """In-place edits bump a tensor's version: a cached graph whose input changed is rebuilt."""
     return int(getattr(t, "_version", 0)) if isinstance(t, Tensor) else 0
+
+
+def _parts(a: Any) -> tuple[Tensor | None, ...]:
+    """The tensors that define a graph input (indices and values), for an exact comparison."""
+    from torch_geometric.typing import SparseTensor
+
+    if a is None:
+        return ()
+    if isinstance(a, SparseTensor):
+        return a.coo()
+    if a.layout == torch.sparse_coo:
+        return a._indices(), a._values()
+    if a.layout == torch.sparse_csr:
+        return a.crow_indices(), a.col_indices(), a.values()
+    return (a,)
+
+
+def fingerprint(adj: Any, weight: Tensor | None) -> tuple:
+    """A cheap key (O(1): kind, shapes, dtypes, device, non-zeros) that two equal inputs share."""
+    def one(t: Tensor | None) -> tuple:
+        return () if t is None else (tuple(t.shape), t.dtype, t.device)
+    return (type(adj).__name__, getattr(adj, "layout", None), tuple(one(t) for t in _parts(adj)), one(weight))
+
+
+def same_graph(a: Any, wa: Tensor | None, b: Any, wb: Tensor | None) -> bool:
+    """Exactly the same indices and values (an O(E) comparison, no hashing, no false match)."""
+    pa, pb = _parts(a) + _parts(wa), _parts(b) + _parts(wb)
+    return len(pa) == len(pb) and all(
+        (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape and x.dtype == y.dtype
+                                      and torch.equal(x, y)) for x, y in zip(pa, pb))
 
 
 def _triplets(adj: Any, weight: Tensor | None, n: int, spec: Spec, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,31 +144,51 @@ def _is_symmetric(g: CSRGraph) -> bool:
 
 
 class GraphCache:
-    """Normalised operators by input graph: built on first use, reused while the input is unchanged.
+    """Normalised operators by input graph: built on first use, reused while the graph is the same.
 
-    Keyed by the *identity* of the adjacency (and weight) tensors, the node count, dtype and the
-    conv's normalisation; an in-place edit of an input tensor invalidates its entry. The entry
-    holds a reference to its inputs, so their ids cannot be recycled while it lives. At most
-    ``size`` graphs are kept (least recently used first out), except entries an engine is bound to.
+    Looked up by the node count, dtype, the conv's normalisation and :func:`fingerprint`; an entry
+    is reused when the input *is* the tensor it last matched (unchanged since: in-place edits bump
+    the version), or else when its indices and values equal those the entry was built from
+    (:func:`same_graph`), so an adjacency rebuilt in ``forward`` costs one comparison, not a new
+    operator. An entry whose source tensor was edited in place can no longer vouch for its content
+    and is not matched by content again. At most ``size`` graphs are kept (least recently used
+    first out), except entries an engine is bound to.
     """
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple, GraphEntry] = OrderedDict()
+        self._entries: OrderedDict[tuple, list[GraphEntry]] = OrderedDict()
+        self.builds = 0
 
     def get(self, adj: Any, weight: Tensor | None, n: int, dtype: torch.dtype, spec: Spec) -> GraphEntry:
-        key = (id(adj), id(weight), n, dtype, spec)
+        key = (n, dtype, spec, fingerprint(adj, weight))
         versions = (_version(adj), _version(weight))
-        e = self._entries.get(key)
-        if e is None or e.adj is not adj or e.weight is not weight or e.versions != versions:
+        found = None
+        for e in self._entries.get(key, ()):  # identity first: the usual case, free
+            for a, w, v in ((e.adj, e.weight, e.versions), e.alias or (None, None, None)):
+                if a is adj and w is weight and v == versions:
+                    found = e
+        if found is None:
+            for e in self._entries.get(key, ()):
+                if (_version(e.adj), _version(e.weight)) == e.versions and same_graph(adj, weight, e.adj, e.weight):
+                    found = e
+                    e.alias = (adj, weight, versions)
+                    break
+        if found is None:
             a = normalized_adjacency(adj, weight, n, spec, dtype)
-            e = GraphEntry(adj, weight, versions, SparseOperator.from_adjacency(a), a.row_norm())
-            self._entries[key] = e
+            found = GraphEntry(adj, weight, versions, SparseOperator.from_adjacency(a), a.row_norm())
+            self._entries.setdefault(key, []).append(found)
+            self.builds += 1
         self._entries.move_to_end(key)
-        unbound = [k for k, v in self._entries.items() if v.engine is None]
-        while len(self._entries) > self.size and unbound:
-            del self._entries[unbound.pop(0)]
-        return e
+        self._evict(found)
+        return found
+
+    def _evict(self, keep: GraphEntry) -> None:
+        unbound = [(k, e) for k, es in self._entries.items() for e in es if e.engine is None and e is not keep]
+        for k, e in unbound[:max(len(self.entries()) - self.size, 0)]:  # oldest first
+            self._entries[k].remove(e)
+            if not self._entries[k]:
+                del self._entries[k]
 
     def entries(self) -> list[GraphEntry]:
-        return list(self._entries.values())
+        return [e for es in self._entries.values() for e in es]

@@ -14,7 +14,9 @@ Each forward computes the same function as PyG's,
 but the aggregation ``Â @ ·`` runs on the cached normalised operator of
 :mod:`~approxgnn.pyg.adjacency`, and in training through RSC's sampled backward
 (:class:`~approxgnn.rsc.SampledPropagation`). An input the adapter does not take (a bipartite pair
-of node sets, a CSC matrix, ...) goes to PyG's own forward, unchanged.
+of node sets, a CSC matrix, ...) goes to PyG's own forward, unchanged, and so does every forward
+that uses a feature of PyG's ``propagate`` (explain mode, hooks, ``decomposed_layers``,
+``torch.compile``; :meth:`~approxgnn.pyg.rsc.PyGApproximation.fallback_reason`).
 """
 from __future__ import annotations
 
@@ -34,9 +36,44 @@ def _common_reason(conv: Any, aggregation: type) -> str | None:
         return f"aggr={conv.aggr!r}"
     if conv.node_dim not in (0, -2):
         return f"node_dim={conv.node_dim}"
-    if getattr(conv, "decomposed_layers", 1) != 1:
-        return "decomposed_layers > 1"
     return None
+
+
+_MASK = "_edge_mask"
+
+
+class _Approx:
+    """What every approximated conv shares: the fallback test and ``state_dict`` hygiene.
+
+    PyG's explainers register ``_edge_mask`` as a parameter of each layer and remove it when they
+    finish; one that fails part-way leaves it, and then the layer's ``state_dict`` no longer loads
+    strictly into the plain model (or the plain one into it). The mask is explanation state, not
+    weights: it is left out of ``state_dict`` and not asked for by a load.
+    """
+
+    def _fallback(self, weight: Any) -> bool:
+        if torch.compiler.is_compiling():  # PyG's forward is what gets compiled; no Python bookkeeping
+            return True                    # (it would break the graph and count once per compile)
+        reason = self._approxgnn.fallback_reason(self, weight)
+        if reason is not None:
+            self._approxgnn.fell_back(self, reason)
+        return reason is not None
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]
+        destination.pop(prefix + _MASK, None)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        registered = _MASK in self._parameters
+        mask = self._parameters.pop(_MASK, None)
+        state_dict.pop(prefix + _MASK, None)
+        try:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,  # type: ignore[misc]
+                                          missing_keys, unexpected_keys, error_msgs)
+        finally:
+            if registered:
+                self._parameters[_MASK] = mask
 
 
 def _gcn_spec(conv: Any, improved: bool) -> Spec:
@@ -45,7 +82,7 @@ def _gcn_spec(conv: Any, improved: bool) -> Spec:
     return ("sum", 0.0, False, conv.flow)
 
 
-class ApproxGCNConv(GCNConv):
+class ApproxGCNConv(_Approx, GCNConv):
     """``GCNConv`` whose aggregation runs on the cached operator (RSC backward in training)."""
 
     @staticmethod
@@ -57,14 +94,14 @@ class ApproxGCNConv(GCNConv):
         return _gcn_spec(conv, conv.improved)
 
     def forward(self, x: Tensor, edge_index: Any, edge_weight: Tensor | None = None) -> Tensor:
-        graph = self._approxgnn.graph(self, x, edge_index, edge_weight)
+        graph = None if self._fallback(edge_weight) else self._approxgnn.graph(self, x, edge_index, edge_weight)
         if graph is None:
             return super().forward(x, edge_index, edge_weight)
         out = self._approxgnn.propagate(self, graph, self.lin(x))
         return out if self.bias is None else out + self.bias
 
 
-class ApproxSAGEConv(SAGEConv):
+class ApproxSAGEConv(_Approx, SAGEConv):
     """``SAGEConv`` (mean aggregation) whose aggregation runs on the cached operator."""
 
     @staticmethod
@@ -76,7 +113,9 @@ class ApproxSAGEConv(SAGEConv):
         return ("mean", 0.0, False, conv.flow)
 
     def forward(self, x: Any, edge_index: Any, size: Any = None) -> Tensor:
-        graph = self._approxgnn.graph(self, x, edge_index, None) if size is None else None
+        if size is not None:
+            self._approxgnn.fell_back(self, "size=")
+        graph = None if size is not None or self._fallback(None) else self._approxgnn.graph(self, x, edge_index, None)
         if graph is None:
             return super().forward(x, edge_index, size)
         h = self.lin(x).relu() if self.project and hasattr(self, "lin") else x
@@ -86,7 +125,7 @@ class ApproxSAGEConv(SAGEConv):
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out
 
 
-class ApproxGCN2Conv(GCN2Conv):
+class ApproxGCN2Conv(_Approx, GCN2Conv):
     """``GCN2Conv`` whose aggregation ``Â X`` runs on the cached operator."""
 
     @staticmethod
@@ -98,7 +137,7 @@ class ApproxGCN2Conv(GCN2Conv):
         return _gcn_spec(conv, False)
 
     def forward(self, x: Tensor, x_0: Tensor, edge_index: Any, edge_weight: Tensor | None = None) -> Tensor:
-        graph = self._approxgnn.graph(self, x, edge_index, edge_weight)
+        graph = None if self._fallback(edge_weight) else self._approxgnn.graph(self, x, edge_index, edge_weight)
         if graph is None:
             return super().forward(x, x_0, edge_index, edge_weight)
         h = self._approxgnn.propagate(self, graph, x).mul_(1.0 - self.alpha)

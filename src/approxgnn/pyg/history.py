@@ -36,6 +36,7 @@ from ..minibatch import BlockPropagation, layerwise_inference
 from ..minibatch.sampler import PruneTest, SampledBatch
 from ..nn.models import FirstHop
 from ..nn.propagation import Propagation
+from ..state import check_version
 from .loader import NeighborBatchLoader
 
 
@@ -215,8 +216,7 @@ class HistoryGNN(nn.Module):
         return state
 
     def load_history_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.VERSION:
-            raise ValueError(f"unsupported HistoryGNN state (version {state.get('version')!r})")
+        check_version(state, self.VERSION, "HistoryGNN")
         if ("engine" in state) != (self.engine is not None):
             raise ValueError(f"the state was saved with another cache policy than {self.policy!r}")
         if "features" in state:  # the feature cache's key until the caches were built in one place

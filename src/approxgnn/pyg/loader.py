@@ -16,7 +16,7 @@ mini-batch. Sampling, feature reads, pruning and serving are :class:`~approxgnn.
 * ``x [n, F]``: the input features of the nodes whose raw features layer 0 reads; zero rows for
   cache hits, whose sub-trees were never sampled and whose features are never read.
 * ``y [n]`` when the loader has labels; ``sampled_batch``: the
-  :class:`~approxgnn.minibatch.Batch` (blocks, served hits) that
+  :class:`~approxgnn.minibatch.loader.Batch` (blocks, served hits) that
   :class:`~approxgnn.pyg.history.HistoryGNN` runs on.
 
 Semantics: as in DGL's blocks (and our own trainer), hop ``k`` samples a fresh neighbourhood for
@@ -36,10 +36,9 @@ import torch
 from torch import Tensor
 
 from ..graph import CSRGraph
-from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, FeatureStore, NeighborSampler, batch_key, epoch_seeds,
-                         first_hop_store)
-from ..minibatch.loader import HistoryServer
-from ..minibatch.sampler import SampledBatch
+from ..minibatch import ArrayFeatureStore, BatchLoader, FeatureStore, NeighborSampler, first_hop_store
+from ..minibatch.loader import Batch, HistoryServer, epoch_seeds
+from ..minibatch.sampler import SampledBatch, batch_key
 
 
 class BatchHistory(HistoryServer, Protocol):

@@ -18,12 +18,25 @@ exact and do not count. Calling :meth:`PyGApproximation.on_epoch_start` yourself
 count. With ``epochs=None`` the switch to exact never comes (it needs ``E``).
 
 **Graphs.** The normalised operator is built once per input graph and cached
-(:class:`~approxgnn.pyg.adjacency.GraphCache`); RSC binds to the first graph each normalisation
-trains on, and any other training graph runs exact (with a warning).
+(:class:`~approxgnn.pyg.adjacency.GraphCache`), found again by content, so a graph rebuilt in
+``forward`` reuses it. RSC binds an engine to every graph the model trains on in its first
+training epoch (``DirGNNConv``'s two directions: two engines); a graph first met in a later
+training epoch (mini-batches, say) runs exact, with a warning naming the layer.
+
+**PyG's MessagePassing features.** While a layer is explained (``explain=True``, edge masks), has
+propagate/message/aggregate hooks, ``decomposed_layers > 1``, an ``edge_weight`` (or sparse values)
+that needs a gradient, an instance-level ``message``/``aggregate``/``update``, or runs under
+``torch.compile``/TorchScript, its forward is PyG's own (``propagate``): exact, no RSC, counted in
+``stats()["fallbacks"]``, and a training forward warns once. An ``_edge_mask`` an explainer left
+behind (one that failed part-way) is explanation state, not weights: it stays out of
+``state_dict`` and a strict load does not ask for it.
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
+from collections import Counter
 from typing import Any
 
 import torch
@@ -35,6 +48,10 @@ from ..rsc import RSCConfig, SampledPropagation
 from .adjacency import GraphCache, GraphEntry, Spec
 
 _UNBOUNDED_EPOCHS = 1 << 62  # epochs=None: a schedule whose switch to exact never comes
+# approximate()'s default RSCConfig.min_layer_flops: below about 4M multiply-adds a layer's backward
+# SpMM takes well under a millisecond on a CPU core and scoring/sorting/slicing its rows costs more
+# than sampling saves (measured: benchmarks/RESULTS.md, "PyG drop-in"). A drop-in should not be slower.
+MIN_LAYER_FLOPS = 1 << 22
 ATTR = "_approxgnn"
 
 
@@ -45,11 +62,15 @@ def _spec_name(spec: Spec) -> str:
 
 
 class PyGApproximation(Engine):
-    """The RSC state of one approximated model: graph cache, one engine per normalisation, epoch count.
+    """The RSC state of one approximated model: graph cache, one engine per trained graph, epoch count.
 
     It is an :class:`~approxgnn.nn.Engine`: :meth:`on_epoch_start` (an explicit per-epoch call,
     which turns the automatic count off), :meth:`on_epoch_end` (validation feedback for
     ``val_guard``), :meth:`stats` and :meth:`state_dict`. Get it with :func:`engine_of`.
+
+    Copying a model (``copy.deepcopy``, ``pickle``, ``torch.save``) copies this state through
+    :meth:`state_dict`: the copy rebuilds its operators on first use and shares nothing with the
+    original (a torch sparse CSR operator can be neither deep-copied nor shared safely).
     """
 
     VERSION = 1
@@ -57,12 +78,15 @@ class PyGApproximation(Engine):
     def __init__(self, cfg: RSCConfig, epochs: int | None) -> None:
         self.cfg, self.epochs = cfg, epochs
         self.graphs = GraphCache()
-        self.bound: dict[Spec, GraphEntry] = {}
+        self.bound: dict[str, GraphEntry] = {}  # engine name -> its graph
+        self.bind_epoch: int | None = None  # graphs are bound in the first training epoch only
         self.epoch = -1  # the epoch running now; -1 before the first training forward
         self.auto = True
         self.exact_layers: list[str] = []
+        self.fallbacks: Counter[str] = Counter()
+        self.unbound_forwards: Counter[str] = Counter()
         self._pending: dict[str, dict[str, Any]] = {}
-        self._warned = False
+        self._warned: set[str] = set()
 
     @property
     def planned_epochs(self) -> int:
@@ -79,14 +103,20 @@ class PyGApproximation(Engine):
             e.engine.on_epoch_end(epoch, val_metric)
 
     def stats(self) -> dict[str, Any]:
-        """``{"epoch", "exact_layers", "engines": {normalisation: SampledPropagation.stats()}}``."""
-        return {"epoch": self.epoch, "exact_layers": list(self.exact_layers),
-                "engines": {_spec_name(s): e.engine.stats() for s, e in self.bound.items()}}
+        """``{"epoch", "exact_layers", "fallbacks", "unbound_forwards", "tune_time_s", "graph_builds",
+        "engines": {name: SampledPropagation.stats()}}``; ``fallbacks`` counts forwards per
+        ``"layer: reason"`` that ran PyG's own propagate, ``unbound_forwards`` training forwards
+        per layer on a graph RSC was not bound to, ``tune_time_s`` the budget allocations' time."""
+        engines = {name: e.engine.stats() for name, e in self.bound.items()}
+        return {"epoch": self.epoch, "exact_layers": list(self.exact_layers), "fallbacks": dict(self.fallbacks),
+                "unbound_forwards": dict(self.unbound_forwards), "graph_builds": self.graphs.builds,
+                "tune_time_s": sum(e.engine.tune_time_s for e in self.bound.values()), "engines": engines}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.VERSION, "epoch": self.epoch, "auto": self.auto, "epochs": self.epochs,
-                "engines": {_spec_name(s): {"widths": dict(e.engine.widths), "state": e.engine.state_dict()}
-                            for s, e in self.bound.items()}}
+                "engines": {**self._pending,
+                            **{name: {"widths": dict(e.engine.widths), "state": e.engine.state_dict()}
+                               for name, e in self.bound.items()}}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the count and every engine; an engine whose graph was not seen yet is restored
@@ -95,8 +125,21 @@ class PyGApproximation(Engine):
             raise ValueError(f"unsupported approximate() state (version {state.get('version')!r})")
         self.epoch, self.auto, self.epochs = int(state["epoch"]), bool(state["auto"]), state["epochs"]
         self._pending = dict(state["engines"])
-        for spec, e in self.bound.items():
-            self._restore(spec, e.engine)
+        for name, e in self.bound.items():
+            self._restore(name, e.engine)
+
+    # -- copies and pickles ---------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg, "epochs": self.epochs, "state": self.state_dict(), "bind_epoch": self.bind_epoch,
+                "exact_layers": self.exact_layers, "fallbacks": self.fallbacks,
+                "unbound_forwards": self.unbound_forwards, "warned": self._warned}
+
+    def __setstate__(self, s: dict[str, Any]) -> None:
+        self.__init__(s["cfg"], s["epochs"])  # type: ignore[misc]
+        self.load_state_dict(s["state"])
+        self.bind_epoch, self.exact_layers = s["bind_epoch"], list(s["exact_layers"])
+        self.fallbacks, self.unbound_forwards = Counter(s["fallbacks"]), Counter(s["unbound_forwards"])
+        self._warned = set(s["warned"])
 
     # -- called by the model's forward pre-hook and by the convs ---------------------------------------
     def _start(self, epoch: int, num_epochs: int | None = None) -> None:
@@ -108,46 +151,129 @@ class PyGApproximation(Engine):
 
     def pre_forward(self, module: nn.Module, args: Any) -> None:
         """A training-mode forward with gradients starts the next epoch (unless counted by hand)."""
-        if self.auto and module.training and torch.is_grad_enabled():
+        if self.auto and module.training and torch.is_grad_enabled() and not _compiling():
             self._start(self.epoch + 1)
+
+    def fallback_reason(self, conv: nn.Module, weight: Any) -> str | None:
+        """Why ``conv`` must run PyG's own ``propagate`` now (None: the cached operator may serve)."""
+        if _compiling():
+            return "torch.compile/TorchScript"
+        if getattr(conv, "explain", None):
+            return "explain"
+        hooks = [h for h in _PYG_HOOKS if getattr(conv, h, None)]
+        if hooks:
+            return "hooks (" + ", ".join(h.strip("_").replace("_forward", "") for h in hooks) + ")"
+        if getattr(conv, "decomposed_layers", 1) != 1:
+            return "decomposed_layers > 1"
+        if isinstance(weight, Tensor) and weight.requires_grad:
+            return "edge_weight requires grad"
+        overridden = [f for f in _PYG_STAGES if f in conv.__dict__]
+        if overridden:
+            return "instance " + "/".join(overridden)
+        return None
+
+    def fell_back(self, conv: nn.Module, reason: str) -> None:
+        name = getattr(conv, ATTR + "_name")
+        self.fallbacks[f"{name}: {reason}"] += 1
+        if conv.training and torch.is_grad_enabled() and f"{name}:{reason}" not in self._warned:
+            self._warned.add(f"{name}:{reason}")
+            _warn_user(f"approximate(): {name} ({_base_name(conv)}) runs PyG's own propagate while {reason} is "
+                       "in use: exact, no RSC for this forward")
 
     def graph(self, conv: nn.Module, x: Any, adj: Any, weight: Tensor | None) -> GraphEntry | None:
         """The cached operator for ``adj`` as ``conv`` normalises it; None for an input left to PyG."""
         if not isinstance(x, Tensor) or x.dim() != 2 or not x.is_floating_point() or not _square_input(adj, x.size(0)):
+            self.fell_back(conv, "input other than x [N, F] with an [N, N] graph")
+            return None
+        if _needs_grad(adj):
+            self.fell_back(conv, "adjacency values require grad")
             return None
         return self.graphs.get(adj, weight, x.size(0), x.dtype, getattr(conv, ATTR + "_spec"))
 
     def propagate(self, conv: nn.Module, graph: GraphEntry, h: Tensor) -> Tensor:
         """``Â @ h``: through RSC in a training forward that needs the gradient, else exact."""
         if conv.training and torch.is_grad_enabled() and h.requires_grad:
-            engine = self._engine(getattr(conv, ATTR + "_spec"), graph)
+            engine = self._engine(conv, graph)
             if engine is not None:
                 layer = getattr(conv, ATTR + "_layer")
                 engine.add_layer(layer, h.size(1))
                 return engine(h, layer)
         return spmm(graph.op, h)
 
-    def _engine(self, spec: Spec, graph: GraphEntry) -> SampledPropagation | None:
-        bound = self.bound.get(spec)
-        if bound is None:
-            bound = self.bound[spec] = graph
-            graph.engine = SampledPropagation(graph.op, graph.row_norm, {}, self.cfg, epochs=self.planned_epochs)
-            self._restore(spec, graph.engine)
-            graph.engine.on_epoch_start(max(self.epoch, 0), self.planned_epochs)
-        if bound is not graph:
-            if not self._warned:
-                warnings.warn("approximate(): RSC samples the first graph the model trained on; training "
-                              "forwards on another graph run exact", stacklevel=4)
-                self._warned = True
+    def _engine(self, conv: nn.Module, graph: GraphEntry) -> SampledPropagation | None:
+        if graph.engine is not None:
+            return graph.engine
+        spec = getattr(conv, ATTR + "_spec")
+        same_spec = sum(1 for e in self.bound.values() if e.spec == spec)
+        name = _spec_name(spec) + (f"/graph{same_spec}" if same_spec else "")
+        if self.bind_epoch is not None and self.epoch != self.bind_epoch and name not in self._pending:
+            layer = getattr(conv, ATTR + "_name")
+            self.unbound_forwards[layer] += 1
+            if f"unbound:{layer}" not in self._warned:
+                self._warned.add(f"unbound:{layer}")
+                _warn_user(f"approximate(): {layer} ({_base_name(conv)}) trains on a graph first seen after the "
+                           f"first training epoch; RSC samples the graphs of epoch {self.bind_epoch} only, so this "
+                           "layer runs exact on it")
             return None
-        return bound.engine
+        if self.bind_epoch is None:
+            self.bind_epoch = self.epoch
+        graph.spec, graph.name = spec, name
+        graph.engine = SampledPropagation(graph.op, graph.row_norm, {}, self.cfg, epochs=self.planned_epochs)
+        self.bound[name] = graph
+        self._restore(name, graph.engine)
+        graph.engine.on_epoch_start(max(self.epoch, 0), self.planned_epochs)
+        return graph.engine
 
-    def _restore(self, spec: Spec, engine: SampledPropagation) -> None:
-        saved = self._pending.pop(_spec_name(spec), None)
+    def _restore(self, name: str, engine: SampledPropagation) -> None:
+        saved = self._pending.pop(name, None)
         if saved is not None:
             for layer, width in saved["widths"].items():
                 engine.add_layer(int(layer), int(width))
             engine.load_state_dict(saved["state"])
+
+
+# PyG's hook registries on a MessagePassing layer, and the stages a user may replace on an instance.
+_PYG_HOOKS = ("_propagate_forward_pre_hooks", "_propagate_forward_hooks", "_message_forward_pre_hooks",
+              "_message_forward_hooks", "_aggregate_forward_pre_hooks", "_aggregate_forward_hooks",
+              "_message_and_aggregate_forward_pre_hooks", "_message_and_aggregate_forward_hooks")
+_PYG_STAGES = ("message", "aggregate", "message_and_aggregate", "update")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+
+
+def _needs_grad(adj: Any) -> bool:
+    from torch_geometric.typing import SparseTensor
+
+    if isinstance(adj, SparseTensor):
+        v = adj.storage.value()
+        return v is not None and v.requires_grad
+    return isinstance(adj, Tensor) and adj.requires_grad
+
+
+def _base_name(conv: nn.Module) -> str:
+    # the PyG class the approximated one derives from
+    return next(c.__name__ for c in type(conv).__mro__ if c.__module__.startswith("torch_geometric."))
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import torch_geometric
+
+    import approxgnn
+
+    return tuple(os.path.dirname(m.__file__) + os.sep for m in (torch, torch_geometric, approxgnn))
+
+
+def _warn_user(message: str) -> None:
+    """Warn at the innermost frame outside torch, PyG and this library: the user's own line."""
+    dirs = _library_dirs()
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(dirs):
+        frame = frame.f_back
+    g = frame.f_globals
+    warnings.warn_explicit(message, UserWarning, frame.f_code.co_filename, frame.f_lineno, module=g.get("__name__"),
+                           registry=g.setdefault("__warningregistry__", {}), module_globals=g)
 
 
 def _square_input(adj: Any, n: int) -> bool:
@@ -175,7 +301,9 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
             exactly as the plain model does.
         epochs: the epochs the loop will run (``E``), for the switch to exact at ``switch_time·E``.
         **rsc_options: any other :class:`~approxgnn.rsc.RSCConfig` field (``switch_time``,
-            ``warmup``, ``selection``, ``cache_interval``, ...).
+            ``warmup``, ``selection``, ``cache_interval``, ...). ``min_layer_flops`` defaults to
+            :data:`MIN_LAYER_FLOPS` here (a layer with ``nnz(Â_off)·d`` below it stays exact);
+            pass ``min_layer_flops=0`` to sample every layer.
 
     Other message-passing layers stay exact, with a warning naming them. ``model.eval()`` (and
     any forward under ``no_grad``) is exact.
@@ -184,7 +312,7 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
 
     from torch_geometric.nn import MessagePassing
 
-    cfg = _config(budget, rsc_options)
+    cfg = _config(budget, {"min_layer_flops": MIN_LAYER_FLOPS, **rsc_options})
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
     ctrl = PyGApproximation(cfg, epochs)
@@ -197,6 +325,7 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
         if cls is not None and reason is None:
             setattr(m, ATTR + "_spec", cls.spec(m))
             setattr(m, ATTR + "_layer", layer)
+            setattr(m, ATTR + "_name", name or "<model>")
             m.__class__ = cls
             setattr(m, ATTR, ctrl)
             layer += 1

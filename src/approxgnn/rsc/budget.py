@@ -15,6 +15,13 @@ Greedy allocation (RSC), step ``δ`` (0.02):
    over by the last 2 % step back to that layer as extra non-zeros, so the budget is hit, not
    undershot by up to a whole chunk.
 
+The loop is not run one step at a time. Each layer's keys for its successive steps depend on that
+layer alone, so the greedy merges ``L`` key sequences by always taking the smallest head (the
+lower layer on a tie). That merge visits the steps in the order of a stable sort by the running
+maximum of each layer's keys, so one sort of all ``L·⌈1/δ⌉`` candidate steps and a cumulative sum
+of their savings give the same allocation as the step loop, in a few tensor operations per layer
+(the loop's cost grew as layers × steps of Python scalar operations: seconds for 64 layers).
+
 A layer the greedy never shrank gets an *uncapped* allowance (``max_nnz`` = all of ``Â_off``):
 its statistics only estimate which rows will carry gradient, and dropout and ReLU change that set
 at every step, so a cap taken from the last statistics would cut rows the budget meant to keep.
@@ -103,6 +110,8 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
 
     ``nnz`` is ``nnz(Â_off)``. Returns, per layer, the kept ratio, the row cap and the nnz cap; the
     caps satisfy ``Σ_l max_nnz_l · d_l ≤ C · nnz · Σ_l d_l`` whenever a layer can still shrink.
+    The work is a few tensor operations per layer plus one sort of all ``L · ⌈1/step⌉`` candidate
+    steps, never a Python operation per layer per step.
     """
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
@@ -110,77 +119,93 @@ def allocate_budget(stats: dict[int, LayerStats], nnz: int, budget: float, *, st
         raise ValueError(f"unknown allocation mode {mode!r}")
     if not stats:
         return {}
-    cum = {l: s.cum_nnz.detach().to("cpu", torch.float64) for l, s in stats.items()}
-    cum_scores = {}
-    for l, s in stats.items():
-        sc = s.sorted_scores.detach().to("cpu", torch.float64)
-        cum_scores[l] = torch.cat([sc.new_zeros(1), torch.cumsum(sc, 0)])
-    n = {l: s.num_rows for l, s in stats.items()}
-    nonzero = {l: int((s.sorted_scores > 0).sum()) for l, s in stats.items()}
-
+    layers = list(stats)
+    n = [stats[l].num_rows for l in layers]
+    nonzero = torch.stack([(stats[l].sorted_scores > 0).sum() for l in layers]).tolist()  # one sync
     if mode == "uniform":
-        out = {}
-        cap = int(budget * nnz)
-        for l in stats:
-            need = int(cum[l][nonzero[l]])
-            if need <= cap:  # fits: uncapped, whatever rows carry gradient at the next step
-                out[l] = _uncapped(n[l], nnz, need)
-                continue
-            k = max(int(torch.searchsorted(cum[l], torch.tensor([float(cap)], dtype=torch.float64), right=True)) - 1, 0)
-            out[l] = Allocation(k / n[l], k, cap)
-        return out
+        return _uniform(stats, layers, n, nonzero, nnz, budget)
 
-    # Shrink steps m = 0, 1, ... lower the ratio from its start r0 (fraction of non-zero scores)
-    # by `step`, down to r = 0, which still keeps `min_rows` rows (RSC's k rule). Only when every
-    # layer sits there and the budget still is not met may a layer drop to zero rows: the budget
-    # is a hard bound.
-    last = {l: int(math.floor(nonzero[l] / n[l] / step + 1e-9)) for l in stats}
+    # Shrink steps m = 0, 1, ... lower layer l's ratio from its start r0 (fraction of non-zero
+    # scores) by `step`, down to r = 0 at m = last_l, which still keeps `min_rows` rows (RSC's k
+    # rule). Only when every layer sits there and the budget still is not met may a layer take
+    # one more step, to zero rows: the budget is a hard bound.
+    last = [int(math.floor(nz / nl / step + 1e-9)) for nz, nl in zip(nonzero, n)]
+    width = torch.tensor([stats[l].width for l in layers], dtype=torch.int64)
+    m = torch.arange(max(last) + 2, dtype=torch.float64)
+    nz_t, n_t = torch.tensor(nonzero, dtype=torch.float64), torch.tensor(n, dtype=torch.float64)
+    ratio = (nz_t / n_t)[:, None].sub(m * step).clamp_(min=0.0)  # the same float64 ops as num_rows()
+    k = (n_t[:, None] * ratio + 1e-9).floor_().clamp_(min=min_rows).minimum(n_t[:, None]).minimum(nz_t[:, None])
+    k = k.long().masked_fill_(m[None, :].long() > torch.tensor(last)[:, None], 0)  # k[l, m]: rows at step m
+    kept_nnz = torch.empty_like(k)  # non-zeros of the top k[l, m] rows
+    kept_score = torch.empty(k.shape, dtype=torch.float64)  # their summed scores
+    for i, l in enumerate(layers):
+        s, idx = stats[l], k[i].to(stats[l].cum_nnz.device)
+        kept_nnz[i] = s.cum_nnz[idx].cpu()
+        cum = torch.cat([s.sorted_scores.new_zeros(1, dtype=torch.float64), torch.cumsum(s.sorted_scores.double(), 0)])
+        kept_score[i] = cum[idx].cpu()
+    cost = kept_nnz * width[:, None]  # exact integers (FLOPs of the top-k rows' product)
 
-    def rows(l: int, m: int) -> int:
-        if m > last[l]:
-            return 0
-        return min(num_rows(n[l], max(nonzero[l] / n[l] - m * step, 0.0), min_rows), nonzero[l])
+    # Step m -> m+1 of layer l drops Δ = (score mass lost) / F_l and saves cost[m] - cost[m+1].
+    fnorm = torch.tensor([stats[l].fnorm for l in layers], dtype=torch.float64)
+    delta = torch.where(fnorm[:, None] > 0, (kept_score[:, :-1] - kept_score[:, 1:]) / fnorm[:, None], 0.0)
+    saved = cost[:, :-1] - cost[:, 1:]
+    key = delta if mode == "delta" else delta / saved.double().clamp(min=1e-30)
+    step_no = m[:-1].long()[None, :].expand_as(key)
+    last_t = torch.tensor(last)[:, None]
+    movable = k[:, :-1] > 0  # a layer at zero rows cannot shrink further
+    shrink = movable & (step_no < last_t)  # regular steps
+    to_zero = movable & (step_no == last_t)  # the last resort, one per layer
 
-    def cost(l: int, k: int) -> float:
-        return float(cum[l][k]) * stats[l].width
-
-    steps = {l: 0 for l in stats}
-    k_now = {l: rows(l, 0) for l in stats}
-    total = budget_flops(budget, nnz, {l: s.width for l, s in stats.items()})
-    spent = sum(cost(l, k_now[l]) for l in stats)
-    allow_zero = False
-    last_shrunk = None
-    while spent > total:
-        best, best_key = None, None
-        for l in stats:
-            if steps[l] >= last[l] + allow_zero or k_now[l] == 0:
-                continue
-            k_lo = rows(l, steps[l] + 1)
-            f = stats[l].fnorm
-            delta = float(cum_scores[l][k_now[l]] - cum_scores[l][k_lo]) / f if f > 0 else 0.0
-            saved = cost(l, k_now[l]) - cost(l, k_lo)
-            key = delta if mode == "delta" else delta / max(saved, 1e-30)
-            if best_key is None or key < best_key:
-                best, best_key = l, key
-        if best is None:
-            if allow_zero:
-                break  # every layer is at zero rows
-            allow_zero = True
-            continue
-        steps[best] += 1
-        k_now[best] = rows(best, steps[best])
-        spent = sum(cost(l, k_now[l]) for l in stats)  # recomputed: no drift from repeated subtraction
-        last_shrunk = best
-    out = {l: Allocation(k_now[l] / n[l], k_now[l], int(cum[l][k_now[l]])) if steps[l] else
-           _uncapped(n[l], nnz, int(cum[l][k_now[l]])) for l in stats}
-    if last_shrunk is not None and spent < total:
+    # The greedy shrinks, at every turn, the layer whose next step has the smallest key (the
+    # first layer on a tie). Taking the smallest head of L sequences gives the order of a stable
+    # sort by each step's prefix maximum of its layer's keys, so one sort replaces the loop.
+    run_max = key.masked_fill(~shrink, -math.inf).cummax(1).values
+    order_regular = _stable_order(run_max, shrink)
+    order_zero = _stable_order(key, to_zero)
+    order = torch.cat([order_regular, order_zero])
+    total = budget_flops(budget, nnz, {l: stats[l].width for l in layers})
+    spent0 = int(cost[:, 0].sum())
+    spent_after = spent0 - torch.cumsum(saved.reshape(-1)[order], 0)  # spent once steps[:j+1] are taken
+    taken = 0 if spent0 <= total else int((spent_after > total).sum()) + 1
+    taken = min(taken, order.numel())  # every layer at zero rows and still above: all steps taken
+    steps = torch.bincount(order[:taken] // key.size(1), minlength=len(layers)).tolist()
+    spent = spent0 if taken == 0 else int(spent_after[taken - 1])
+    k_now = k.gather(1, torch.tensor(steps)[:, None]).squeeze(1).tolist()
+    nnz_now = kept_nnz.gather(1, torch.tensor(steps)[:, None]).squeeze(1).tolist()
+    out = {l: Allocation(k_now[i] / n[i], k_now[i], nnz_now[i]) if steps[i] else _uncapped(n[i], nnz, nnz_now[i])
+           for i, l in enumerate(layers)}
+    if taken and spent < total:
         # Refill (beyond the paper): a 2 % chunk of rows can hold many non-zeros on a power-law
         # graph, so the last shrink may undershoot the budget by a lot. Hand the slack back to
         # that layer as extra non-zeros (its row cap returns to the previous step's).
-        l = last_shrunk
-        k_prev = rows(l, steps[l] - 1)
-        extra = int((total - spent) // stats[l].width)
-        out[l] = Allocation(k_prev / n[l], k_prev, min(int(cum[l][k_prev]), int(cum[l][k_now[l]]) + extra))
+        i = int(order[taken - 1]) // key.size(1)
+        prev = steps[i] - 1
+        k_prev, nnz_prev = int(k[i, prev]), int(kept_nnz[i, prev])
+        extra = int((total - spent) // stats[layers[i]].width)
+        out[layers[i]] = Allocation(k_prev / n[i], k_prev, min(nnz_prev, nnz_now[i] + extra))
+    return out
+
+
+def _stable_order(key: Tensor, valid: Tensor) -> Tensor:
+    """Flat indices (row-major into ``key``) of the ``valid`` entries, by ascending key; ties keep
+    row-major order (the lower layer first, then the earlier step)."""
+    flat = valid.reshape(-1).nonzero().squeeze(1)
+    return flat[torch.sort(key.reshape(-1)[flat], stable=True).indices]
+
+
+def _uniform(stats: dict[int, LayerStats], layers: list[int], n: list[int], nonzero: list[int], nnz: int,
+             budget: float) -> dict[int, Allocation]:
+    """Every layer the same FLOPs fraction ``C`` of its own product."""
+    out = {}
+    cap = int(budget * nnz)
+    for i, l in enumerate(layers):
+        cum = stats[l].cum_nnz
+        need = int(cum[nonzero[i]])
+        if need <= cap:  # fits: uncapped, whatever rows carry gradient at the next step
+            out[l] = _uncapped(n[i], nnz, need)
+            continue
+        k = max(int(torch.searchsorted(cum, torch.tensor([cap], dtype=cum.dtype, device=cum.device), right=True)) - 1, 0)
+        out[l] = Allocation(k / n[i], k, cap)
     return out
 
 

@@ -31,6 +31,9 @@ class RSCConfig:
     * ``val_guard`` (beyond the paper): while approximating, go exact from the next epoch when the
       validation metric has not improved for ``val_patience`` epochs (a stall) or falls more than
       ``val_tolerance`` below the best seen so far (a drop).
+    * ``min_layer_flops`` (beyond the paper): a layer whose backward product ``nnz(Â_off)·d_l``
+      is below this many multiply-adds stays exact, outside the budget: scoring, sorting and
+      slicing its rows would cost more than sampling saves (0: every layer is budgeted).
 
     The defaults (C = 0.3, Poisson selection) are chosen by measurement (``benchmarks/RESULTS.md``):
     the paper's top-k at C = 0.1 (``from_preset("paper")``) lost 3-4 pp on graphs where accuracy
@@ -52,6 +55,7 @@ class RSCConfig:
     val_guard: bool = False
     val_tolerance: float = 0.02
     val_patience: int = 10
+    min_layer_flops: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,7 +72,7 @@ class RSCConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"rsc {name} must be a number, got {v!r}")
-        for name in ("cache_interval", "tune_interval", "warmup", "val_patience"):
+        for name in ("cache_interval", "tune_interval", "warmup", "val_patience", "min_layer_flops"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"rsc {name} must be an integer, got {v!r}")
@@ -79,6 +83,8 @@ class RSCConfig:
         for name in ("cache_interval", "tune_interval", "val_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rsc {name} must be >= 1, got {getattr(self, name)}")
+        if self.min_layer_flops < 0:
+            raise ValueError(f"rsc min_layer_flops must be >= 0, got {self.min_layer_flops}")
         if self.warmup < 0:
             raise ValueError(f"rsc warmup must be >= 0, got {self.warmup}")
         if not 0.0 < self.step < 1.0:

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..nn.engine import Engine
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
+from ..state import check_version
 from . import kernels
 from .budget import Allocation, LayerStats, allocate_budget, budget_flops
 from .config import RSCConfig
@@ -217,6 +218,8 @@ class SampledPropagation(Propagation, Engine):
             raise ValueError(f"row_norm has {self._row_norm.numel()} entries for {self.adj.num_rows} rows")
         self._seed = torch.initial_seed() if seed is None else seed
         self.layers: dict[int, LayerSampler] = {}
+        self.small: dict[int, int] = {}  # layers too small to pay (cfg.min_layer_flops): always exact
+        self.tune_time_s = 0.0
         self.schedule = Schedule(cfg, epochs)
         self.phase = EXACT
         self.tunes = 0
@@ -231,12 +234,16 @@ class SampledPropagation(Propagation, Engine):
         For callers that learn the layers as they run (the PyG adapter meets them in the first
         training step): a layer joining while approximating first gathers statistics, exactly.
         """
-        if layer in self.layers:
-            if self.layers[layer].width != width:
-                raise ValueError(f"layer {layer}: SpMM width changed from {self.layers[layer].width} to {width}")
+        known = self.layers[layer].width if layer in self.layers else self.small.get(layer)
+        if known is not None:
+            if known != width:
+                raise ValueError(f"layer {layer}: SpMM width changed from {known} to {width}")
             return
         if width < 1:
             raise ValueError(f"layer {layer}: SpMM width must be >= 1, got {width}")
+        if self.nnz * width < self.cfg.min_layer_flops:
+            self.small[layer] = width  # exact, no statistics: sampling it would cost more than it saves
+            return
         self.widths[layer] = width
         seed = (self._seed + 1_000_003 * (layer + 1)) % 2**63
         self.layers[layer] = LayerSampler(layer, width, self.op, self.adj, self._degree, self._row_norm, self.cfg, seed)
@@ -256,7 +263,10 @@ class SampledPropagation(Propagation, Engine):
             self._reschedule(num_epochs)
         # C = 1 keeps every FLOP: that is the exact backward, so take it (bit-identical training).
         phase = EXACT if self.cfg.budget >= 1.0 else self.schedule.phase(epoch)
-        if phase == APPROX and self.schedule.tune_due(epoch):
+        # A layer that joined late (the PyG adapter meets layers as they run) is allocated as soon
+        # as its warm-up step has gathered statistics, not only at the next regular re-allocation.
+        joined = any(s.alloc is None for s in self.layers.values())
+        if phase == APPROX and self.layers and (self.schedule.tune_due(epoch) or joined):
             if all(s.stats is not None for s in self.layers.values()):
                 self.tune(epoch)
         for s in self.layers.values():
@@ -275,8 +285,10 @@ class SampledPropagation(Propagation, Engine):
 
     def tune(self, epoch: int) -> dict[int, Allocation]:
         """Re-allocate the budget from the current statistics (called by the schedule)."""
+        t0 = time.perf_counter()
         stats = {l: s.stats for l, s in self.layers.items() if s.stats is not None}
         allocs = allocate_budget(stats, self.nnz, self.cfg.budget, step=self.cfg.step, mode=self.cfg.allocation)
+        self.tune_time_s += time.perf_counter() - t0
         for l, a in allocs.items():
             self.layers[l].set_allocation(a)
         self.schedule.tuned(epoch)
@@ -305,9 +317,9 @@ class SampledPropagation(Propagation, Engine):
             "cache_hits": sum(s.counters["cache_hits"] for s in self.layers.values()),
             "detail": {
                 "budget": self.cfg.budget, "allocation": self.cfg.allocation, "selection": self.cfg.selection,
-                "tunes": self.tunes, "switch_epoch": sched.switch_epoch, "guard_epoch": sched.guard_epoch,
+                "tunes": self.tunes, "tune_time_s": self.tune_time_s, "switch_epoch": sched.switch_epoch, "guard_epoch": sched.guard_epoch,
                 "backward_spmm_s": sum(s.timers["spmm_time_s"] for s in self.layers.values()),
-                "nnz_offdiag": self.nnz, "layers": layers,
+                "nnz_offdiag": self.nnz, "layers": layers, "exact_small_layers": sorted(self.small),
             },
         }
 
@@ -316,8 +328,7 @@ class SampledPropagation(Propagation, Engine):
                 "layers": {l: s.state_dict() for l, s in self.layers.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != 1:
-            raise ValueError(f"unsupported RSC state (version {state.get('version')!r})")
+        check_version(state, 1, "RSC")
         if set(state["layers"]) != set(self.layers):
             raise ValueError(f"RSC state holds layers {sorted(state['layers'])}, model has {sorted(self.layers)}")
         self.schedule.load_state_dict(state["schedule"])

@@ -1,63 +1,15 @@
-"""Training loops, metrics, checkpoints and results."""
+"""Training: configuration, the trainers, the epoch loop, checkpoints and results.
+
+:func:`run` trains a :class:`TrainConfig` and returns the result (``approxgnn train``);
+:func:`build_trainer` and :func:`fit` do the same in two steps, and :func:`read_checkpoint`
+gives what ``fit(..., resume_state=...)`` continues from.
+"""
 from __future__ import annotations
 
-from typing import Any
-
-from .._threads import start_numba_pool
-from ..datasets import Dataset, DatasetError, load_dataset
-from .checkpoint import seed_everything
-from .config import ENGINES, FULL_BATCH_ENGINES, TrainConfig
-from .memory import check_memory
+from .api import as_dataset, build_trainer, load_data, run
 from .base import Trainer, TrainingDiverged
-from .loop import check_out_dir, fit, read_checkpoint, time_to_reach
+from .config import ENGINES, TrainConfig
+from .loop import fit, read_checkpoint, time_to_reach
 
-
-def load_data(cfg: TrainConfig) -> Dataset:
-    """``cfg.dataset`` by name or path; a ``.pt`` file holding a saved PyG ``Data`` needs torch_geometric."""
-    if str(cfg.dataset).endswith(".pt"):
-        return _pyg_data().load_pt(cfg.dataset, split=cfg.split)
-    return load_dataset(cfg.dataset, root=cfg.data_root, split=cfg.split, seed=cfg.seed)
-
-
-def _pyg_data() -> Any:
-    try:
-        from ..pyg import data
-    except ImportError as e:
-        raise DatasetError(f"{e} (needed to read a PyG Data)") from None
-    return data
-
-
-def as_dataset(data: Any, cfg: TrainConfig) -> Dataset:
-    """A :class:`Dataset` as is; a PyG ``Data`` (or one-graph PyG dataset) through :func:`~approxgnn.pyg.from_pyg`,
-    named ``cfg.dataset`` and split by ``cfg.split``."""
-    if isinstance(data, Dataset):
-        return data
-    return _pyg_data().from_pyg(data, name=cfg.dataset, split=cfg.split)
-
-
-def build_trainer(cfg: TrainConfig, data: Dataset) -> Trainer:
-    """Seed every RNG, then build the engine's trainer (model initialisation draws from the seed)."""
-    seed_everything(cfg.seed)
-    start_numba_pool()
-    if cfg.engine in FULL_BATCH_ENGINES:
-        from .full_batch import FullBatchTrainer
-
-        return FullBatchTrainer(cfg, data)
-    from .minibatch import MiniBatchTrainer
-
-    return MiniBatchTrainer(cfg, data)
-
-
-def run(cfg: TrainConfig, data: Any = None, *, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load the data (unless given), train, and return the result dict (also written to ``cfg.out``).
-
-    ``data`` is a :class:`Dataset`, a PyG ``Data`` (``x``, ``y``, ``edge_index`` or ``adj_t``, the
-    three masks) or None to load ``cfg.dataset``.
-    """
-    data = load_data(cfg) if data is None else as_dataset(data, cfg)
-    check_memory(cfg, data)
-    return fit(build_trainer(cfg, data), resume_state=resume_state)
-
-
-__all__ = ["TrainConfig", "ENGINES", "Trainer", "TrainingDiverged", "as_dataset", "build_trainer", "check_out_dir", "fit",
-           "load_data", "read_checkpoint", "run", "time_to_reach"]
+__all__ = ["TrainConfig", "ENGINES", "Trainer", "TrainingDiverged", "as_dataset", "build_trainer", "fit", "load_data",
+           "read_checkpoint", "run", "time_to_reach"]

@@ -17,6 +17,7 @@ import torch
 from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..nn.engine import Engine
+from ..state import check_version
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 
@@ -130,9 +131,8 @@ class Trainer(ABC):
         return {"version": self.STATE_VERSION, "engine": self.engine.state_dict(), **self.extra_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != self.STATE_VERSION:
-            raise ValueError(f"unsupported trainer state (version {state.get('version')!r}); "
-                             "checkpoints from before the engine refactor cannot be resumed")
+        check_version(state, self.STATE_VERSION, "trainer",
+                      hint="checkpoints from before the engine refactor cannot be resumed")
         self.engine.load_state_dict(state["engine"])
         self.load_extra_state(state)
 

@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..datasets import Dataset
 from ..history import HistoryEngine
+from ..state import check_version
 from .base import TrainingDiverged, check_finite, resolve_device
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, seed_everything
 from .config import TrainConfig
@@ -54,6 +55,7 @@ from .loop import fit, read_checkpoint
 from .memory import check_memory
 from .minibatch import MiniBatchTrainer
 
+SHARD_VERSION = 1  # of a rank's checkpoint shard
 SHARD_PATTERN = re.compile(r"^checkpoint\.e(\d+)\.rank(\d+)\.pt$")
 SUMMED = ("feature_bytes_read", "feature_rows_read", "feature_cache_rows_served", "admitted", "evicted", "entries",
           "feature_cache_rows")
@@ -129,7 +131,7 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
     def write_checkpoint(self, run_dir: Path, state: dict[str, Any]) -> None:
         """This rank's shard, a barrier, then rank 0's manifest ``checkpoint.pt`` naming the shards."""
         epoch, rank, world = int(state["loop"]["epoch"]), self.ctx.rank, self.ctx.world_size
-        shard = {"version": 1, "rank": rank, "world_size": world, "epoch": epoch,
+        shard = {"version": SHARD_VERSION, "rank": rank, "world_size": world, "epoch": epoch,
                  "trainer": state.pop("trainer"), "rng": state.pop("rng")}
         buf = io.BytesIO()
         torch.save(shard, buf)
@@ -203,6 +205,7 @@ def load_resume_state(out: str | Path, ctx: DistContext) -> dict[str, Any]:
     state = read_checkpoint(out)
     check_world_size(state, ctx.world_size, out)
     shard = load_checkpoint(Path(out) / state["shards"][ctx.rank])
+    check_version(shard, SHARD_VERSION, "checkpoint shard")
     if shard["rank"] != ctx.rank or shard["epoch"] != state["loop"]["epoch"]:
         raise RuntimeError(f"{out}: shard {state['shards'][ctx.rank]} does not belong to this checkpoint")
     state["trainer"], state["rng"] = shard["trainer"], shard["rng"]
@@ -241,6 +244,6 @@ def run_rank(cfg: TrainConfig, data: Dataset | None = None, *, resume: bool = Fa
 
 
 def _load(cfg: TrainConfig) -> Dataset:
-    from . import load_data
+    from .api import load_data
 
     return load_data(cfg)

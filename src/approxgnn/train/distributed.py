@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .._threads import set_torch_threads
+from ..threads import set_threads
 from .base import TrainingDiverged
 from .config import DistConfig
 
@@ -96,17 +96,6 @@ def check_devices(device: torch.device, local_world: int, backend: str | None) -
     if device.index is not None and (backend or "nccl") == "nccl":
         raise ValueError(f"--device {device}: NCCL cannot run {local_world} processes on one GPU; "
                          "give --device cuda (one GPU per process) or --backend gloo")
-
-
-def set_threads(n: int) -> None:
-    """Torch's intra-op threads and numba's parallel threads (the sampler's kernels)."""
-    set_torch_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except (ImportError, ValueError):
-        pass
 
 
 class Heartbeat:

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_latest_checkpoint, rng_state, set_rng_state
+from ..state import check_version
 from .base import Trainer, TrainingDiverged
 
 RESULT_NAME = "result.json"
@@ -61,64 +62,100 @@ def check_out_dir(out: str | os.PathLike | None, *, resume: bool, overwrite: boo
         raise ValueError(f"--out {p} holds another run; pass --resume {p} to continue it or --overwrite to replace it")
 
 
+CHECKPOINT_VERSION = 1  # of the checkpoint file's layout (config, model, optimiser, trainer, loop, rng)
+
+
 def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train for ``cfg.epochs`` epochs (continuing ``resume_state`` if given); return the result."""
+    """Train for ``cfg.epochs`` epochs (continuing ``resume_state`` if given); return the result:
+    what ``result.json`` holds, plus ``best_model`` (the best epoch's state dict, not in the JSON)."""
     cfg = trainer.cfg
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME if out is not None else None  # shown in the divergence message
-
-    s: dict[str, Any] = {"epoch": 0, "best_val": -math.inf, "best_test": float("nan"), "best_epoch": -1,
-                         "best_model": None, "curve": [], "train_time_s": 0.0, "eval_time_s": 0.0,
-                         "checkpoint_time_s": []}
-    if resume_state is not None:
-        trainer.model.load_state_dict(resume_state["model"])
-        trainer.optimizer.load_state_dict(resume_state["optimizer"])
-        if trainer.scheduler is not None:  # its epoch count; the current lr is in the optimizer's state
-            trainer.scheduler.load_state_dict(resume_state["scheduler"])
-        trainer.load_state_dict(resume_state["trainer"])
-        s.update(resume_state["loop"])
-        set_rng_state(resume_state["rng"])
-
-    desc = f"{cfg.engine}:{cfg.model}:{cfg.dataset}"
-    lines = cfg.progress and not interactive()
-    bar = tqdm(range(s["epoch"], cfg.epochs), initial=s["epoch"], total=cfg.epochs, disable=not cfg.progress or lines,
-               desc=desc, dynamic_ncols=True, leave=False)
-    for epoch in bar:
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        try:
-            rec = trainer.train_epoch(epoch)
-        except TrainingDiverged as e:
-            kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path and ckpt_path.exists()
-                    else "no checkpoint was written (use --checkpoint-every N)")
-            raise TrainingDiverged(f"{e} at epoch {epoch}; {kept}; try a lower --lr") from None
-        rec = {**rec, "lr": lr}
-        if trainer.scheduler is not None:  # before the checkpoint, which must hold the next epoch's lr
-            trainer.scheduler.step()
-        s["train_time_s"] += rec["step_time_s"]
-        t0 = time.perf_counter()
-        ev = trainer.evaluate()
-        s["eval_time_s"] += time.perf_counter() - t0
-        trainer.engine.on_epoch_end(epoch, ev["val"])
-        if ev["val"] > s["best_val"]:
-            s.update(best_val=ev["val"], best_test=ev["test"], best_epoch=epoch,
-                     best_model=copy.deepcopy(trainer.model.state_dict()))
-        s["curve"].append({"epoch": epoch, "time_s": s["train_time_s"], **rec, **ev})
-        s["epoch"] = epoch + 1
-        post = _postfix(rec, ev, trainer.stats())
-        bar.set_postfix(post, refresh=False)
-        if lines:
-            fields = " ".join(f"{k}={v}" for k, v in post.items())
-            print(f"{desc} epoch {epoch + 1}/{cfg.epochs} {fields}", file=sys.stderr, flush=True)
-        if ckpt_path is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
+    s = _restore(trainer, resume_state) if resume_state is not None else _fresh_loop_state()
+    progress = _Progress(cfg, s["epoch"])
+    for epoch in progress.bar:
+        rec, ev = _train_and_evaluate(trainer, epoch, s, out)
+        progress.show(epoch, rec, ev, trainer.stats())
+        if out is not None and cfg.checkpoint_every and s["epoch"] % cfg.checkpoint_every == 0:
             t0 = time.perf_counter()
             trainer.write_checkpoint(out, _checkpoint(trainer, s))
             s["checkpoint_time_s"].append(time.perf_counter() - t0)
-    bar.close()
+    progress.bar.close()
+    result = _result(trainer, s)
+    if out is not None and trainer.is_main:  # in a data-parallel run, rank 0 alone
+        atomic_write_bytes(out / RESULT_NAME, json.dumps(result, indent=2, default=_json_default).encode())
+    return {**result, "best_model": s["best_model"]}
 
+
+def _fresh_loop_state() -> dict[str, Any]:
+    """The loop's own state (checkpointed as ``loop``): next epoch, best so far, curve, times."""
+    return {"epoch": 0, "best_val": -math.inf, "best_test": float("nan"), "best_epoch": -1, "best_model": None,
+            "curve": [], "train_time_s": 0.0, "eval_time_s": 0.0, "checkpoint_time_s": []}
+
+
+def _restore(trainer: Trainer, state: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint into ``trainer`` (model, optimiser, scheduler, trainer, RNGs); return the loop state."""
+    check_version(state, CHECKPOINT_VERSION, "checkpoint", absent=1)  # absent: written before the key
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler is not None:  # its epoch count; the current lr is in the optimizer's state
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.load_state_dict(state["trainer"])
+    set_rng_state(state["rng"])
+    return {**_fresh_loop_state(), **state["loop"]}
+
+
+def _train_and_evaluate(trainer: Trainer, epoch: int, s: dict[str, Any],
+                        out: Path | None) -> tuple[dict[str, Any], dict[str, float]]:
+    """One epoch: train (a divergence names the checkpoint kept), step the schedule, evaluate,
+    feed the engine, keep the best model; appends to the curve in ``s``."""
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    try:
+        rec = trainer.train_epoch(epoch)
+    except TrainingDiverged as e:
+        ckpt = out / CHECKPOINT_NAME if out is not None else None
+        kept = (f"the last good checkpoint is {ckpt}" if ckpt is not None and ckpt.exists()
+                else "no checkpoint was written (use --checkpoint-every N)")
+        raise TrainingDiverged(f"{e} at epoch {epoch}; {kept}; try a lower --lr") from None
+    rec = {**rec, "lr": lr}
+    if trainer.scheduler is not None:  # before the checkpoint, which must hold the next epoch's lr
+        trainer.scheduler.step()
+    s["train_time_s"] += rec["step_time_s"]
+    t0 = time.perf_counter()
+    ev = trainer.evaluate()
+    s["eval_time_s"] += time.perf_counter() - t0
+    trainer.engine.on_epoch_end(epoch, ev["val"])
+    if ev["val"] > s["best_val"]:
+        s.update(best_val=ev["val"], best_test=ev["test"], best_epoch=epoch,
+                 best_model=copy.deepcopy(trainer.model.state_dict()))
+    s["curve"].append({"epoch": epoch, "time_s": s["train_time_s"], **rec, **ev})
+    s["epoch"] = epoch + 1
+    return rec, ev
+
+
+class _Progress:
+    """The epoch bar on a terminal; elsewhere one plain line per epoch (:func:`interactive`)."""
+
+    def __init__(self, cfg: Any, start: int) -> None:
+        self.cfg, self.desc = cfg, f"{cfg.engine}:{cfg.model}:{cfg.dataset}"
+        self.lines = cfg.progress and not interactive()
+        self.bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs,
+                        disable=not cfg.progress or self.lines, desc=self.desc, dynamic_ncols=True, leave=False)
+
+    def show(self, epoch: int, rec: dict[str, Any], ev: dict[str, float], stats: dict[str, Any]) -> None:
+        post = _postfix(rec, ev, stats)
+        self.bar.set_postfix(post, refresh=False)
+        if self.lines:
+            fields = " ".join(f"{k}={v}" for k, v in post.items())
+            print(f"{self.desc} epoch {epoch + 1}/{self.cfg.epochs} {fields}", file=sys.stderr, flush=True)
+
+
+def _result(trainer: Trainer, s: dict[str, Any]) -> dict[str, Any]:
+    """What ``result.json`` records: the best epoch's metrics, times, figures, config and curve."""
+    cfg = trainer.cfg
     step_times = [r["step_time_s"] for r in s["curve"]]
-    result = {
+    return {
         "dataset": cfg.dataset, "model": cfg.model, "engine": cfg.engine, "metric": trainer.metric,
         "val": s["best_val"], "test": s["best_test"], "best_epoch": s["best_epoch"], "epochs": cfg.epochs,
         "train_time_s": s["train_time_s"], "eval_time_s": s["eval_time_s"],
@@ -131,14 +168,10 @@ def fit(trainer: Trainer, *, resume_state: dict[str, Any] | None = None) -> dict
         "config": cfg.to_dict(),
         "curve": s["curve"],
     }
-    if out is not None and trainer.is_main:  # in a data-parallel run, rank 0 alone
-        atomic_write_bytes(out / RESULT_NAME, json.dumps(result, indent=2, default=_json_default).encode())
-    result["best_model"] = s["best_model"]
-    return result
 
 
 def _checkpoint(trainer: Trainer, s: dict[str, Any]) -> dict[str, Any]:
-    return {"config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(),
+    return {"version": CHECKPOINT_VERSION, "config": trainer.cfg.to_dict(), "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
             "trainer": trainer.state_dict(),

@@ -35,9 +35,11 @@ from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..history.caches import Caches, build_caches
-from ..minibatch import (ArrayFeatureStore, Batch, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
-                         FeatureStore, MiniBatchConfig, NeighborSampler, Prefetcher, batch_key, epoch_permutation,
-                         epoch_seeds, first_hop_store, layerwise_inference, write_features)
+from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
+                         FeatureStore, MiniBatchConfig, NeighborSampler, first_hop_store, layerwise_inference,
+                         write_features)
+from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
+from ..minibatch.sampler import batch_key
 from ..nn import Engine, FirstHop, build_model
 from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
@@ -156,6 +158,11 @@ class MiniBatchTrainer(Trainer):
             precompute.update(info)
         self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.store, self.sampler.rowptr,
                                            self.sampler.deg, cfg.layers, cfg.hidden, mc.cache_mb, self.device)
+        # Short names for the parts (the caches are built once and never replaced).
+        self.engine: Engine = self.caches.engine
+        self.history: HistoryEngine | None = self.caches.history
+        self.feature_cache: CachedFeatureStore | None = self.caches.feature_cache
+        self.features: FeatureStore = self.caches.features
         self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
         self.y = torch.as_tensor(data.y).to(self.device)
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
@@ -166,30 +173,9 @@ class MiniBatchTrainer(Trainer):
         self.epoch_log: list[dict[str, Any]] = []
         self._info = {"num_nodes": data.num_nodes, "nnz": graph.nnz, "num_features": data.num_features,
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
-                      "policy": self.policy, "cache_budget_bytes": self.budget_bytes,
+                      "policy": self.policy, "cache_budget_bytes": self.caches.budget_bytes,
                       "cached_layers": list(self.caches.cached_layers),
                       "feature_store": store_kind(self.store), "precompute": precompute}
-
-    # ---- the caches (built once, by build_caches) -------------------------------------------
-    @property
-    def engine(self) -> Engine:  # type: ignore[override]
-        return self.caches.engine
-
-    @property
-    def history(self) -> HistoryEngine | None:
-        return self.caches.history
-
-    @property
-    def feature_cache(self) -> CachedFeatureStore | None:
-        return self.caches.feature_cache
-
-    @property
-    def features(self) -> FeatureStore:
-        return self.caches.features
-
-    @property
-    def budget_bytes(self) -> int:
-        return self.caches.budget_bytes
 
     @property
     def is_main(self) -> bool:

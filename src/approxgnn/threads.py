@@ -1,16 +1,19 @@
-"""Setting torch's intra-op thread count so that numba does not undo it.
+"""The one thread setting, :func:`set_threads`: torch's intra-op threads, which numba must not undo,
+and numba's.
 
 torch's CPU backend here is OpenMP: ``torch.set_num_threads(n)`` sets the calling thread's OpenMP
 thread count, and ``torch.get_num_threads()`` reads it back. numba's OpenMP threading layer sets
 that same per-thread setting to its own pool size when the pool starts, at the process's first
 parallel kernel (a sampler hop, a parallel SpMM, a feature gather). A count set before that moment
-is silently replaced by every core; one set after it stays. :func:`set_torch_threads` starts the
+is silently replaced by every core; one set after it stays. :func:`set_threads` starts the
 pool first.
 """
 from __future__ import annotations
 
 import torch
 from numba import njit, prange
+
+__all__ = ["set_threads"]
 
 
 @njit(parallel=True, cache=True)
@@ -38,7 +41,15 @@ def start_numba_pool() -> None:
         _pool_started = True
 
 
-def set_torch_threads(n: int) -> None:
-    """``torch.set_num_threads(n)`` that outlives numba's thread pool starting (module docstring)."""
+def set_threads(n: int, *, numba_threads: bool = True) -> None:
+    """Use ``n`` threads: torch's intra-op threads, set so that numba's pool starting cannot undo
+    it (module docstring), and numba's parallel threads (the sampler's and SpMM kernels; at most
+    numba's pool size) unless ``numba_threads`` is False."""
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
     start_numba_pool()
     torch.set_num_threads(n)
+    if numba_threads:
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
