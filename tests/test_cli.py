@@ -383,7 +383,8 @@ FLAG_VALUES: dict[str, tuple[list[str], object]] = {
     "--cache-mb": (["3.5"], 3.5), "--policy": (["gas"], "gas"), "--rate": (["0.5"], 0.5), "--evict": ([], True),
     "--staleness": (["11"], 11), "--cached-layers": (["0"], [0]), "--embedding-share": (["0.3"], 0.3),
     "--history-switch-time": (["0.4"], 0.4), "--eval-batch-size": (["999"], 999), "--features-on-disk": ([], True),
-    "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
+    "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"), "--feature-store": (["mmap"], "mmap"),
+    "--no-prefetch": ([], False), "--nproc": (["2"], 2),
     "--backend": (["gloo"], "gloo"), "--dist-timeout": (["61"], 61.0), "--dist-eval": (["rank0"], "rank0"),
     "--threads": (["3"], 3),
 }
