@@ -39,7 +39,9 @@ def test_flops_kept_never_exceed_budget(n, layers, budget, mode, seed, step):
         if a.max_nnz == nnz and a.ratio == 1.0:  # uncapped: the statistics' whole need was planned
             assert a.planned_nnz == need
             continue
-        assert a.planned_nnz == a.max_nnz < need or mode == "uniform"
+        # Capped: the plan is the cap; it may equal the need when the cap lands exactly on the
+        # last positive-score row (found by hypothesis: n=20, layers=4, budget=0.5, seed=9997).
+        assert a.planned_nnz == a.max_nnz <= need or mode == "uniform"
         assert 0 <= a.rows <= int((stats[l].sorted_scores > 0).sum())
         if mode == "uniform":
             assert a.max_nnz <= budget * nnz
