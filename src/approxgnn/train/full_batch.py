@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets import Dataset
-from ..graph import CSRGraph, normalize
+from ..graph import normalize
 from ..nn import Engine, ExactPropagation, FirstHop, Propagation, build_model
 from ..ops import SparseOperator
 from ..precompute import precompute_first_hop
-from .base import Trainer, resolve_device, synchronizer
+from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .schedule import build_scheduler
 from .metrics import evaluate_logits
@@ -46,7 +46,7 @@ class FullBatchTrainer(Trainer):
     def __init__(self, cfg: TrainConfig, data: Dataset) -> None:
         self.cfg, self.metric = cfg, data.metric
         self.device = resolve_device(cfg.device)
-        graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+        graph = dataset_graph(data, in_memory=True)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         adj = normalize(graph, self.model.norm)
