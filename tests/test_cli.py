@@ -201,7 +201,7 @@ def test_unknown_dataset_lists_the_valid_names(tmp_path: Path, capsys: pytest.Ca
     assert "no such file or directory" in capsys.readouterr().err
     assert exit_code(["prepare", "--dataset", "coraa", "--out", str(tmp_path / "x.npy")]) == 2
     assert exit_code(["prepare", "--dataset", "cora", "--out", str(tmp_path / "x.txt")]) == 2
-    assert "--out must name a .npy file" in capsys.readouterr().err
+    assert "--out must name a directory (the on-disk layout) or a .npy file" in capsys.readouterr().err
 
 
 def test_occupied_out_needs_resume_or_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -384,8 +384,9 @@ FLAG_VALUES: dict[str, tuple[list[str], object]] = {
     "--staleness": (["11"], 11), "--cached-layers": (["0"], [0]), "--embedding-share": (["0.3"], 0.3),
     "--history-switch-time": (["0.4"], 0.4), "--history-start-time": (["0.2"], 0.2),
     "--cached-value": (["aggregate", "--layers", "3", "--fanouts", "5,5,5"], "aggregate"),  # a hidden layer >= 1
-    "--hit-fanout": (["2"], 2), "--hit-mix": (["0.3"], 0.3), "--eval-batch-size": (["999"], 999), "--features-on-disk": ([], True),
-    "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
+    "--hit-fanout": (["2"], 2), "--hit-mix": (["0.3"], 0.3), "--eval-batch-size": (["999"], 999),
+    "--features-on-disk": ([], True), "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"),
+    "--feature-store": (["mmap"], "mmap"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
     "--backend": (["gloo"], "gloo"), "--dist-timeout": (["61"], 61.0), "--dist-eval": (["rank0"], "rank0"),
     "--threads": (["3"], 3),
 }

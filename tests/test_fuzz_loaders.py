@@ -274,7 +274,7 @@ def mutate_array(arrays: dict[str, np.ndarray], key: str, op: str, at: int, n: i
         "flatten": lambda: a.ravel(),
         "add_axis": lambda: a[None],
         "scalar": lambda: np.asarray(a.flat[0] if a.size else 0),
-        "empty": lambda: a[:0],
+        "empty": lambda: a[:0] if a.ndim else a,  # a 0-d array (after "scalar") has no length to cut
         "shorter": lambda: np.delete(a, -1, axis=ax) if a.ndim and a.shape[ax] else a,
         "longer": lambda: np.concatenate([a, np.take(a, [0], axis=ax)], axis=ax) if a.ndim and a.shape[ax] else a,
         "str": lambda: small.astype(str),

@@ -258,3 +258,45 @@ def test_pyg_loader_and_history_gnn_take_the_precomputed_first_hop(kind):
     # With sampling and a history cache it trains, serving hits at hidden layers.
     sampled, cached, _, _ = _pyg_losses(kind, True, [4, 3, 2], policy="gas", epochs=4)
     assert np.isfinite(sampled).all() and cached.engine.stats()["hit_rate"] > 0
+
+
+def _approximated_losses(kind, precompute, budget=1.0, epochs=5, input_dropout=0.0):
+    from torch_geometric.nn.models import GCN, GraphSAGE
+
+    from approxgnn.pyg import approximate
+
+    d = planted_dataset(n=300, features=10)
+    x, y = torch.from_numpy(d.x), torch.from_numpy(d.y)
+    ei, mask = torch.from_numpy(d.edge_index), torch.from_numpy(d.train_mask)
+    torch.manual_seed(6)
+    model = approximate((GraphSAGE if kind == "sage" else GCN)(10, 16, 3, d.num_classes, dropout=0.5),
+                        budget=budget, epochs=epochs, precompute=precompute, min_layer_flops=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for _ in range(epochs):
+        model.train()
+        opt.zero_grad()
+        inp = F.dropout(x, input_dropout) if input_dropout else x
+        loss = F.cross_entropy(model(inp, ei)[mask], y[mask])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return np.array(losses), model
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage"])
+def test_pyg_approximate_reuses_the_first_aggregation(kind):
+    pytest.importorskip("torch_geometric")
+    from approxgnn.pyg import engine_of
+
+    on, model = _approximated_losses(kind, True)
+    off, _ = _approximated_losses(kind, False)
+    np.testing.assert_allclose(on, off, rtol=1e-5)  # budget 1: exact either way, the same function
+    assert engine_of(model)._first_hops[0][3] is not None  # the table was built and used
+    # Under a budget, RSC stops budgeting the layer whose product is gone.
+    _, sampled = _approximated_losses(kind, True, budget=0.3, epochs=6)
+    layers = {l for e in engine_of(sampled).bound.values() for l in e.engine.layers}
+    assert 0 not in layers and layers
+    # An input dropped out before the first layer is new every step: no table is ever built.
+    _, dropped = _approximated_losses(kind, True, input_dropout=0.3)
+    assert engine_of(dropped)._first_hops[0][3] is None

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from approxgnn.rsc.budget import Allocation, LayerStats, allocate_budget, budget_flops
@@ -21,6 +21,7 @@ def _stats(scores, degrees, width, fnorm=1.0):
 @given(n=st.integers(20, 300), layers=st.integers(1, 4), budget=st.floats(0.01, 1.0),
        mode=st.sampled_from(["delta", "delta_per_flop", "uniform"]), seed=st.integers(0, 10_000),
        step=st.sampled_from([0.02, 0.05, 0.1]))
+@example(n=20, layers=4, budget=0.5, mode="delta", seed=9997, step=0.02)  # cap == need
 def test_flops_kept_never_exceed_budget(n, layers, budget, mode, seed, step):
     g = torch.Generator().manual_seed(seed)
     deg = (torch.rand(n, generator=g) ** 4 * 50).long() + 1
@@ -39,7 +40,9 @@ def test_flops_kept_never_exceed_budget(n, layers, budget, mode, seed, step):
         if a.max_nnz == nnz and a.ratio == 1.0:  # uncapped: the statistics' whole need was planned
             assert a.planned_nnz == need
             continue
-        assert a.planned_nnz == a.max_nnz < need or mode == "uniform"
+        # Capped: the plan is the cap; it may equal the need when the cap lands exactly on the
+        # last positive-score row (found by hypothesis: n=20, layers=4, budget=0.5, seed=9997).
+        assert a.planned_nnz == a.max_nnz <= need or mode == "uniform"
         assert 0 <= a.rows <= int((stats[l].sorted_scores > 0).sum())
         if mode == "uniform":
             assert a.max_nnz <= budget * nnz

@@ -25,8 +25,9 @@ from typing import Any, NoReturn, Sequence
 
 from . import report
 from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
+from .datasets.registry import parse_synthetic_name
 from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
-from .minibatch.config import MiniBatchConfig
+from .minibatch.config import FEATURE_STORES, MiniBatchConfig
 from .nn.models import MODELS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, read_checkpoint, run
@@ -149,6 +150,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--features-on-disk", "minibatch.features_on_disk", {"action": "store_true"}),
     ("--features-path", "minibatch.features_path",
      {"type": str, "help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
+    ("--feature-store", "minibatch.feature_store",
+     {"choices": FEATURE_STORES, "help": "how features on disk are read: disk (pread from a thread pool, O_DIRECT), "
+                                         "mmap (a memory map), auto (default: disk when the features are on disk)"}),
     ("--no-prefetch", "minibatch.prefetch", {"action": "store_false"}),
     # multi-process (data-parallel) mini-batch training
     ("--nproc", "dist.nproc",
@@ -226,10 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("datasets", help="list the datasets found under the data root")
     ds.add_argument("--data-root")
 
-    pr = sub.add_parser("prepare", help="write a dataset's features to a .npy for --features-path")
+    pr = sub.add_parser("prepare", help="write a dataset as an on-disk layout (a directory) or its features as a .npy")
     pr.add_argument("--dataset", required=True, help="name or path, as for `train`")
     pr.add_argument("--data-root")
-    pr.add_argument("--out", required=True, help="the .npy file to write")
+    pr.add_argument("--out", required=True,
+                    help="a directory: the on-disk layout (memory-mapped CSR, features, labels, splits; train with "
+                         "--dataset DIR); a .npy file: the features alone (train with --features-path)")
+    pr.add_argument("--num-features", type=_at_least(1),
+                    help="synthetic names only: feature width (the graph is generated straight into the layout)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing layout in --out")
 
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
     b.add_argument("name", help="e.g. spmm → benchmarks/exact_spmm.py, or a script name")
@@ -445,16 +454,40 @@ BENCH_ALIASES = {"spmm": "exact_spmm"}
 
 
 def prepare_prepare(ns: argparse.Namespace) -> Job:
-    """Features of any dataset → a float32 ``.npy`` that mini-batch training memory-maps."""
-    if not ns.out.endswith(".npy"):
-        raise ValueError(f"--out must name a .npy file, got {ns.out!r}")
+    """A dataset → an on-disk layout directory, or its features → a float32 ``.npy``."""
     check_dataset_name(ns.dataset)
+    synthetic_sizes = parse_synthetic_name(ns.dataset.strip().lower())
+    if ns.num_features is not None and synthetic_sizes is None:
+        raise ValueError(f"--num-features applies to synthetic names only, not {ns.dataset!r}")
+    if ns.out.endswith(".npy"):
+        return _prepare_features(ns)
+    if Path(ns.out).is_file() or Path(ns.out).suffix in (".txt", ".npz", ".pt", ".json", ".csv", ".gz", ".bin"):
+        raise ValueError(f"--out must name a directory (the on-disk layout) or a .npy file (the features), "
+                         f"got {ns.out!r}")
 
+    def job() -> int:
+        from .datasets import load_dataset, write_layout, write_synthetic_layout
+
+        if synthetic_sizes is not None:  # generated into the layout, never whole in memory
+            width = {"num_features": ns.num_features} if ns.num_features else {}
+            data = write_synthetic_layout(ns.out, name=ns.dataset, overwrite=ns.overwrite, **{**synthetic_sizes, **width})
+        else:
+            data = write_layout(load_dataset(ns.dataset, root=ns.data_root), ns.out, overwrite=ns.overwrite)
+        print(f"wrote {ns.out}: {data.num_nodes} nodes, {data.csr[1].shape[0]} CSR entries, {data.num_features} "
+              f"features ({data.x.nbytes / 2**20:.1f} MiB); train with --dataset {ns.out}")
+        return EXIT_OK
+
+    return job
+
+
+def _prepare_features(ns: argparse.Namespace) -> Job:
+    """``prepare --out X.npy``: the features alone, for ``--features-path``."""
     def job() -> int:
         from .datasets import load_dataset
         from .minibatch import write_features
 
-        data = load_dataset(ns.dataset, root=ns.data_root)
+        width = {"num_features": ns.num_features} if ns.num_features else {}
+        data = load_dataset(ns.dataset, root=ns.data_root, **width)
         x = write_features(ns.out, data.x)
         print(f"wrote {ns.out}: {x.shape[0]} x {x.shape[1]} float32 ({x.nbytes / 2**20:.1f} MiB); "
               f"train with --features-path {ns.out}")

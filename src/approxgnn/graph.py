@@ -64,6 +64,17 @@ class CSRGraph:
         return CSRGraph(rowptr, self.row()[perm], self.num_nodes, v, self.symmetric)
 
     @classmethod
+    def from_arrays(cls, rowptr: np.ndarray, col: np.ndarray, num_nodes: int, *, symmetric: bool = True) -> "CSRGraph":
+        """Wrap CSR arrays (e.g. memory-mapped ``rowptr`` int64 and ``col`` int32/int64 of an on-disk
+        layout) without copying them: the graph stays on disk until rows are touched."""
+        import warnings
+
+        with warnings.catch_warnings():  # read-only memmaps: nothing writes through these tensors
+            warnings.simplefilter("ignore", UserWarning)
+            return cls(torch.from_numpy(np.asarray(rowptr)), torch.from_numpy(np.asarray(col)), num_nodes,
+                       symmetric=symmetric)
+
+    @classmethod
     def from_edge_index(
         cls,
         edge_index: Tensor | np.ndarray,

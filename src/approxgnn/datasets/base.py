@@ -40,6 +40,11 @@ class Dataset:
         :class:`approxgnn.graph.CSRGraph` cleans it (symmetrise, dedupe, drop self-loops)
       * ``train_mask``/``val_mask``/``test_mask``: ``[N]`` bool
 
+    A dataset opened from the on-disk layout (:mod:`.layout`) carries its graph as ``csr = (rowptr
+    [N+1] int64, col [nnz] int32/int64)``, memory-mapped: the symmetric, deduplicated graph without
+    self-loops, rows sorted; its ``edge_index`` is then empty (``[2, 0]``), since listing the edges
+    would read them all into memory, and ``num_edges`` counts each undirected edge once (``nnz / 2``).
+
     ``metric`` is the headline metric of the task: ``"acc"`` or ``"auc"`` (binary ROC-AUC).
     ``source`` says where the data came from; ``files`` optionally maps a field (``x``, ``y``,
     ``edge_index``, ``masks``) to the file it was read from, so that a validation error names
@@ -58,6 +63,7 @@ class Dataset:
     source: str = ""
     meta: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    csr: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -72,6 +78,8 @@ class Dataset:
 
     @property
     def num_edges(self) -> int:
+        if self.csr is not None:
+            return int(self.csr[1].shape[0]) // 2
         return int(self.edge_index.shape[1])
 
     def validate(self) -> None:
@@ -110,9 +118,10 @@ class Dataset:
                 fail(f"{mname} must be bool of shape ({n},), got {m.dtype} {m.shape}", "masks")
         if not self.train_mask.any():
             fail("train_mask selects no node", "masks")
-        # Memmapped features may exceed RAM: check them in chunks rather than all at once.
+        # Memmapped features may exceed RAM: check them in chunks rather than all at once. The layout
+        # writer checked them as it wrote them (``features_checked``): a rescan would read them all.
         chunk = max(1, (1 << 26) // max(1, self.x.shape[1] * 4))
-        for s in range(0, n, chunk):
+        for s in range(0, 0 if self.meta.get("features_checked") else n, chunk):
             if not np.isfinite(self.x[s : s + chunk]).all():
                 fail("features contain NaN or inf", "x")
         if self.metric not in ("acc", "auc"):

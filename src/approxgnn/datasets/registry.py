@@ -9,8 +9,9 @@ A dataset is named in one of three ways:
   128 features -- sized like the OGB graphs; keyword arguments override any parameter), or
   ``synthetic-hard-<size>`` (the same with weak features, homophily 0.3 and 2 % training nodes:
   a graph where accuracy can move, see :data:`HARD_SYNTHETIC`);
-* a path: an ``.npz`` (heterophilous or gnn-benchmark layout, told apart by its keys), an OGB
-  folder, a MUSAE Twitch country folder or a Planetoid ``raw`` folder.
+* a path: an ``.npz`` (heterophilous or gnn-benchmark layout, told apart by its keys), an on-disk
+  layout folder (``manifest.json``, written by ``approxgnn prepare --out DIR``; memory-mapped, see
+  :mod:`.layout`), an OGB folder, a MUSAE Twitch country folder or a Planetoid ``raw`` folder.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from .gnn_benchmark import NAMES as GNNB_NAMES
 from .gnn_benchmark import is_gnn_benchmark_npz, load_gnn_benchmark
 from .heterophilous import NAMES as HETERO_NAMES
 from .heterophilous import is_heterophilous_npz, load_heterophilous
+from .layout import is_layout_dir, open_layout
 from .ogb import PREFIX as OGB_PREFIX
 from .ogb import is_ogb_dir, load_ogb, ogb_dir, ogb_name
 from .planetoid import load_planetoid
@@ -119,6 +121,8 @@ def _resolve_path(path: Path) -> tuple[Loader, str | None]:
         raise fail(path, f"unrecognised npz layout (keys: {', '.join(sorted(keys))}); expected "
                          "node_features/node_labels/edges/*_masks or adj_*/attr_*/labels")
     if path.is_dir():
+        if is_layout_dir(path):
+            return open_layout, None
         if is_ogb_dir(path):
             return load_ogb, None
         if country_of(path) is not None:
@@ -126,7 +130,7 @@ def _resolve_path(path: Path) -> tuple[Loader, str | None]:
         graphs = sorted(path.glob("ind.*.graph"))
         if len(graphs) == 1:
             return load_planetoid, graphs[0].name.split(".")[1]  # Planetoid files carry the name
-        raise fail(path, "unrecognised folder: expected an OGB folder (raw/edge.csv.gz), a Twitch country "
+        raise fail(path, "unrecognised folder: expected an on-disk layout (manifest.json), an OGB folder (raw/edge.csv.gz), a Twitch country "
                          "folder (<C>_edges.csv) or a Planetoid raw folder (one ind.<name>.graph)")
     raise UnknownDatasetError(f"{path}: no such file or directory, and not a known dataset name; "
                               f"known names: {', '.join(dataset_names())}")

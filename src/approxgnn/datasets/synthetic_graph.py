@@ -164,9 +164,39 @@ def _features(rng: np.random.Generator, y: np.ndarray, num_classes: int, num_fea
         out[s : s + block.shape[0]] = block
 
 
-def _check(num_nodes: int, avg_degree: float, exponent: float, num_classes: int, num_features: int,
+def graph_keys(n: int, avg_degree: float, exponent: float, num_classes: int, homophily: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``y [N]`` int64 and the undirected edges as sorted keys ``u·N + v`` (``u < v``), int64
+    ``[round(N·avg_degree/2)]``: the graph of :func:`synthetic`, drawn from the graph stream of ``seed``.
+    Peak memory is about three times the keys (8 bytes per edge)."""
+    graph_rng = np.random.default_rng([int(seed), 0])
+    alpha = 1.0 / (exponent - 1.0)
+    target_edges = int(round(n * avg_degree / 2))
+    cap = max(1.0, np.sqrt(n * avg_degree))  # structural cutoff on the largest expected degree
+    sampler = _RankSampler(n, num_classes, alpha, _power_law_offset(n, alpha, cap / max(avg_degree, 1e-12)))
+    perm = graph_rng.permutation(n)  # rank -> node id
+    y = np.empty(n, dtype=np.int64)
+    y[perm] = np.arange(n) % num_classes
+    return y, _edges(graph_rng, target_edges, sampler, homophily, perm)
+
+
+def features(seed: int, y: np.ndarray, num_classes: int, num_features: int, noise: float, out: np.ndarray) -> None:
+    """Fill ``out [N, F]`` (an array or a memmap) with the features of :func:`synthetic`, block by
+    block from the feature stream of ``seed``: the same values whatever ``out`` is."""
+    _features(np.random.default_rng([int(seed), 1]), y, num_classes, num_features, noise, out)
+
+
+def synthetic_meta(params: dict, undirected_edges: int, edge_homophily: float) -> dict:
+    """The ``meta`` record of a synthetic graph, from :func:`synthetic`'s arguments ``params``."""
+    keys = ("num_nodes", "avg_degree", "exponent", "num_classes", "num_features", "homophily", "feature_noise",
+            "seed", "split")
+    return {"format": "synthetic", "params": {k: params[k] for k in keys}, "undirected_edges": undirected_edges,
+            "edge_homophily": edge_homophily}
+
+
+def check_params(num_nodes: int, avg_degree: float, exponent: float, num_classes: int, num_features: int,
            homophily: float, feature_noise: float) -> None:
-    """Reject parameters that cannot describe a graph, naming the parameter."""
+    """Reject parameters of :func:`synthetic` that cannot describe a graph, naming the parameter."""
     problems = [
         (num_nodes >= 2, f"num_nodes must be >= 2, got {num_nodes}"),
         (0 <= avg_degree <= num_nodes - 1, f"avg_degree must be in [0, num_nodes - 1], got {avg_degree}"),
@@ -207,32 +237,22 @@ def synthetic(
     of :func:`approxgnn.datasets.splits.stratified_split`). With ``features_path`` the features
     are written to that ``.npy`` file and ``x`` is a read-only ``np.memmap`` of it.
     """
-    _check(num_nodes, avg_degree, exponent, num_classes, num_features, homophily, feature_noise)
+    check_params(num_nodes, avg_degree, exponent, num_classes, num_features, homophily, feature_noise)
     n, c = int(num_nodes), int(num_classes)
-    graph_rng = np.random.default_rng([int(seed), 0])
-    alpha = 1.0 / (exponent - 1.0)
-    target_edges = int(round(n * avg_degree / 2))
-    cap = max(1.0, np.sqrt(n * avg_degree))  # structural cutoff on the largest expected degree
-    sampler = _RankSampler(n, c, alpha, _power_law_offset(n, alpha, cap / max(avg_degree, 1e-12)))
-
-    perm = graph_rng.permutation(n)  # rank -> node id
-    y = np.empty(n, dtype=np.int64)
-    y[perm] = np.arange(n) % c
-    keys = _edges(graph_rng, target_edges, sampler, homophily, perm)
+    y, keys = graph_keys(n, avg_degree, exponent, c, homophily, seed)
     edge_index = np.empty((2, keys.size), dtype=np.int64)
     np.floor_divide(keys, n, out=edge_index[0])
     np.subtract(keys, edge_index[0] * n, out=edge_index[1])
     del keys
 
-    feat_rng = np.random.default_rng([int(seed), 1])
     if features_path is None:
         x = np.empty((n, num_features), dtype=np.float32)
-        _features(feat_rng, y, c, num_features, feature_noise, x)
+        features(seed, y, c, num_features, feature_noise, x)
     else:
         path = Path(features_path)
         try:
             mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, num_features))
-            _features(feat_rng, y, c, num_features, feature_noise, mm)
+            features(seed, y, c, num_features, feature_noise, mm)
             mm.flush()
             del mm
             x = np.load(path, mmap_mode="r")
@@ -253,12 +273,7 @@ def synthetic(
         num_classes=c,
         metric=metric_for(c),
         source=str(features_path) if features_path is not None else name,
-        meta={
-            "format": "synthetic",
-            "params": {"num_nodes": n, "avg_degree": avg_degree, "exponent": exponent, "num_classes": c,
-                       "num_features": num_features, "homophily": homophily, "feature_noise": feature_noise,
-                       "seed": seed, "split": split},
-            "undirected_edges": int(edge_index.shape[1]),
-            "edge_homophily": same,
-        },
+        meta=synthetic_meta(dict(num_nodes=n, avg_degree=avg_degree, exponent=exponent, num_classes=c,
+                                  num_features=num_features, homophily=homophily, feature_noise=feature_noise,
+                                  seed=seed, split=split), int(edge_index.shape[1]), same),
     )

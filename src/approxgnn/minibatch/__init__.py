@@ -3,13 +3,15 @@
 * :class:`MiniBatchConfig` -- fanouts, batch size, cache budget, feature placement, prefetching;
 * :class:`NeighborSampler` -- numba, per-layer fanouts, blocks with targets first, cache pruning;
 * feature stores behind one ``read(ids)`` protocol (:class:`FeatureStore`): :class:`ArrayFeatureStore`
-  (RAM or ``.npy`` memmap, counted) and :class:`CachedFeatureStore` (a cache over any store);
+  (RAM or ``.npy`` memmap, counted), :class:`DiskFeatureStore` (``pread`` from a thread pool over
+  ``O_DIRECT``, counting the pages really read) and :class:`CachedFeatureStore` (a cache over any store);
 * :class:`BatchLoader` -- one batch ahead in a worker thread (:class:`.loader.Prefetcher`);
 * :class:`BlockPropagation` -- a model on one batch's blocks;
 * :func:`layerwise_inference` -- exact inference over full neighbourhoods, chunk by chunk.
 """
 from .blocks import BlockPropagation
 from .config import MiniBatchConfig
+from .disk_store import DiskFeatureStore
 from .feature_cache import CachedFeatureStore
 from .inference import layerwise_inference
 from .loader import BatchLoader
@@ -18,6 +20,6 @@ from .stores import ArrayFeatureStore, FeatureStore, JoinedFeatureStore, first_h
 
 # What a user builds a loop from; the helpers (seeds per epoch, batch keys, the prefetcher, the
 # degree order, ...) are imported from their modules.
-__all__ = ["MiniBatchConfig", "NeighborSampler", "FeatureStore", "ArrayFeatureStore", "JoinedFeatureStore",
-           "CachedFeatureStore", "first_hop_store", "write_features", "BatchLoader", "BlockPropagation",
-           "layerwise_inference"]
+__all__ = ["MiniBatchConfig", "NeighborSampler", "FeatureStore", "ArrayFeatureStore", "DiskFeatureStore",
+           "JoinedFeatureStore", "CachedFeatureStore", "first_hop_store", "write_features", "BatchLoader",
+           "BlockPropagation", "layerwise_inference"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+FEATURE_STORES = ("auto", "disk", "mmap")
+
 # The fanouts of the common 3-layer setup (e.g. PyG's ogbn-products GraphSAGE example): wide next to
 # the seeds, narrow towards the features, where each hop multiplies the number of nodes read.
 STANDARD_FANOUTS = (15, 10, 5)
@@ -34,6 +36,10 @@ class MiniBatchConfig:
     * ``features_on_disk``: keep features in a memory-mapped ``.npy`` instead of RAM (written
       to ``<out>/features.npy``, or a temporary directory without ``--out``).
     * ``features_path``: memory-map this ``.npy`` (from ``approxgnn prepare``) as the features.
+    * ``feature_store``: how features on disk are read: ``disk`` (:class:`~.disk_store.DiskFeatureStore`:
+      ``pread`` from a thread pool, ``O_DIRECT``), ``mmap`` (a memory map, as before) or ``auto``
+      (``disk`` whenever the features are on disk). ``disk`` implies ``features_on_disk``;
+      features in RAM stay in RAM under ``auto`` and ``mmap``.
     * ``prefetch``: sample the next batch in a worker thread while this one trains.
     """
 
@@ -44,6 +50,7 @@ class MiniBatchConfig:
     features_on_disk: bool = False
     features_path: str | None = None
     prefetch: bool = True
+    feature_store: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -60,5 +67,7 @@ class MiniBatchConfig:
             raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
         if self.cache_mb < 0:
             raise ValueError(f"cache budget must be >= 0 MB, got {self.cache_mb}")
+        if self.feature_store not in FEATURE_STORES:
+            raise ValueError(f"feature_store must be one of {', '.join(FEATURE_STORES)}, got {self.feature_store!r}")
         if self.features_path is not None and not str(self.features_path).endswith(".npy"):
             raise ValueError(f"features_path must name a .npy file, got {self.features_path!r}")

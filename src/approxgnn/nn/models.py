@@ -21,26 +21,24 @@ from .propagation import Propagation
 class FirstHop:
     """Layer 0's input with its aggregation already done (:mod:`approxgnn.precompute`).
 
-    ``agg [m, F]``: layer 0's ``m`` targets' rows of the precomputed aggregation -- GCN's ``ÂX``,
-    SAGE's neighbour mean; ``x [m, F]``: their own features (SAGE's self term; None for GCN);
-    ``row_sum [m, 1]``: GCN's ``Â1``, which the bias needs (None for SAGE). A model given one skips
-    layer 0's propagation and computes the same function (input dropout must be 0: a dropped
-    input would change ``ÂX``).
+    ``agg``: layer 0's ``m`` targets' rows of the precomputed table -- GCN's ``[ÂX | Â1]``
+    (``[m, F+1]``: the last column, ``Â1``, is what the bias needs), SAGE's neighbour mean
+    (``[m, F]``); ``x [m, F]``: their own features (SAGE's self term; None for GCN). A model given
+    one skips layer 0's propagation and computes the same function (input dropout must be 0: a
+    dropped input would change ``ÂX``).
     """
 
     agg: Tensor
     x: Tensor | None = None
-    row_sum: Tensor | None = None
 
     @classmethod
     def from_rows(cls, rows: Tensor, norm: str, num_features: int) -> "FirstHop":
         """From rows of the table alone (GCN: ``[ÂX | Â1]``, ``F + 1`` columns) or of the joined
-        store a SAGE mini-batch reads (``[X | mean]``, ``2F`` columns). The parts are made
-        contiguous: a strided matrix would slow both products of the linear map."""
-        f = num_features
+        store a SAGE mini-batch reads (``[X | mean]``, ``2F`` columns; the halves made contiguous,
+        as a strided matrix slows both products of the linear map)."""
         if norm == "gcn":
-            return cls(rows[:, :f].contiguous(), None, rows[:, f:].contiguous())
-        return cls(rows[:, f:].contiguous(), rows[:, :f].contiguous())
+            return cls(rows.contiguous())
+        return cls(rows[:, num_features:].contiguous(), rows[:, :num_features].contiguous())
 
 
 def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float,
@@ -121,9 +119,10 @@ class GCN(_Stack):
         last = len(self.lins) - 1
         for i, lin in enumerate(self.lins):
             if i == 0 and isinstance(x, FirstHop):
-                # Â(XW + 1bᵀ) = (ÂX)W + (Â1)bᵀ: the table's last column is Â1.
+                # Â(XW + 1bᵀ) = (ÂX)W + (Â1)bᵀ = [ÂX | Â1] [W | b]ᵀ: one product, whose backward
+                # gives the gradients of W and b together (no [m, out] broadcast of the bias).
                 self._check_first_hop()
-                x = torch.addmm(x.row_sum * lin.bias, x.agg, lin.weight.t())
+                x = F.linear(x.agg, torch.cat([lin.weight, lin.bias[:, None]], 1))
             else:
                 x = prop(lin(self._drop_input(x) if i == 0 else self._drop(x)), i)
             if i < last:

@@ -97,7 +97,8 @@ class ApproxGCNConv(_Approx, GCNConv):
         graph = None if self._fallback(edge_weight) else self._approxgnn.graph(self, x, edge_index, edge_weight)
         if graph is None:
             return super().forward(x, edge_index, edge_weight)
-        out = self._approxgnn.propagate(self, graph, self.lin(x))
+        table = self._approxgnn.first_hop(self, graph, x)  # Â(XW) = (ÂX)W: lin has no bias
+        out = self.lin(table) if table is not None else self._approxgnn.propagate(self, graph, self.lin(x))
         return out if self.bias is None else out + self.bias
 
 
@@ -118,8 +119,10 @@ class ApproxSAGEConv(_Approx, SAGEConv):
         graph = None if size is not None or self._fallback(None) else self._approxgnn.graph(self, x, edge_index, None)
         if graph is None:
             return super().forward(x, edge_index, size)
-        h = self.lin(x).relu() if self.project and hasattr(self, "lin") else x
-        out = self.lin_l(self._approxgnn.propagate(self, graph, h))
+        project = self.project and hasattr(self, "lin")
+        table = None if project else self._approxgnn.first_hop(self, graph, x)  # mean of x, computed once
+        h = self.lin(x).relu() if project else x
+        out = self.lin_l(table if table is not None else self._approxgnn.propagate(self, graph, h))
         if self.root_weight:
             out = out + self.lin_r(x)
         return F.normalize(out, p=2.0, dim=-1) if self.normalize else out

@@ -88,8 +88,13 @@ class PropagationGNN(nn.Module):
         last = len(m.convs) - 1
         for i, conv in enumerate(m.convs):
             if i == 0 and isinstance(x, FirstHop):  # layer 0's aggregation precomputed
-                # SAGE: W_l mean_j x_j + W_r x_i; GCN: Â(XW) + b = (ÂX)W + b (GCNConv's lin has no bias).
-                x = conv.lin_l(x.agg) + conv.lin_r(x.x) if self.norm == "mean" else conv.lin(x.agg)
+                # SAGE: W_l mean_j x_j + W_r x_i. GCN: Â(XW) + b = (ÂX)W + b (GCNConv's lin has no bias
+                # and adds b after aggregating), so the table's Â1 column gets a zero weight.
+                if self.norm == "mean":
+                    x = conv.lin_l(x.agg) + conv.lin_r(x.x)
+                else:
+                    w = conv.lin.weight
+                    x = torch.nn.functional.linear(x.agg, torch.cat([w, w.new_zeros(w.size(0), 1)], 1))
                 if self.norm == "gcn" and conv.bias is not None:
                     x = x + conv.bias
             elif self.norm == "mean":

@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -75,8 +76,11 @@ class PyGApproximation(Engine):
 
     VERSION = 1
 
-    def __init__(self, cfg: RSCConfig, epochs: int | None) -> None:
-        self.cfg, self.epochs = cfg, epochs
+    def __init__(self, cfg: RSCConfig, epochs: int | None, precompute: bool = True) -> None:
+        self.cfg, self.epochs, self.precompute = cfg, epochs, precompute
+        # layer -> (weakref to its last input, that input's version, its graph, Â·input or None);
+        # not part of the state: a copy or a resumed run rebuilds it in two forwards.
+        self._first_hops: dict[int, tuple[Any, int, GraphEntry, Tensor | None]] = {}
         self.graphs = GraphCache()
         self.bound: dict[str, GraphEntry] = {}  # engine name -> its graph
         self.bind_epoch: int | None = None  # graphs are bound in the first training epoch only
@@ -130,12 +134,13 @@ class PyGApproximation(Engine):
 
     # -- copies and pickles ---------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        return {"cfg": self.cfg, "epochs": self.epochs, "state": self.state_dict(), "bind_epoch": self.bind_epoch,
+        return {"cfg": self.cfg, "epochs": self.epochs, "precompute": self.precompute, "state": self.state_dict(),
+                "bind_epoch": self.bind_epoch,
                 "exact_layers": self.exact_layers, "fallbacks": self.fallbacks,
                 "unbound_forwards": self.unbound_forwards, "warned": self._warned}
 
     def __setstate__(self, s: dict[str, Any]) -> None:
-        self.__init__(s["cfg"], s["epochs"])  # type: ignore[misc]
+        self.__init__(s["cfg"], s["epochs"], s.get("precompute", True))  # type: ignore[misc]
         self.load_state_dict(s["state"])
         self.bind_epoch, self.exact_layers = s["bind_epoch"], list(s["exact_layers"])
         self.fallbacks, self.unbound_forwards = Counter(s["fallbacks"]), Counter(s["unbound_forwards"])
@@ -189,6 +194,25 @@ class PyGApproximation(Engine):
             self.fell_back(conv, "adjacency values require grad")
             return None
         return self.graphs.get(adj, weight, x.size(0), x.dtype, getattr(conv, ATTR + "_spec"))
+
+    def first_hop(self, conv: nn.Module, graph: GraphEntry, x: Tensor) -> Tensor | None:
+        """``Â @ x`` computed once, for an input no gradient reaches that this layer saw in its
+        previous forward too (the same tensor, unmodified: the model's raw features); else None
+        and the layer aggregates as usual. A fresh input every call (e.g. one dropped out before
+        the layer, or a hidden activation under ``no_grad``) never matches, so it costs nothing.
+        From the second sight on the layer has no SpMM, so RSC stops budgeting it."""
+        if not self.precompute or x.requires_grad:
+            return None
+        layer = getattr(conv, ATTR + "_layer")
+        seen = self._first_hops.get(layer)
+        if seen is None or seen[0]() is not x or seen[1] != x._version or seen[2] is not graph:
+            self._first_hops[layer] = (weakref.ref(x), x._version, graph, None)
+            return None
+        if seen[3] is None:
+            seen = self._first_hops[layer] = (*seen[:3], spmm(graph.op, x))
+            if graph.engine is not None:
+                graph.engine.remove_layer(layer)
+        return seen[3]
 
     def propagate(self, conv: nn.Module, graph: GraphEntry, h: Tensor) -> Tensor:
         """``Â @ h``: through RSC in a training forward that needs the gradient, else exact."""
@@ -289,8 +313,8 @@ def _square_input(adj: Any, n: int) -> bool:
     return adj.layout == torch.strided and adj.dim() == 2 and adj.size(0) == 2 and not adj.is_floating_point()
 
 
-def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int | None = None,
-                **rsc_options: Any) -> nn.Module:
+def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int | None = None, *,
+                precompute: bool = True, **rsc_options: Any) -> nn.Module:
     """Make ``model``'s ``GCNConv``/``SAGEConv`` (mean)/``GCN2Conv`` layers train with RSC; returns ``model``.
 
     Args:
@@ -300,6 +324,10 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
         budget: RSC's ``C`` in (0, 1], the fraction of backward-SpMM FLOPs kept; ``1.0`` trains
             exactly as the plain model does.
         epochs: the epochs the loop will run (``E``), for the switch to exact at ``switch_time·E``.
+        precompute: a ``GCNConv`` or mean ``SAGEConv`` (without ``project``) given the same
+            input tensor again, one no gradient reaches (the raw features, with no dropout before
+            the layer), aggregates it once and reuses ``Â @ x`` (:meth:`PyGApproximation.first_hop`;
+            the same function, no SpMM in that layer from then on). ``False`` turns that off.
         **rsc_options: any other :class:`~approxgnn.rsc.RSCConfig` field (``switch_time``,
             ``warmup``, ``selection``, ``cache_interval``, ...). ``min_layer_flops`` defaults to
             :data:`MIN_LAYER_FLOPS` here (a layer with ``nnz(Â_off)·d`` below it stays exact);
@@ -315,7 +343,7 @@ def approximate(model: nn.Module, budget: float = RSCConfig.budget, epochs: int 
     cfg = _config(budget, {"min_layer_flops": MIN_LAYER_FLOPS, **rsc_options})
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
         raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
-    ctrl = PyGApproximation(cfg, epochs)
+    ctrl = PyGApproximation(cfg, epochs, precompute)
     layer = 0
     for name, m in model.named_modules():
         if type(m) in APPROX_CLASSES.values():

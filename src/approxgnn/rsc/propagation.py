@@ -250,6 +250,12 @@ class SampledPropagation(Propagation, Engine):
         self.layers = dict(sorted(self.layers.items()))
         self._set_mode(self.layers[layer], self.phase)
 
+    def remove_layer(self, layer: int) -> None:
+        """Stop budgeting layer ``layer`` (its product is no longer computed: e.g. its aggregation
+        was precomputed); the next re-allocation shares the budget among the others."""
+        self.layers.pop(layer, None)
+        self.widths.pop(layer, None)
+
     # -- the model-facing interface ----------------------------------------------------------------
     def __call__(self, x: Tensor, layer: int) -> Tensor:
         sampler = self.layers.get(layer)

@@ -11,8 +11,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
+from ..datasets import Dataset
+from ..graph import CSRGraph
 from ..nn.engine import Engine
 from ..state import check_version
 from .checkpoint import save_checkpoint
@@ -28,6 +31,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def dataset_graph(data: Dataset, *, in_memory: bool = False) -> CSRGraph:
+    """The clean symmetric graph of ``data``: an on-disk layout's CSR as it is (memory-mapped; with
+    ``in_memory``, copied into RAM with int64 ids, as full-batch operators need), else built from
+    ``edge_index``."""
+    if data.csr is None:
+        return CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+    rowptr, col = data.csr
+    if in_memory:
+        return CSRGraph.from_arrays(np.array(rowptr, np.int64), np.array(col, np.int64), data.num_nodes)
+    return CSRGraph.from_arrays(rowptr, col, data.num_nodes)
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets import Dataset
-from ..graph import CSRGraph, normalize
+from ..graph import normalize
 from ..nn import Engine, ExactPropagation, FirstHop, Propagation, build_model
 from ..ops import SparseOperator
 from ..precompute import precompute_first_hop
-from .base import Trainer, resolve_device, synchronizer
+from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .schedule import build_scheduler
 from .metrics import evaluate_logits
@@ -46,7 +46,7 @@ class FullBatchTrainer(Trainer):
     def __init__(self, cfg: TrainConfig, data: Dataset) -> None:
         self.cfg, self.metric = cfg, data.metric
         self.device = resolve_device(cfg.device)
-        graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+        graph = dataset_graph(data, in_memory=True)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         adj = normalize(graph, self.model.norm)
@@ -63,12 +63,9 @@ class FullBatchTrainer(Trainer):
             table = precompute_first_hop(graph, data.x, self.model.norm, directory=cfg.precompute_dir)
             # Full batch holds the table in memory (an on-disk one found from an earlier run is read in).
             arr = np.array(table.table) if isinstance(table.table, np.memmap) else table.table
-            rows = torch.from_numpy(arr)
-            if self.model.norm == "gcn":  # [ÂX | Â1]: the raw features are inside ÂX, X is not kept
-                hop = FirstHop.from_rows(rows, "gcn", table.num_features)
-                self.x = FirstHop(hop.agg.to(self.device), row_sum=hop.row_sum.to(self.device))
-            else:  # SAGE's self term needs X itself
-                self.x = FirstHop(rows.to(self.device), x)
+            # GCN's [ÂX | Â1] holds the raw features inside ÂX (X is not kept); SAGE's self term needs X.
+            rows = torch.from_numpy(arr).to(self.device)
+            self.x = FirstHop(rows) if self.model.norm == "gcn" else FirstHop(rows, x)
             precompute.update(table.info())
         self.y = torch.as_tensor(data.y).to(self.device)
         self.masks = {k: torch.as_tensor(getattr(data, f"{k}_mask")).to(self.device) for k in ("train", "val", "test")}

@@ -1,6 +1,24 @@
-"""A quick memory estimate, checked before training starts, so a run that cannot fit fails in
-seconds with the flag that fixes it instead of being killed an hour in."""
+"""The memory plan, checked before training starts: a run that cannot fit stops in seconds with
+the flag that fixes it, instead of being killed by the OOM killer an hour in.
+
+The memory a run may use is the smaller of the machine's ``MemAvailable`` and what the process's
+memory cgroup still allows (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``, of its cgroup and
+every ancestor: limit − usage + the inactive file pages the kernel would reclaim first). The plan
+adds up, by part:
+
+* full batch: the features twice (the float32 copy, dropout's output), the graph, the activations
+  kept for backward (≈ 4 tensors of ``N × width`` per layer);
+* mini-batch: the features unless they are on disk; the graph (memory-mapped from an on-disk
+  layout, but read at random by the sampler, so it should stay in memory); per-node arrays
+  (degrees, relabel map, labels, masks: 32 bytes a node); the cache budget ``--cache-mb``; the
+  input rows of a batch, ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N``, twice with prefetching;
+  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs (evaluation does not stream to disk
+  yet).
+"""
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import numpy as np
 
@@ -8,10 +26,10 @@ from ..datasets import Dataset
 from .config import FULL_BATCH_ENGINES, TrainConfig
 
 GIB = 1 << 30
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as about 2^63
 
 
-def available_bytes() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` (None where the platform has none)."""
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -22,24 +40,115 @@ def available_bytes() -> int | None:
     return None
 
 
+def _read_int(path: Path) -> int | None:
+    """An integer file of the cgroup tree; None when absent, unreadable or ``max`` (no limit)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    value = int(text)
+    return None if value >= _NO_LIMIT else value
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_headroom(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes this process's memory cgroup still allows: ``limit − usage + inactive_file``, the
+    smallest over its cgroup and the ancestors that set a limit (v2 and v1); None without a limit."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    best: int | None = None
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and controllers == "":
+            base, files = root, ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        else:
+            continue
+        parts = [p for p in path.strip("/").split("/") if p]
+        for depth in range(len(parts), -1, -1):  # the cgroup, then its ancestors up to the mount's root
+            d = base.joinpath(*parts[:depth])
+            limit = _read_int(d / files[0])
+            if limit is None:
+                continue
+            room = limit - (_read_int(d / files[1]) or 0) + _stat(d / "memory.stat", files[2])
+            best = room if best is None else min(best, room)
+    return best
+
+
+def available_bytes() -> int | None:
+    """The memory this run may use: the smaller of ``MemAvailable`` and the cgroup's headroom
+    (None where neither is known)."""
+    known = [b for b in (_meminfo_available(), cgroup_headroom()) if b is not None]
+    return min(known) if known else None
+
+
+def _graph_bytes(cfg: TrainConfig, data: Dataset) -> int:
+    if data.csr is not None:  # the layout's CSR as stored (int32 ids), plus the row pointers
+        rowptr, col = data.csr
+        return int(rowptr.nbytes) + int(col.nbytes) * (1 if cfg.engine not in FULL_BATCH_ENGINES else 2)
+    nnz, n = 2 * data.num_edges, data.num_nodes
+    return nnz * (8 + 4) * (2 if cfg.model == "sage" else 1) + n * 16
+
+
+def batch_input_rows(fanouts: list[int], batch_size: int, num_nodes: int) -> int:
+    """An upper bound on a batch's input rows: ``B · (1 + f₁ + f₁f₂ + …)`` (``-1``: every node), at most ``N``."""
+    rows, frontier = batch_size, batch_size
+    for f in fanouts:
+        frontier = num_nodes if f < 0 else frontier * f
+        rows += frontier
+        if rows >= num_nodes:
+            return num_nodes
+    return min(rows, num_nodes)
+
+
 def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
-    """Rough peak bytes by part. Full batch: features, graph, activations kept for backward
-    (≈ 4 tensors of ``N × width`` per layer). Mini-batch: features (unless on disk) and caches."""
-    n, f, nnz = data.num_nodes, data.num_features, 2 * data.num_edges
-    on_disk = isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and cfg.minibatch.features_on_disk)
-    parts = {"features": 0 if on_disk else n * f * 4,
-             "graph": nnz * (8 + 4) * (2 if cfg.model == "sage" else 1) + n * 16}
+    """Peak bytes by part (module docstring)."""
+    n, f = data.num_nodes, data.num_features
+    on_disk = isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and (
+        cfg.minibatch.features_on_disk or cfg.minibatch.features_path or cfg.minibatch.feature_store == "disk"))
+    parts = {"features": 0 if on_disk else n * f * 4, "graph": _graph_bytes(cfg, data)}
+    width = max(cfg.hidden, data.num_classes)
     if cfg.engine in FULL_BATCH_ENGINES:
-        width = max(cfg.hidden, data.num_classes)
         parts["features"] = n * f * 4 * 2  # the float32 copy plus dropout's mask/output
         parts["activations"] = 4 * cfg.layers * n * width * 4
-    else:
-        parts["caches"] = int(cfg.minibatch.cache_mb * (1 << 20))
+        return parts
+    mc = cfg.minibatch
+    parts["caches"] = int(mc.cache_mb * (1 << 20))
+    parts["per-node arrays"] = 32 * n
+    rows = batch_input_rows(list(mc.fanouts or []), mc.batch_size, n)
+    parts["batches"] = rows * f * 4 * (2 if mc.prefetch else 1)
+    parts["evaluation"] = 2 * n * width * 4
     return parts
 
 
+_FIXES = {
+    "caches": "lower --cache-mb",
+    "batches": "lower --batch-size or --fanouts (a batch's input rows are held twice with prefetching; "
+               "--no-prefetch holds them once)",
+    "evaluation": "lower --hidden (exact evaluation keeps two [N, hidden] layer outputs in memory; evaluation "
+                  "that streams them to disk is not built yet)",
+    "graph": "write the dataset as an on-disk layout (approxgnn prepare --out DIR) and train with --dataset DIR",
+    "per-node arrays": "use a machine with more memory",
+}
+
+
 def check_memory(cfg: TrainConfig, data: Dataset, available: int | None = None) -> None:
-    """Raise ``MemoryError`` naming the fix when the estimate exceeds the available memory."""
+    """Raise ``MemoryError`` naming the fix when the plan exceeds the memory available."""
     if cfg.device not in ("auto", "cpu"):
         return  # device memory is the limit there; torch reports it precisely
     available = available_bytes() if available is None else available
@@ -49,13 +158,15 @@ def check_memory(cfg: TrainConfig, data: Dataset, available: int | None = None) 
     need = sum(parts.values())
     if need <= available:
         return
-    detail = ", ".join(f"{k} {v / GIB:.1f} GiB" for k, v in parts.items() if v)
+    detail = ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in parts.items() if v)
     if cfg.engine in FULL_BATCH_ENGINES:
         fix = ("full-batch training keeps every layer's activations; use --engine refresh (mini-batch) "
                "with --features-on-disk, or a smaller --hidden")
-    elif parts["features"] > parts["caches"]:
-        fix = "pass --features-on-disk to read features from a memory-mapped file"
+    elif parts["features"] and parts["features"] >= parts["caches"]:
+        fix = ("pass --features-on-disk to read features from disk, or train from an on-disk layout "
+               "(approxgnn prepare --out DIR)")
     else:
-        fix = "lower --cache-mb"
-    raise MemoryError(f"this run needs about {need / GIB:.1f} GiB ({detail}) but only "
-                      f"{available / GIB:.1f} GiB is available: {fix}")
+        fix = _FIXES[max(_FIXES, key=lambda k: parts.get(k, 0))]
+    raise MemoryError(f"this run plans about {math.ceil(need / GIB * 100) / 100:.2f} GiB ({detail}) but only "
+                      f"{available / GIB:.2f} GiB is available (the machine's free memory or this process's cgroup "
+                      f"limit, whichever is smaller): {fix}")

@@ -35,12 +35,13 @@ from ..datasets import Dataset
 from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..history.caches import Caches, build_caches
-from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, FeatureStore,
-                         MiniBatchConfig, NeighborSampler, first_hop_store, layerwise_inference, write_features)
+from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
+                         FeatureStore, MiniBatchConfig, NeighborSampler, first_hop_store, layerwise_inference,
+                         write_features)
 from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
 from ..minibatch.sampler import batch_key
 from ..nn import Engine, FirstHop, build_model
-from .base import Trainer, resolve_device, synchronizer
+from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .context import LocalContext
 from .loop import interactive
@@ -52,30 +53,62 @@ FIGURES = ("hit_rate", "mean_age", "occupancy")  # history figures reported per 
 
 
 def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None,
-                       ctx: Any = None) -> tuple[ArrayFeatureStore, Any]:
+                       ctx: Any = None) -> tuple[FeatureStore, Any]:
     """The counted store of ``x`` as configured: a prepared ``.npy`` (``features_path``), ``x``
-    itself (RAM, or a memmap already), or ``x`` written to ``<out>/features.npy`` (or a temporary
-    directory, returned second: keep it alive as long as the store) and memory-mapped.
+    itself (RAM, or a memmap already: an on-disk layout's features), or ``x`` written to
+    ``<out>/features.npy`` (or a temporary directory, returned second: keep it alive as long as the
+    store). Features on disk are read by ``mc.feature_store``: ``disk``/``auto`` a
+    :class:`DiskFeatureStore`, ``mmap`` an :class:`ArrayFeatureStore` over a memory map.
 
-    Under a distributed rank context ``ctx`` every rank maps one file: rank 0 writes it (as if
+    Under a distributed rank context ``ctx`` every rank reads one file: rank 0 writes it (as if
     ``features_on_disk``) and broadcasts its path, which the other ranks open read-only.
     """
-    if mc.features_path:
-        store = ArrayFeatureStore.open(mc.features_path)
-        if store.x.shape != x.shape:
-            raise ValueError(f"features_path {mc.features_path} holds shape {store.x.shape}, the dataset has {x.shape}")
-        return store, None
     shared = ctx is not None and ctx.distributed
-    if isinstance(x, np.memmap) or not (mc.features_on_disk or shared):
+    tmp = None
+    if mc.features_path:
+        path = Path(mc.features_path)
+    elif isinstance(x, np.memmap):
+        if mc.feature_store == "mmap" or not _is_whole_npy(x):
+            return ArrayFeatureStore(x), None  # a raw memory map: only the memory map can read it
+        path = Path(x.filename)
+    elif mc.features_on_disk or mc.feature_store == "disk" or shared:
+        if shared and not ctx.is_main:
+            path = Path(ctx.broadcast_object(None))
+        else:
+            tmp = None if out else tempfile.TemporaryDirectory(prefix="approxgnn-")
+            path = Path(out if out else tmp.name) / "features.npy"
+            write_features(path, x)
+            if shared:
+                ctx.broadcast_object(str(path))  # the file is whole before any other rank opens it
+    else:
         return ArrayFeatureStore(x), None
-    if shared and not ctx.is_main:
-        return ArrayFeatureStore.open(ctx.broadcast_object(None)), None
-    tmp = None if out else tempfile.TemporaryDirectory(prefix="approxgnn-")
-    path = Path(out if out else tmp.name) / "features.npy"
-    store = ArrayFeatureStore(write_features(path, x))
-    if shared:
-        ctx.broadcast_object(str(path))  # the file is whole before any other rank opens it
+    store = open_store_file(path, mc.feature_store)
+    if tuple(store.x.shape) != tuple(x.shape):
+        raise ValueError(f"features file {path} holds shape {store.x.shape}, the dataset has {x.shape}")
     return store, tmp
+
+
+def _is_whole_npy(x: np.memmap) -> bool:
+    """Whether ``x`` maps a whole ``.npy`` file (what :class:`DiskFeatureStore` opens)."""
+    if not x.filename or not str(x.filename).endswith(".npy"):
+        return False
+    try:
+        return tuple(np.load(x.filename, mmap_mode="r").shape) == tuple(x.shape)
+    except (OSError, ValueError):
+        return False
+
+
+def open_store_file(path: str | Path, kind: str) -> FeatureStore:
+    """A store over the float32 ``.npy`` at ``path``: ``mmap`` an :class:`ArrayFeatureStore` over a
+    memory map, else a :class:`DiskFeatureStore`."""
+    return ArrayFeatureStore.open(path) if kind == "mmap" else DiskFeatureStore(path)
+
+
+def store_kind(store: FeatureStore) -> str:
+    """``disk``, ``memmap`` or ``ram``: what ``result.json`` records as ``feature_store``."""
+    if isinstance(store, DiskFeatureStore):
+        return "disk"
+    return "memmap" if getattr(store, "on_disk", False) else "ram"
 
 
 def open_first_hop(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | None,
@@ -111,7 +144,7 @@ class MiniBatchTrainer(Trainer):
         mc = self.mc = cfg.minibatch
         self.cfg, self.metric, self.policy = cfg, data.metric, cfg.cache_policy()
         self.device = self.ctx.device
-        graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+        graph = dataset_graph(data)
         self.model = build_model(cfg.model, data.num_features, cfg.hidden, data.num_classes, cfg.layers,
                                  cfg.dropout, cfg.batch_norm, cfg.resolved_input_dropout()).to(self.device)
         self.net: torch.nn.Module = self.model  # what the forward pass calls (a data-parallel wrapper, in ddp.py)
@@ -142,7 +175,7 @@ class MiniBatchTrainer(Trainer):
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
                       "policy": self.policy, "cache_budget_bytes": self.caches.budget_bytes,
                       "cached_layers": list(self.caches.cached_layers),
-                      "feature_store": "memmap" if self.store.on_disk else "ram", "precompute": precompute}
+                      "feature_store": store_kind(self.store), "precompute": precompute}
 
     @property
     def is_main(self) -> bool:
@@ -249,6 +282,9 @@ class MiniBatchTrainer(Trainer):
             rec.update(self.history.stats())
         if self.feature_cache is not None:
             rec["feature_cache_rows"] = self.feature_cache.num_valid
+        for k in ("disk_reads", "disk_bytes_read"):  # what really left the disk (DiskFeatureStore)
+            if k in now:
+                rec[k] = now[k] - before[k]
         return rec
 
     def _postfix(self) -> dict[str, str]:

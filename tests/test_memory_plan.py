@@ -1,0 +1,85 @@
+"""The memory plan: the cgroup's headroom (v1 and v2), the parts of a mini-batch plan, the fix named
+for the part that does not fit, and a run refused before it reads a batch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from approxgnn.cli import main
+from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.train import TrainConfig
+from approxgnn.train import memory
+from approxgnn.train.memory import batch_input_rows, cgroup_headroom, check_memory, estimate_bytes
+
+from helpers import planted_dataset
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v1_headroom_counts_reclaimable_file_pages_and_ancestors(tmp_path):
+    proc = tmp_path / "cgroup"
+    _write(proc, "5:devices:/\n4:memory:/jobs/run7\n0::/\n")
+    leaf = tmp_path / "fs" / "memory" / "jobs" / "run7"
+    _write(leaf / "memory.limit_in_bytes", "2147483648\n")
+    _write(leaf / "memory.usage_in_bytes", "1073741824\n")
+    _write(leaf / "memory.stat", "cache 600000000\ntotal_inactive_file 268435456\n")
+    _write(leaf.parent / "memory.limit_in_bytes", "9223372036854771712\n")  # the parent sets no limit
+    assert cgroup_headroom(proc, tmp_path / "fs") == 2**31 - 2**30 + 2**28
+    _write(leaf.parent / "memory.limit_in_bytes", str(2**30 + 2**29))  # a tighter ancestor wins
+    _write(leaf.parent / "memory.usage_in_bytes", str(2**30 + 2**28))
+    assert cgroup_headroom(proc, tmp_path / "fs") == 2**28
+
+
+def test_cgroup_v2_max_means_no_limit(tmp_path):
+    proc = tmp_path / "cgroup"
+    _write(proc, "0::/user.slice/job\n")
+    leaf = tmp_path / "fs" / "user.slice" / "job"
+    _write(leaf / "memory.max", "max\n")
+    _write(leaf / "memory.current", "5000\n")
+    assert cgroup_headroom(proc, tmp_path / "fs") is None
+    _write(leaf / "memory.max", "1000000\n")
+    _write(leaf / "memory.stat", "anon 4000\ninactive_file 700\n")
+    assert cgroup_headroom(proc, tmp_path / "fs") == 1_000_000 - 5000 + 700
+    assert cgroup_headroom(tmp_path / "absent", tmp_path / "fs") is None
+
+
+def test_batch_rows_bound():
+    assert batch_input_rows([15, 10, 5], 1024, 10**8) == 1024 * (1 + 15 + 150 + 750)
+    assert batch_input_rows([15, 10, 5], 1024, 50_000) == 50_000
+    assert batch_input_rows([-1], 8, 1000) == 1000
+
+
+def _mb(**kw) -> TrainConfig:
+    mb = {"fanouts": [-1, -1], "batch_size": 64, "cache_mb": 0.0, **kw.pop("minibatch", {})}
+    return TrainConfig(dataset="planted", engine="sample", model="gcn", layers=2, hidden=kw.pop("hidden", 8),
+                       minibatch=MiniBatchConfig(**mb), **kw)
+
+
+@pytest.mark.parametrize("case, cfg, features, fix", [
+    ("evaluation", _mb(hidden=4096, minibatch={"features_on_disk": True}), 16, "lower --hidden"),
+    ("batches", _mb(minibatch={"features_on_disk": True}), 2048, "lower --batch-size"),
+    ("caches", _mb(minibatch={"features_on_disk": True, "cache_mb": 64.0}), 16, "lower --cache-mb"),
+    ("features", _mb(), 2048, "--features-on-disk"),
+])
+def test_the_fix_named_is_the_part_that_does_not_fit(case, cfg, features, fix):
+    data = planted_dataset(features=features)
+    parts = estimate_bytes(cfg, data)
+    assert max(parts, key=parts.get) == case or case == "features"
+    need = sum(parts.values())
+    check_memory(cfg, data, available=need)  # exactly enough passes
+    with pytest.raises(MemoryError, match=fix):
+        check_memory(cfg, data, available=need - 1)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10_000)
+    code = main(["train", "--dataset", "synthetic-500", "--engine", "sample", "--model", "sage", "--layers", "2",
+                 "--epochs", "1", "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "plans about" in err and "cgroup" in err
+    assert not (tmp_path / "run" / "result.json").exists()
