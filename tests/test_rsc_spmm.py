@@ -18,6 +18,13 @@ def _adj(kind, n=60, e=400, seed=0):
     return normalize(CSRGraph.from_edge_index(torch.stack([src, dst]), n), kind)
 
 
+def _operator(kind):
+    """The normalised adjacency, its exact operator and that operator's off-diagonal CSR."""
+    adj = _adj(kind)
+    op = SparseOperator.from_adjacency(adj)
+    return adj, op, CSR.from_torch(op.matrix)
+
+
 @pytest.fixture(params=["numba-serial", "numba-parallel", "torch"])
 def backend(request, monkeypatch):
     """Run each test on both numba CPU kernels and on the device-agnostic torch path."""
@@ -64,9 +71,7 @@ def test_slice_is_transposed_row_slice(kind, backend):
 
 @pytest.mark.parametrize("kind", ["gcn", "mean"])
 def test_keeping_every_row_equals_exact_backward(kind, backend):
-    adj = _adj(kind)
-    op = SparseOperator.from_adjacency(adj)
-    csr = CSR.from_torch(op.matrix)
+    adj, op, csr = _operator(kind)
     g = torch.randn(adj.num_nodes, 9)
     slc = build_slice(csr, torch.arange(adj.num_nodes))
     out = sampled_backward(slc, g, op.diag)
@@ -75,9 +80,7 @@ def test_keeping_every_row_equals_exact_backward(kind, backend):
 
 @pytest.mark.parametrize("kind", ["gcn", "mean"])
 def test_topk_matches_straightforward_reference(kind, backend):
-    adj = _adj(kind)
-    op = SparseOperator.from_adjacency(adj)
-    csr = CSR.from_torch(op.matrix)
+    adj, op, csr = _operator(kind)
     g = torch.randn(adj.num_nodes, 5)
     g[::3] = 0.0  # rows without gradient (e.g. non-training nodes) must never be kept
     deg = adj.off.degree()
