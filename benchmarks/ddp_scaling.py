@@ -100,10 +100,9 @@ def _eval_probe(cfg: TrainConfig, data: Dataset, ctx: Any, repeats: int = 3) -> 
     out: dict[str, list[float]] = {"sharded": [], "rank0": []}
     for _ in range(repeats):
         for mode in out:
-            trainer.cfg.dist.eval = mode
             ctx.barrier()
             t0 = time.perf_counter()
-            trainer.evaluate()
+            trainer.evaluate(mode)
             ctx.barrier()
             out[mode].append(time.perf_counter() - t0)
     return out

@@ -25,7 +25,7 @@ import torch
 import approxgnn.train.full_batch  # noqa: F401  imported now, not at the first run, so that a long
 import approxgnn.train.minibatch  # noqa: F401   sweep runs one version of the code throughout
 from approxgnn.train import TrainConfig, run
-from approxgnn.train.config import FULL_BATCH_ENGINES
+from approxgnn.train.config import engine_family
 from approxgnn.train.results import format_table
 
 # (engine, model): the engine family follows from the engine.
@@ -34,22 +34,18 @@ DATASETS = ["cora", "citeseer", "tolokers", "twitch-de"]
 SETTINGS = ("same", "zero")
 
 
-def family(engine: str) -> str:
-    return "full_batch" if engine in FULL_BATCH_ENGINES else "mini_batch"
-
-
 def run_key(engine: str, model: str, dataset: str, seed: int, setting: str) -> str:
     return f"{engine}/{model}/{dataset}/seed{seed}/{setting}"
 
 
 def one_run(engine: str, model: str, dataset: str, seed: int, setting: str, args: argparse.Namespace) -> dict[str, Any]:
-    epochs = args.epochs if engine in FULL_BATCH_ENGINES else args.minibatch_epochs
+    epochs = args.epochs if engine_family(engine) == "full_batch" else args.minibatch_epochs
     dropout = TrainConfig().dropout  # the library's default hidden dropout
     cfg = TrainConfig(dataset=dataset, data_root=args.data_root, engine=engine, model=model, seed=seed,
                       epochs=epochs, dropout=dropout, input_dropout=dropout if setting == "same" else 0.0,
                       progress=False)
     r = run(cfg)  # loads the data as the CLI does: the seed also draws twitch-de's random split
-    return {"engine": engine, "family": family(engine), "model": model, "dataset": dataset, "seed": seed,
+    return {"engine": engine, "family": engine_family(engine), "model": model, "dataset": dataset, "seed": seed,
             "setting": setting, "input_dropout": cfg.input_dropout, "dropout": dropout, "epochs": epochs,
             "metric": r["metric"], "val": r["val"], "test": r["test"], "best_epoch": r["best_epoch"],
             "train_time_s": round(r["train_time_s"], 2)}
@@ -67,7 +63,7 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
         if not all(c[s] for s in SETTINGS):
             continue
         same, zero = statistics.mean(c["same"]), statistics.mean(c["zero"])
-        by_family.setdefault(family(engine), []).append((same, zero))
+        by_family.setdefault(engine_family(engine), []).append((same, zero))
         rows.append({"engine": engine, "model": model, "dataset": dataset, "seeds": f"{len(c['same'])}/{len(c['zero'])}",
                      "test same": f"{same:.4f} ± {statistics.pstdev(c['same']):.4f}",
                      "test zero": f"{zero:.4f} ± {statistics.pstdev(c['zero']):.4f}",

@@ -38,7 +38,7 @@ from approxgnn.minibatch import BlockPropagation, MiniBatchConfig
 from approxgnn.minibatch.loader import epoch_seeds
 from approxgnn.minibatch.sampler import batch_key
 from approxgnn.report import markdown_table
-from approxgnn.train import TrainConfig, build_trainer, fit, time_to_reach
+from approxgnn.train import TrainConfig, build_trainer, fit, time_to_within
 from approxgnn.train.results import format_table
 
 # A cell is a cache policy, optionally with ``@layers``: the hidden layers it caches (default: the
@@ -249,7 +249,7 @@ def _tta(row: dict[str, Any], base: dict[str, Any] | None, gap: float = 0.01) ->
     (1 pp; the ``tta0.5_s`` column: 0.5 pp)."""
     if base is None:
         return None
-    return time_to_reach(row["curve"], base["val"] - gap - 1e-12)
+    return time_to_within(row["curve"], base["val"], gap)
 
 
 def _med(rs: list[dict[str, Any]], key: str) -> float | None:

@@ -93,3 +93,12 @@ def test_result_records_time_to_accuracy(tmp_path, one_torch_thread):
     assert times == sorted(times)  # a lower level is reached no later
     assert time_to_reach(curve, best + 0.01) is None  # never reached: said so, not guessed
     assert time_to_reach(curve, -1.0) == curve[0]["time_s"]
+
+
+def test_time_to_within_counts_a_level_met_exactly() -> None:
+    from approxgnn.train import time_to_within
+
+    curve = [{"time_s": 1.0, "val": 0.1}, {"time_s": 2.0, "val": 0.7}, {"time_s": 3.0, "val": 0.8}]
+    assert 0.8 - 0.1 > 0.7  # float rounding: a plain comparison would miss epoch 1
+    assert time_to_within(curve, 0.8, 0.1) == 2.0
+    assert time_to_within(curve, 0.8, 0.0) == 3.0 and time_to_within(curve, 0.9, 0.0) is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .api import as_dataset, build_trainer, load_data, run
 from .base import Trainer, TrainingDiverged
 from .config import ENGINES, TrainConfig
-from .loop import fit, read_checkpoint, time_to_reach
+from .loop import fit, read_checkpoint, time_to_reach, time_to_within
 
 __all__ = ["TrainConfig", "ENGINES", "Trainer", "TrainingDiverged", "as_dataset", "build_trainer", "fit", "load_data",
-           "read_checkpoint", "run", "time_to_reach"]
+           "read_checkpoint", "run", "time_to_reach", "time_to_within"]

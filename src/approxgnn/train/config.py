@@ -31,6 +31,13 @@ MINI_BATCH_ENGINES = ("sample", "refresh")
 INPUT_DROPOUT_FOLLOWS_DROPOUT = {"full_batch": False, "mini_batch": False}
 
 
+def engine_family(engine: str) -> str:
+    """``"full_batch"`` (``exact``, ``rsc``) or ``"mini_batch"`` (``sample``, ``refresh``)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    return "full_batch" if engine in FULL_BATCH_ENGINES else "mini_batch"
+
+
 @dataclass
 class DistConfig:
     """Multi-process (data-parallel) training of the mini-batch engines (``train/ddp.py``).
@@ -182,8 +189,7 @@ class TrainConfig:
         engine's default."""
         if self.input_dropout is not None:
             return self.input_dropout
-        family = "full_batch" if self.engine in FULL_BATCH_ENGINES else "mini_batch"
-        return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[family] else 0.0
+        return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[engine_family(self.engine)] else 0.0
 
     def first_hop_path(self) -> tuple[bool, str]:
         """Whether this run takes the precomputed first hop, and why (recorded in ``result.json``).

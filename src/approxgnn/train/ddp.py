@@ -49,7 +49,7 @@ from ..history import HistoryEngine
 from ..state import check_version
 from .base import TrainingDiverged, check_finite, resolve_device
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint, seed_everything
-from .config import TrainConfig
+from .config import DIST_EVAL_MODES, TrainConfig
 from .distributed import DistContext, shard_batches
 from .loop import fit, read_checkpoint
 from .memory import check_memory
@@ -108,11 +108,15 @@ class DistributedMiniBatchTrainer(MiniBatchTrainer):
         return aggregate_records(recs, counts)
 
     # ---- evaluation ----------------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, mode: str | None = None) -> dict[str, float]:
         """Exact metrics, equal on every rank: sharded inference gathered per layer, or rank 0's
-        inference broadcast (``--dist-eval``). Batch-norm statistics are rank 0's on every rank."""
+        inference broadcast (``mode``: ``sharded`` or ``rank0``, by default ``--dist-eval``).
+        Batch-norm statistics are rank 0's on every rank."""
+        mode = self.cfg.dist.eval if mode is None else mode
+        if mode not in DIST_EVAL_MODES:
+            raise ValueError(f"dist eval must be one of {DIST_EVAL_MODES}, got {mode!r}")
         self.ctx.broadcast_tensors(list(self.model.buffers()))
-        if self.cfg.dist.eval == "sharded":
+        if mode == "sharded":
             nodes = self.eval_nodes()
             logits = self.infer(nodes, part=(self.ctx.rank, self.ctx.world_size), gather=self.ctx.gather_rows)
             return self.metrics(logits, nodes)

@@ -40,9 +40,16 @@ def time_to_reach(curve: list[dict[str, Any]], level: float) -> float | None:
     return None
 
 
+def time_to_within(curve: list[dict[str, Any]], best: float, margin: float) -> float | None:
+    """Training time after which the validation metric first came within ``margin`` of ``best``
+    (reached ``best − margin``, less 1e-12 so that a curve's own best counts at margin 0 whatever
+    the float rounding of the subtraction); None if it never did."""
+    return time_to_reach(curve, best - margin - 1e-12)
+
+
 def time_to_val(curve: list[dict[str, Any]], best: float) -> dict[str, float | None]:
     """``{"best-0.005": seconds, ...}`` for each margin in :data:`TIME_TO_VAL_MARGINS`."""
-    return {f"best-{m:g}": time_to_reach(curve, best - m - 1e-12) for m in TIME_TO_VAL_MARGINS}
+    return {f"best-{m:g}": time_to_within(curve, best, m) for m in TIME_TO_VAL_MARGINS}
 
 
 def interactive() -> bool:
