@@ -93,7 +93,7 @@ def test_engine_build_applies_the_policys_split(policy, share):
     arena = eng.features.rows.untyped_storage().nbytes() // 4
     assert eng.cache.max_slots == embedding_rows(arena, 32, None if share >= 1 else share)
     expected = (None, "gas") if policy == "gas" else (20, "refresh")  # the ReFresh names expire alike
-    assert (eng.policy.max_age, eng.policy.name) == expected
+    assert (eng.rules.max_age, eng.rules.name) == expected
 
 
 def test_embedding_share_is_validated_and_reaches_the_config():

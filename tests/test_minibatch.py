@@ -94,7 +94,7 @@ def test_pruned_nodes_are_not_gathered():
     pruned = BatchLoader(sampler, store, HistoryEngine(cache), torch.device("cpu")).load(seeds, 5, 1)
     read = store.bytes_read - bytes_plain
     assert set(pruned.sample.hits(1)) == set(one_hop)
-    assert pruned.sample.num_computed[1] == len(seeds) and pruned.hits[1].shape == (len(one_hop), 8)
+    assert pruned.sample.num_computed[1] == len(seeds) and pruned.served[1].shape == (len(one_hop), 8)
     assert read == len(pruned.sample.input_nodes) * store.row_bytes < bytes_plain
     # Only the seeds' own two-hop tree is gathered: nodes reached only through hits are not.
     assert len(pruned.sample.input_nodes) < len(plain.sample.input_nodes)

@@ -124,9 +124,9 @@ def test_wrapped_pyg_model_matches_ours_on_pruned_batches(kind: str, one_torch_t
     served = 0
     for batch in loader:
         b = batch.sampled_batch
-        served += sum(len(h) for h in b.hits.values())
+        served += sum(len(h) for h in b.served.values())
         with torch.no_grad():
-            expect = ours(b.x, BlockPropagation(b.ops, b.hits))
+            expect = ours(b.x, BlockPropagation(b.ops, b.served))
             got = wrapped(batch)
         torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-5)
     assert served > 0
@@ -242,8 +242,8 @@ def test_history_state_resumes_the_same_batches(one_torch_thread: None) -> None:
     for b1, b2 in zip(loader, loader2):  # the next epoch, from the original and the resumed state
         np.testing.assert_array_equal(b1.n_id.numpy(), b2.n_id.numpy())
         torch.testing.assert_close(b1.edge_index, b2.edge_index)
-        for layer, rows in b1.sampled_batch.hits.items():
-            torch.testing.assert_close(rows, b2.sampled_batch.hits[layer])
+        for layer, rows in b1.sampled_batch.served.items():
+            torch.testing.assert_close(rows, b2.sampled_batch.served[layer])
             served += len(rows)
         wrapped.eval(), wrapped2.eval()
         torch.testing.assert_close(wrapped(b1), wrapped2(b2))

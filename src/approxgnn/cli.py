@@ -453,7 +453,7 @@ def prepare_datasets(ns: argparse.Namespace) -> Job:
 BENCH_ALIASES = {"spmm": "exact_spmm"}
 
 
-def prepare_prepare(ns: argparse.Namespace) -> Job:
+def prepare_disk_files(ns: argparse.Namespace) -> Job:
     """A dataset → an on-disk layout directory, or its features → a float32 ``.npy``."""
     check_dataset_name(ns.dataset)
     synthetic_sizes = parse_synthetic_name(ns.dataset.strip().lower())
@@ -515,7 +515,7 @@ def prepare_bench(ns: argparse.Namespace) -> Job:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Job]] = {
-    "train": prepare_train, "demo": prepare_demo, "datasets": prepare_datasets, "prepare": prepare_prepare,
+    "train": prepare_train, "demo": prepare_demo, "datasets": prepare_datasets, "prepare": prepare_disk_files,
     "bench": prepare_bench, "report": report.prepare,
 }
 

@@ -49,7 +49,8 @@ class HistoryEngine(Engine):
     """Serves hits from ``cache`` and updates it after each step under ``policy``.
 
     ``policy``: a :class:`~.policies.HistoryPolicy`, or its name (then built with ``rate``,
-    ``evict`` and the cache's staleness). ``features``: the cached feature store sharing the
+    ``evict`` and the cache's staleness); kept as :attr:`rules` (everywhere else a policy is
+    its name). ``features``: the cached feature store sharing the
     cache's arena, owned (and checkpointed) by the engine when given.
     """
 
@@ -63,7 +64,7 @@ class HistoryEngine(Engine):
                  hit_mix: float = 0.5) -> None:
         if isinstance(policy, str):
             policy = make_policy(policy, rate, cache.staleness, evict)
-        self.cache, self.policy, self.features = cache, policy, features
+        self.cache, self.rules, self.features = cache, policy, features
         self.switch_time, self.start_time, self.exact, self.warming = switch_time, start_time, False, start_time > 0
         self.cached_value, self.hit_fanout, self.hit_mix = cached_value, hit_fanout, hit_mix
         self.oracle: str | None = None  # diagnostics only (module docstring); set before training
@@ -135,12 +136,12 @@ class HistoryEngine(Engine):
         keep = self.keep()
         return {l: self.cache.prune_test(l, now)._replace(keep=keep) for l in self.cache.layers}
 
-    def propagation(self, batch: SampledBatch, ops: list[SparseOperator | None], hits: dict[int, Tensor],
+    def propagation(self, batch: SampledBatch, ops: list[SparseOperator | None], served: dict[int, Tensor],
                     record: bool = True) -> BlockPropagation:
-        """The propagation of ``batch``'s forward pass: ``hits`` joined as configured, the cached
+        """The propagation of ``batch``'s forward pass: the ``served`` rows joined as configured, the cached
         layers recorded for admission when ``record`` (training)."""
         partial = {l: batch.num_partial[l] for l in self.cache.layers}
-        return BlockPropagation(ops, hits, self.layers if record else (), partial, self.mix,
+        return BlockPropagation(ops, served, self.layers if record else (), partial, self.mix,
                                 aggregate=self.cached_value == "aggregate" and self.oracle is None)
 
     def serve(self, batch: SampledBatch, now: int, device: torch.device | None = None) -> dict[int, Tensor]:
@@ -152,18 +153,18 @@ class HistoryEngine(Engine):
         for l in self.cache.layers:
             rows, ages = self.cache.read(l, batch.hits(l), now)
             out[l] = rows if device is None else rows.to(device)
-            if self.policy.evicts:
+            if self.rules.evicts:
                 out[l].requires_grad_(True)
             self.counts["served"] += len(ages)
             self.counts["age_sum"] += int(ages.sum())
             self.counts["nonseed"] += len(batch.layer_nodes[l]) - seeds
         return out
 
-    def update(self, batch: SampledBatch, recorded: dict[int, Tensor], hits: dict[int, Tensor], now: int) -> None:
+    def update(self, batch: SampledBatch, recorded: dict[int, Tensor], served: dict[int, Tensor], now: int) -> None:
         """Admission (and eviction) after the optimiser step; drops the retained gradients.
 
         ``recorded[l]``: layer ``l``'s computed output ``[m_l, d]`` with its gradient retained
-        (seeds first); ``hits[l]``: the rows :meth:`serve` gave this batch.
+        (seeds first); ``served[l]``: the rows :meth:`serve` gave this batch (of ``batch.hits(l)``).
         """
         seeds = len(batch.seeds)
         for l in self.cache.layers:
@@ -171,9 +172,9 @@ class HistoryEngine(Engine):
             m = batch.num_computed[l] - batch.num_partial[l]  # kept hits are fresh entries already
             if h is not None and m > seeds and not self.idle:
                 self._admit(l, batch.layer_nodes[l][seeds:m], h, seeds, m, now)
-            hit = hits.get(l)
-            if self.policy.evicts and hit is not None and hit.grad is not None and hit.size(0):
-                drop = self.policy.evict(hit.grad)
+            hit = served.get(l)
+            if self.rules.evicts and hit is not None and hit.grad is not None and hit.size(0):
+                drop = self.rules.evict(hit.grad)
                 self.counts["evicted"] += self.cache.evict(l, batch.hits(l)[drop])
             if h is not None:
                 h.grad = None
@@ -185,7 +186,7 @@ class HistoryEngine(Engine):
         """Admit rows ``lo:hi`` of ``h`` (the non-seed computed nodes ``nodes``) under the policy."""
         rows = h.detach()[lo:hi]
         grad = h.grad[lo:hi] if h.grad is not None else None
-        order, candidates = self.policy.admit(rows, grad, lambda: self.cache.fresh(layer, nodes, now))
+        order, candidates = self.rules.admit(rows, grad, lambda: self.cache.fresh(layer, nodes, now))
         self.counts["candidates"] += candidates
         expired = self.cache.expired
         self.counts["admitted"] += self.cache.admit(layer, nodes[order.numpy()], rows[order.to(rows.device)], now)

@@ -28,15 +28,15 @@ from ..ops import SparseOperator, spmm
 class BlockPropagation(Propagation):
     """Propagation over the per-layer blocks of one sampled batch.
 
-    ``ops[l]``: layer ``l``'s block (``m_l × n_l``); ``hits[l]``: ``[k_l, d]`` cached rows that
+    ``ops[l]``: layer ``l``'s block (``m_l × n_l``); ``served[l]``: ``[k_l, d]`` cached rows that
     follow layer ``l``'s computed rows in layer ``l+1``'s sources; ``record``: cached layers
     whose computed output is kept (``recorded[l]``, gradient retained) for admission.
     """
 
-    def __init__(self, ops: list[SparseOperator], hits: dict[int, Tensor] | None = None,
+    def __init__(self, ops: list[SparseOperator], served: dict[int, Tensor] | None = None,
                  record: tuple[int, ...] = (), partial: dict[int, int] | None = None,
                  mix: Callable[[Tensor, Tensor], Tensor] | None = None, aggregate: bool = False) -> None:
-        self.ops, self.hits, self.record = ops, hits or {}, set(record)
+        self.ops, self.served, self.record = ops, served or {}, set(record)
         self.partial, self.mix, self.aggregate = partial or {}, mix, aggregate
         self.recorded: dict[int, Tensor] = {}
 
@@ -55,7 +55,7 @@ class BlockPropagation(Propagation):
         if not p:
             return y
         # The kept hits drew no neighbour: their rows of y are 0, the served aggregate replaces them.
-        return torch.cat([y[: y.size(0) - p], self.hits[layer].to(y.dtype)], 0)
+        return torch.cat([y[: y.size(0) - p], self.served[layer].to(y.dtype)], 0)
 
     def targets(self, x: Tensor, layer: int) -> Tensor:
         return x[: self.ops[layer].shape[0]]
@@ -66,7 +66,7 @@ class BlockPropagation(Propagation):
         if layer in self.record and h.requires_grad:
             h.retain_grad()  # ‖∂L/∂h_v‖ is the admission criterion; it costs nothing extra
             self.recorded[layer] = h
-        hit = self.hits.get(layer)
+        hit = self.served.get(layer)
         if hit is None or hit.size(0) == 0:
             return h
         p = self.partial.get(layer, 0)

@@ -59,7 +59,7 @@ class Batch:
     sample: SampledBatch
     x: Tensor  # [len(input_nodes), F] raw features of layer 0's sources
     ops: list[SparseOperator | None]  # per layer (layer 0's None when its aggregation is precomputed)
-    hits: dict[int, Tensor]  # per cached layer: [k_l, d] rows served from the history cache
+    served: dict[int, Tensor]  # per cached layer: [k_l, d] rows of the hits (sample.hits(l)) from the cache
     times: dict[str, float] = field(default_factory=dict)
 
 
@@ -79,13 +79,13 @@ class BatchLoader:
         t1 = time.perf_counter()
         x = self.features.read(sample.input_nodes).to(self.device, non_blocking=True)
         t2 = time.perf_counter()
-        hits = self.history.serve(sample, now, self.device) if self.history is not None else {}
+        served = self.history.serve(sample, now, self.device) if self.history is not None else {}
         t3 = time.perf_counter()
         ops = [None if b is None else b.operator(self.device) for b in sample.blocks]  # None: precomputed
         t4 = time.perf_counter()
         for k, dt in (("sample_s", t1 - t0), ("gather_s", t2 - t1), ("serve_s", t3 - t2), ("blocks_s", t4 - t3)):
             self.times[k] += dt
-        return Batch(sample, x, ops, hits)
+        return Batch(sample, x, ops, served)
 
     def reset_times(self) -> None:
         for k in self.times:

@@ -175,7 +175,7 @@ class HistoryGNN(nn.Module):
         layer ``l`` aggregates over its own hop's edges, cached rows join after the cached layers."""
         b = batch.sampled_batch
         record = self.engine is not None and self.training
-        prop = self.engine.propagation(b.sample, b.ops, b.hits, record) if self.engine is not None \
+        prop = self.engine.propagation(b.sample, b.ops, b.served, record) if self.engine is not None \
             else BlockPropagation(b.ops)
         out = self.gnn(self._input(b.x), prop)
         self._pending = (b, prop) if record else None
@@ -194,7 +194,7 @@ class HistoryGNN(nn.Module):
             if self._pending is None or self._pending[0] is not batch.sampled_batch:
                 raise RuntimeError("push(batch) must follow a training-mode forward of that same batch")
             b, prop = self._pending
-            self.engine.update(b.sample, prop.recorded, b.hits, self.iteration)
+            self.engine.update(b.sample, prop.recorded, b.served, self.iteration)
             self._pending = None
         self.iteration += 1
 

@@ -195,7 +195,7 @@ class MiniBatchTrainer(Trainer):
         return FirstHop.from_rows(rows, self.model.norm, self.num_features) if self.first_hop else rows
 
     def _forward(self, batch: Batch) -> tuple[torch.Tensor, BlockPropagation]:
-        prop = self.history.propagation(batch.sample, batch.ops, batch.hits) if self.history \
+        prop = self.history.propagation(batch.sample, batch.ops, batch.served) if self.history \
             else BlockPropagation(batch.ops)
         out = self.net(self._input(batch.x), prop)
         return F.cross_entropy(out, self.y[torch.from_numpy(batch.sample.seeds).to(self.device)]), prop
@@ -236,7 +236,7 @@ class MiniBatchTrainer(Trainer):
                     nxt.result()  # the update must not change the cache while the next batch reads it
                 t4 = time.perf_counter()
                 if self.history:
-                    self.history.update(batch.sample, prop.recorded, batch.hits, self.iteration)
+                    self.history.update(batch.sample, prop.recorded, batch.served, self.iteration)
                 t5 = time.perf_counter()
                 for k, dt in (("wait_s", t1 - t0 + t4 - t3), ("forward_s", t2 - t1), ("backward_s", t3 - t2),
                               ("admit_s", t5 - t4)):
