@@ -29,6 +29,7 @@ from .datasets.registry import parse_synthetic_name
 from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
 from .minibatch.config import FEATURE_STORES, MiniBatchConfig
 from .nn.models import MODELS
+from .precompute import TABLE_DTYPES
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, read_checkpoint, run
 from .train.base import resolve_device
@@ -108,6 +109,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--no-precompute", "precompute", {"action": "store_const", "const": "off", "help": "same as --precompute off"}),
     ("--precompute-dir", "precompute_dir",
      {"help": "keep precomputed tables here and reuse them in later runs (keyed by graph and features)"}),
+    ("--precompute-dtype", "precompute_dtype",
+     {"choices": sorted(TABLE_DTYPES), "help": "how the precomputed table is stored; float16 halves the bytes "
+                                               "a mini-batch reads from it"}),
     # RSC
     ("--budget", "rsc.budget", {"type": _real, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
     ("--cache-interval", "rsc.cache_interval", {"type": int, "help": "RSC: iterations a sample is reused"}),

@@ -35,6 +35,9 @@ TABLE_VERSION = 1
 # The aggregation each model's first layer needs (its ``norm``); models not named have none.
 FIRST_HOP_NORM = {"gcn": "gcn", "sage": "mean"}
 CHUNK_BYTES = 64 << 20  # output rows computed (and held) at once, about this many bytes
+# How a table may be stored. float16 halves the bytes a mini-batch reads per table row; an average
+# of float32 features keeps 11 significant bits, far finer than the features' own noise.
+TABLE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def first_hop_norm(model: str) -> str | None:
@@ -66,7 +69,8 @@ def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, 
                       chunk_rows: int | None = None) -> np.ndarray:
     """Fill ``out [N, w]`` with the first aggregation of ``x [N, F]`` under ``adj``, chunk by chunk.
 
-    ``adj.kind == "gcn"``: ``out[:, :F] = Â_off X + diag ⊙ X`` and ``out[:, F] = Σ_j Â_ij``;
+    Computed in float32 and rounded to ``out``'s dtype when stored. ``adj.kind == "gcn"``:
+    ``out[:, :F] = Â_off X + diag ⊙ X`` and ``out[:, F] = Σ_j Â_ij``;
     ``"mean"``: ``out = Â X`` (row-normalised). ``x`` and ``out`` may be memmaps: only one chunk of
     output rows (plus the rows of ``x`` the chunk's neighbours touch, through the page cache) is
     in memory at a time. Returns ``out``.
@@ -106,7 +110,7 @@ def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, 
 
 @dataclass
 class FirstHopTable:
-    """The precomputed first aggregation ``table [N, w]`` (float32; in RAM or a memmap) and its cost.
+    """The precomputed first aggregation ``table [N, w]`` (float32 or float16; in RAM or a memmap) and its cost.
 
     ``seconds``/``bytes`` are what building (or finding and opening) the table cost: the
     fingerprint, the aggregation and the write; ``reused`` says an earlier run's table was found.
@@ -127,19 +131,23 @@ class FirstHopTable:
 
     def info(self) -> dict[str, Any]:
         """The facts ``result.json`` records under ``precompute``."""
-        return {"norm": self.norm, "fingerprint": self.fingerprint, "seconds": self.seconds, "bytes": self.bytes,
+        return {"norm": self.norm, "dtype": str(self.table.dtype), "fingerprint": self.fingerprint,
+                "seconds": self.seconds, "bytes": self.bytes,
                 "reused": self.reused, "file": self.path, "on_disk": isinstance(self.table, np.memmap)}
 
 
-def table_path(directory: str | os.PathLike, norm: str, key: str) -> Path:
+def table_path(directory: str | os.PathLike, norm: str, key: str, dtype: str = "float32") -> Path:
     """Where the table of fingerprint ``key`` lives in ``directory``: the key is in the name, so a
-    different graph or different features can never open another's table."""
-    return Path(directory) / f"first_hop-{norm}-{key}.npy"
+    different graph or different features can never open another's table (nor a float16 table a
+    float32 one)."""
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    return Path(directory) / f"first_hop-{norm}{suffix}-{key}.npy"
 
 
 def precompute_first_hop(graph: CSRGraph, x: np.ndarray, norm: str, *, directory: str | os.PathLike | None = None,
-                         chunk_rows: int | None = None) -> FirstHopTable:
-    """The first-hop table of ``(graph, x)`` under ``norm`` (``"gcn"`` or ``"mean"``).
+                         chunk_rows: int | None = None, dtype: str = "float32") -> FirstHopTable:
+    """The first-hop table of ``(graph, x)`` under ``norm`` (``"gcn"`` or ``"mean"``), stored as
+    ``dtype`` (``"float32"`` or ``"float16"``, see :data:`TABLE_DTYPES`).
 
     ``directory`` None: computed in RAM (or, when ``x`` is a memmap, in the directory of its file,
     so that an on-disk ``X`` gets an on-disk table). With a directory, the table is
@@ -148,22 +156,25 @@ def precompute_first_hop(graph: CSRGraph, x: np.ndarray, norm: str, *, directory
     """
     if norm not in ("gcn", "mean"):
         raise ValueError(f"no first hop to precompute for normalisation {norm!r}")
+    if dtype not in TABLE_DTYPES:
+        raise ValueError(f"table dtype must be one of {sorted(TABLE_DTYPES)}, got {dtype!r}")
+    np_dtype = TABLE_DTYPES[dtype]
     t0 = time.perf_counter()
     if directory is None and isinstance(x, np.memmap) and getattr(x, "filename", None):
         directory = Path(x.filename).parent
     key = fingerprint(graph, x, norm)
     shape = (graph.num_nodes, table_width(norm, x.shape[1]))
     if directory is None:
-        out = compute_first_hop(normalize(graph, norm), x, np.empty(shape, np.float32), chunk_rows=chunk_rows)
+        out = compute_first_hop(normalize(graph, norm), x, np.empty(shape, np_dtype), chunk_rows=chunk_rows)
         return FirstHopTable(out, norm, key, time.perf_counter() - t0, out.nbytes, False)
-    path = table_path(directory, norm, key)
+    path = table_path(directory, norm, key, dtype)
     if path.exists():
         table = np.load(path, mmap_mode="r")
-        if table.shape == shape and table.dtype == np.float32:
+        if table.shape == shape and table.dtype == np_dtype:
             return FirstHopTable(table, norm, key, time.perf_counter() - t0, 0, True, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shape)
     compute_first_hop(normalize(graph, norm), x, out, chunk_rows=chunk_rows)
     del out
     os.replace(tmp, path)
