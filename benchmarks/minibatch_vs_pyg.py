@@ -152,7 +152,7 @@ def pyg_run(data, g, adj_t, masks, seed: int, a: argparse.Namespace) -> dict[str
 # ---- ours ---------------------------------------------------------------------------------------
 def our_config(data, kind: str, seed: int, a: argparse.Namespace) -> TrainConfig:
     """``kind``: ``sample`` or ``refresh``, with ``+pc`` for the precomputed first hop
-    (``--precompute on``; without it ``off``, the plain path)."""
+    (``--precompute on``; without it ``off``, the plain path), ``+pc16`` for it stored as float16."""
     engine, _, pc = kind.partition("+")
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=a.fanouts, batch_size=a.batch_size, features_path=str(data.x.filename),
@@ -161,7 +161,8 @@ def our_config(data, kind: str, seed: int, a: argparse.Namespace) -> TrainConfig
     return TrainConfig(dataset=a.dataset, model="sage", engine=engine, layers=a.layers, hidden=a.hidden,
                        dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=a.our_epochs, seed=seed,
                        device="cpu", progress=True, minibatch=mb, history=history,
-                       precompute="on" if pc == "pc" else "off")
+                       precompute="on" if pc.startswith("pc") else "off",
+                       precompute_dtype="float16" if pc == "pc16" else "float32")
 
 
 def our_run(data, kind: str, seed: int, a: argparse.Namespace) -> dict[str, Any]:
@@ -238,7 +239,8 @@ def main() -> None:
     p.add_argument("--dataset", default="synthetic-hard-1m")
     p.add_argument("--runs", default="pyg,sample,refresh",
                    help="which of pyg, sample, refresh, in this order; sample+pc, refresh+pc: with the "
-                        "precomputed first hop (the plain ones run --precompute off)")
+                        "precomputed first hop (the plain ones run --precompute off); +pc16: its table "
+                        "stored as float16")
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--our-epochs", type=int, help="cap on our runs' epochs (default: --epochs); the lr is "

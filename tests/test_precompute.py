@@ -371,3 +371,33 @@ def test_float16_table_trains_like_the_float32_one(engine):
     if engine == "sample":  # SAGE reads X (4 bytes a float) and the mean (2): 6 of 8 bytes
         assert f16["curve"][-1]["feature_bytes_read"] * 8 == f32["curve"][-1]["feature_bytes_read"] * 6
 
+
+
+def test_features_on_disk_are_hashed_once_while_their_file_is_unchanged(tmp_path):
+    import json
+    import os
+
+    from approxgnn.precompute import features_digest
+
+    data = planted_dataset(n=140, features=5)
+    np.save(tmp_path / "x.npy", data.x)
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    first = precompute_first_hop(_graph(data), x, "mean")  # the table and the memo beside x.npy
+    (memo,) = tmp_path.glob(".features-*.json")
+    assert json.loads(memo.read_text())["digest"] == features_digest(x)  # the real digest, without the memo
+    # While the file's identity holds, the memo is what is read: a planted digest comes back.
+    kept = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**kept, "digest": "planted"}))
+    assert features_digest(x, memo_dir=tmp_path) == "planted"
+    # Rewritten in place (one value; the same size): its mtime moves, so it is hashed again, and a
+    # table of the old features is not reused.
+    w = np.load(tmp_path / "x.npy", mmap_mode="r+")
+    w[7, 1] += 1.0
+    w.flush()
+    del w
+    st = os.stat(tmp_path / "x.npy")
+    os.utime(tmp_path / "x.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert features_digest(x, memo_dir=tmp_path) == features_digest(x) != "planted"
+    again = precompute_first_hop(_graph(data), x, "mean")
+    assert not again.reused and again.path != first.path

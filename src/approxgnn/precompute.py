@@ -50,19 +50,55 @@ def table_width(norm: str, num_features: int) -> int:
     return num_features + 1 if norm == "gcn" else num_features
 
 
-def fingerprint(graph: CSRGraph, x: np.ndarray, norm: str, *, chunk_rows: int = 1 << 16) -> str:
+def fingerprint(graph: CSRGraph, x: np.ndarray, norm: str, *, chunk_rows: int = 1 << 16,
+                memo_dir: str | os.PathLike | None = None) -> str:
     """Hex BLAKE2b digest of (table version, aggregation, graph structure, features' shape and bytes).
 
     The normalised values are functions of the structure and ``norm``, so hashing the structure
-    covers them. Features are hashed in row chunks (a memmap is read once, sequentially).
+    covers them. Features are hashed in row chunks (a memmap is read once, sequentially); for
+    features memory-mapped from a file, :func:`features_digest` keeps that digest in ``memo_dir``.
     """
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([TABLE_VERSION, norm, graph.num_nodes, list(x.shape), str(x.dtype)]).encode())
     for t in (graph.rowptr, graph.col):
         h.update(np.ascontiguousarray(t.cpu().numpy()).data)
+    h.update(features_digest(x, chunk_rows=chunk_rows, memo_dir=memo_dir).encode())
+    return h.hexdigest()
+
+
+def features_digest(x: np.ndarray, *, chunk_rows: int = 1 << 16, memo_dir: str | os.PathLike | None = None) -> str:
+    """Hex BLAKE2b digest of ``x``'s bytes, read in row chunks.
+
+    Hashing features on disk reads all of them (10 GiB: most of a minute from a cold disk), on
+    every run. So for a memmap of a file and a ``memo_dir``, the digest is kept there beside the
+    file's identity (path, inode, size, modification time in ns, offset, shape, dtype), and read
+    back while that identity is unchanged: a file rewritten, replaced or touched is hashed again.
+    """
+    memo = None
+    name = getattr(x, "filename", None) if isinstance(x, np.memmap) else None
+    if name is not None and memo_dir is not None:
+        st = os.stat(name)
+        ident = [os.path.realpath(name), st.st_ino, st.st_size, st.st_mtime_ns, int(x.offset), list(x.shape),
+                 str(x.dtype)]
+        memo = Path(memo_dir) / f".features-{hashlib.blake2b(ident[0].encode(), digest_size=8).hexdigest()}.json"
+        try:
+            kept = json.loads(memo.read_text())
+            if kept.get("identity") == ident:
+                return str(kept["digest"])
+        except (OSError, ValueError, AttributeError, KeyError):
+            pass  # no memo yet, or an unreadable one: hash
+    h = hashlib.blake2b(digest_size=16)
     for s in range(0, x.shape[0], chunk_rows):
         h.update(np.ascontiguousarray(x[s : s + chunk_rows]).data)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if memo is not None:
+        try:
+            tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"identity": ident, "digest": digest}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # a read-only directory: hash again next time
+    return digest
 
 
 def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, *,
@@ -162,7 +198,9 @@ def precompute_first_hop(graph: CSRGraph, x: np.ndarray, norm: str, *, directory
     t0 = time.perf_counter()
     if directory is None and isinstance(x, np.memmap) and getattr(x, "filename", None):
         directory = Path(x.filename).parent
-    key = fingerprint(graph, x, norm)
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    key = fingerprint(graph, x, norm, memo_dir=directory)
     shape = (graph.num_nodes, table_width(norm, x.shape[1]))
     if directory is None:
         out = compute_first_hop(normalize(graph, norm), x, np.empty(shape, np_dtype), chunk_rows=chunk_rows)
@@ -172,7 +210,6 @@ def precompute_first_hop(graph: CSRGraph, x: np.ndarray, norm: str, *, directory
         table = np.load(path, mmap_mode="r")
         if table.shape == shape and table.dtype == np_dtype:
             return FirstHopTable(table, norm, key, time.perf_counter() - t0, 0, True, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shape)
     compute_first_hop(normalize(graph, norm), x, out, chunk_rows=chunk_rows)
