@@ -16,17 +16,25 @@ from approxgnn.pyg import HistoryGNN, NeighborBatchLoader  # noqa: E402
 from helpers import planted_dataset  # noqa: E402
 
 
-def _train_steps(wrapped: HistoryGNN, loader: NeighborBatchLoader, epochs: int, lr: float = 0.01) -> None:
-    """A PyG user's loop: forward, loss on out[:batch_size], step, then push."""
-    opt = torch.optim.Adam(wrapped.parameters(), lr=lr)
+def _train_steps(wrapped: HistoryGNN, loader: NeighborBatchLoader, epochs: int, lr: float = 0.01,
+                 opt: torch.optim.Optimizer | None = None) -> list[float]:
+    """A PyG user's loop: forward, loss on out[:batch_size], step, then push. Returns each
+    epoch's summed loss."""
+    opt = opt if opt is not None else torch.optim.Adam(wrapped.parameters(), lr=lr)
+    losses = []
     for _ in range(epochs):
         wrapped.train()
+        total = 0.0
         for batch in loader:
             opt.zero_grad()
             out = wrapped(batch)[: batch.batch_size]
-            F.cross_entropy(out, batch.y[: batch.batch_size]).backward()
+            loss = F.cross_entropy(out, batch.y[: batch.batch_size])
+            loss.backward()
             opt.step()
             wrapped.push(batch)
+            total += float(loss.detach())
+        losses.append(total)
+    return losses
 
 
 def _cached_setup(fanouts: list[int], layers: int, seed: int = 0, policy: str = "gas", kind: str = "sage"):
@@ -316,16 +324,7 @@ def test_wrapper_takes_the_corrections_of_the_trainer(one_torch_thread: None) ->
     opt = torch.optim.Adam(wrapped.parameters(), lr=0.01)
     losses, recomputed = [], 0
     for _ in range(4):
-        wrapped.train()
-        total = 0.0
-        for batch in loader:
-            opt.zero_grad()
-            loss = F.cross_entropy(wrapped(batch)[: batch.batch_size], batch.y[: batch.batch_size])
-            loss.backward()
-            opt.step()
-            wrapped.push(batch)
-            total += float(loss.detach())
-        losses.append(total)
+        losses += _train_steps(wrapped, loader, 1, opt=opt)
         recomputed += wrapped.stats()["recomputed"]
     assert losses[-1] < losses[0]
     assert recomputed > 0 and wrapped.caches.refresher.rewritten > 0

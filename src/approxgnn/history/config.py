@@ -126,17 +126,6 @@ class HistoryConfig:
     def check_depth(self, num_layers: int) -> None:
         """Every cached layer must be a hidden layer of a ``num_layers``-layer model."""
         n_hidden = num_layers - 1
-        if self.control_variate is not None and not 0.0 < self.control_variate <= 1.0:
-            raise ValueError(f"control_variate must be in (0, 1] (or None: off), got {self.control_variate}")
-        if not (self.staleness_decay >= 0.0 and self.staleness_decay < float("inf")):
-            raise ValueError(f"staleness_decay must be finite and >= 0, got {self.staleness_decay}")
-        if self.cached_value == "aggregate" and (self.control_variate is not None or self.staleness_decay > 0):
-            raise ValueError("control_variate and staleness_decay correct served outputs; an aggregate hit "
-                             "is computed by its own layer (use cached_value 'output')")
-        if self.refresh_every is not None and self.refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1 step (or None: off), got {self.refresh_every}")
-        if self.refresh_rows < 1:
-            raise ValueError(f"refresh_rows must be >= 1, got {self.refresh_rows}")
         for layer in self.cached_layers or ():
             if not 0 <= layer < n_hidden:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (0..{n_hidden - 1})")
