@@ -234,7 +234,8 @@ COLUMNS = ["run", "seed", "threads", "epoch_s", "epoch_speedup", "curve_test_%",
            "s_to_pyg_test", "sooner_x", "val_tta_x"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The settings of both sides (also read by ``minibatch_precompute_speed.py``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic-hard-1m")
     p.add_argument("--runs", default="pyg,sample,refresh",
@@ -247,7 +248,7 @@ def main() -> None:
                    "constant, so more epochs only let a run that has not yet reached PyG's final test go on")
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--fanouts", default="15,10,5")
+    p.add_argument("--fanouts", default=[15, 10, 5], type=lambda s: [int(f) for f in s.split(",")])
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -261,7 +262,11 @@ def main() -> None:
     p.add_argument("--keep", help="comma-separated run kinds --resume may keep (default: every kind)")
     p.add_argument("--resume", metavar="JSON", help="keep the runs of this earlier --json that this call would "
                    "repeat (same run, seed and epochs) instead of running them again")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     missing = peer_missing()
     if missing:
         print(f"skipped: {missing} is not installed (make peer)")
@@ -269,7 +274,6 @@ def main() -> None:
     if a.quick:
         a.dataset, a.epochs, a.seeds, a.staleness = "synthetic-hard-50k", 2, "0", 2
     a.our_epochs = a.our_epochs or a.epochs
-    a.fanouts = [int(f) for f in a.fanouts.split(",")]
     measure(a)
 
 
