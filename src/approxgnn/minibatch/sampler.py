@@ -274,28 +274,33 @@ KEEP_ALL = 1 << 40  # PruneTest.keep: a kept hit draws as many neighbours as a m
 class Block:
     """Layer ``l``'s bipartite block: ``m`` targets × ``n`` sources, targets = first ``m`` sources.
 
-    ``rowptr [m+1]``, ``col [nnz]`` (local source ids), ``value [nnz]`` float32, ``diag [m]``
-    (GCN) or ``None``.
+    ``adj``: the block's CSR (:class:`~approxgnn.graph.CSRGraph` with ``num_nodes = m``,
+    ``num_cols = n``, local source ids, float32 values; its tensors share the sampler's numpy
+    arrays); ``diag``: float32 ``[m]`` (GCN) or ``None``.
     """
 
-    rowptr: np.ndarray
-    col: np.ndarray
-    value: np.ndarray
-    diag: np.ndarray | None
-    num_targets: int
-    num_sources: int
+    adj: CSRGraph
+    diag: torch.Tensor | None
+
+    @classmethod
+    def from_arrays(cls, rowptr: np.ndarray, col: np.ndarray, value: np.ndarray, diag: np.ndarray | None,
+                    num_sources: int) -> "Block":
+        """Wrap the sampler's fresh (writable) arrays, without copying them."""
+        adj = CSRGraph(torch.from_numpy(rowptr), torch.from_numpy(col), len(rowptr) - 1, torch.from_numpy(value),
+                       num_cols=num_sources)
+        return cls(adj, None if diag is None else torch.from_numpy(diag))
 
     @property
-    def nnz(self) -> int:
-        return int(self.col.shape[0])
+    def num_targets(self) -> int:
+        return self.adj.num_nodes
+
+    @property
+    def num_sources(self) -> int:
+        return self.adj.shape[1]
 
     def operator(self, device: torch.device | str = "cpu") -> SparseOperator:
         """As a rectangular :class:`SparseOperator` (``y = off @ x + diag ⊙ x[:m]``)."""
-        mat = torch.sparse_csr_tensor(torch.from_numpy(self.rowptr), torch.from_numpy(self.col),
-                                      torch.from_numpy(self.value), (self.num_targets, self.num_sources),
-                                      check_invariants=False)
-        diag = None if self.diag is None else torch.from_numpy(self.diag)
-        return SparseOperator(mat, diag).to(device)
+        return SparseOperator(self.adj, self.diag).to(device)
 
 
 @dataclass
@@ -433,7 +438,7 @@ class NeighborSampler:
         targets = np.ascontiguousarray(targets, dtype=np.int64)
         gcn = self.norm == "gcn"
         ptr, cols, val, diag = _full_rows(self.rowptr, self.col, targets, col_map, self.deg, gcn)
-        return Block(ptr, cols, val, diag if gcn else None, len(targets), num_cols)
+        return Block.from_arrays(ptr, cols, val, diag if gcn else None, num_cols)
 
     def closed_neighbourhood(self, nodes: np.ndarray) -> np.ndarray:
         """Sorted ids of ``nodes`` and all their neighbours (the receptive field of one layer)."""
@@ -461,5 +466,5 @@ class NeighborSampler:
         nodes, col_local, n_miss, n_hit = _relabel(targets, nbr, self._local, *args)
         val, diag = _block_values(ptr, targets, nodes, col_local, self.deg, self.norm == "gcn")
         m = len(targets)
-        block = Block(ptr, col_local, val, diag if self.norm == "gcn" else None, m, len(nodes))
+        block = Block.from_arrays(ptr, col_local, val, diag if self.norm == "gcn" else None, len(nodes))
         return block, nodes, m + int(n_miss), int(n_hit)
