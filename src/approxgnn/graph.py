@@ -20,8 +20,9 @@ from . import csr_kernels
 
 @dataclass
 class CSRGraph:
-    """Compressed sparse rows, the one CSR type of the library: row ``i`` holds
-    ``col[rowptr[i]:rowptr[i+1]]`` (sorted, int64 or int32 for a memory-mapped layout).
+    """Compressed sparse rows, the one CSR type of the library: row ``i`` holds the distinct column
+    ids ``col[rowptr[i]:rowptr[i+1]]`` (int64, or int32 in a memory-mapped layout), sorted, except
+    in a sampled block, whose rows keep the sampler's draw order.
 
     A graph is square (``num_nodes`` rows and columns); a rectangular matrix, such as a sampled
     mini-batch block (``m`` targets × ``n`` sources) or RSC's transposed row slice, sets
