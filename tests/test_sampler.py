@@ -130,8 +130,8 @@ def test_pruning_skips_fresh_hits_and_only_their_subtrees():
     node_slot = np.full(g.num_nodes, -1, np.int64)
     node_slot[cached] = np.arange(len(cached))
     slot_iter = np.full(len(cached), 10, np.int64)
-    slot_iter[0] = 0  # this one is too old at now=10 with max_age=5
-    pruned = sampler.sample(seeds, key, {1: PruneTest(node_slot, slot_iter, now=10, max_age=5)})
+    slot_iter[0] = 0  # this one is too old at now=10 with staleness=5
+    pruned = sampler.sample(seeds, key, {1: PruneTest(node_slot, slot_iter, now=10, staleness=5)})
     check_batch(g, sampler, pruned)
     hits = pruned.hits(1)
     assert set(hits) == set(cached[1:]), "fresh entries hit, the stale one misses"

@@ -135,11 +135,11 @@ def _sample_rows(rowptr, col, targets, ptr, key):
 
 
 @njit(nogil=True, cache=True)
-def _relabel(targets, nbr, local, node_slot, slot_iter, now, max_age, check):
+def _relabel(targets, nbr, local, node_slot, slot_iter, now, staleness, check):
     """Local ids: targets ``0..m-1``, then new misses, then new hits (``check``: look up hits).
 
     ``local`` is an all ``-1`` scratch of size N, restored before returning. A new node ``u`` hits
-    when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= staleness``.
     Returns ``(nodes, col_local, n_miss, n_hit)``.
     """
     m = targets.shape[0]
@@ -156,7 +156,7 @@ def _relabel(targets, nbr, local, node_slot, slot_iter, now, max_age, check):
         hit = False
         if check:
             s = node_slot[u]
-            hit = s >= 0 and now - slot_iter[s] <= max_age
+            hit = s >= 0 and now - slot_iter[s] <= staleness
         if hit:
             local[u] = -2 - n_hit  # final id known once all misses are counted
             new_hit[n_hit] = u
@@ -253,7 +253,7 @@ def _closed_neighbourhood(rowptr, col, nodes, mark):
 class PruneTest(NamedTuple):
     """Fresh-hit test of one cached layer, read by the sampler kernel.
 
-    Node ``u`` hits when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    Node ``u`` hits when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= staleness``.
     ``keep``: ``None`` prunes a hit's sub-tree (it is served, not computed); an int ``k >= 0``
     keeps the hit as a computed node whose next hop draws ``min(k, fanout)`` neighbours (``k = 0``:
     none, the layer's aggregate is served instead; ``KEEP_ALL``: the hop's own fanout) -- it is
@@ -263,7 +263,7 @@ class PruneTest(NamedTuple):
     node_slot: np.ndarray  # int32/int64 [N]
     slot_iter: np.ndarray  # int64 [slots]
     now: int
-    max_age: int
+    staleness: int
     keep: int | None = None
 
 
@@ -462,7 +462,7 @@ class NeighborSampler:
         if test is None:
             args = (self._no_slot, self._no_iter, 0, 0, False)
         else:
-            args = (test.node_slot, test.slot_iter, int(test.now), int(test.max_age), True)
+            args = (test.node_slot, test.slot_iter, int(test.now), int(test.staleness), True)
         nodes, col_local, n_miss, n_hit = _relabel(targets, nbr, self._local, *args)
         val, diag = _block_values(ptr, targets, nodes, col_local, self.deg, self.norm == "gcn")
         m = len(targets)
