@@ -76,7 +76,7 @@ def _time_budget(op, row_norm, g, exact_out, c: float, repeats: int) -> dict:
     prop = _approximating(op, row_norm, g, c, 10**9)  # R = 10⁹: after the first, every backward hits
     prop.backward(0, g)
     sampled_ms = _ms(lambda: prop.backward(0, g), repeats)  # cache hit: the product only
-    kept = prop.profile().layers[0]
+    kept = prop.profile().by_layer[0]
     buf = prop.backward(0, g)
     rel = float(torch.sub(buf, exact_out, out=buf).norm() / exact_out.norm())  # in place: no extra N×d
     t = op.off.transposed_rows(kept.kept_rows)

@@ -34,10 +34,10 @@ def test_profile_follows_the_schedule_and_counts_what_happened():
         tr.train_epoch(epoch)
         p = tr.engine.profile()
         seen.append(p)
-        assert set(p.layers) == {0, 1, 2} and all(isinstance(lp, LayerProfile) for lp in p.layers.values())
+        assert set(p.by_layer) == {0, 1, 2} and all(isinstance(lp, LayerProfile) for lp in p.by_layer.values())
         expect = "warmup" if epoch < 2 else "approx" if epoch < 8 else "exact"
         assert p.phase == expect and p.approximating == (expect == "approx")
-        for lp in p.layers.values():
+        for lp in p.by_layer.values():
             assert lp.mode == expect
             if expect != "approx":
                 assert lp.rows_kept is None and lp.kept_rows is None
@@ -48,22 +48,22 @@ def test_profile_follows_the_schedule_and_counts_what_happened():
             assert lp.nnz_kept == int(deg[rows].sum())  # the sample's non-zeros, from the graph itself
             assert lp.nnz_kept <= lp.max_nnz  # top-k: a hard bound per layer
         if expect == "approx":
-            widths = {l: lp.width for l, lp in p.layers.items()}
-            want = sum(int(deg[lp.kept_rows].sum()) * widths[l] for l, lp in p.layers.items())
+            widths = {l: lp.width for l, lp in p.by_layer.items()}
+            want = sum(int(deg[lp.kept_rows].sum()) * widths[l] for l, lp in p.by_layer.items())
             assert p.flops_kept == pytest.approx(want / (int(deg.sum()) * sum(widths.values())))
             assert p.flops_kept <= 0.3 * 1.001  # the budget C holds over the layers together
     last = seen[-1]
-    for l, lp in last.layers.items():  # 2 warm-up + 2 exact steps; 6 approximate: R = 2, one allocation
+    for l, lp in last.by_layer.items():  # 2 warm-up + 2 exact steps; 6 approximate: R = 2, one allocation
         assert (lp.exact_steps, lp.approx_steps, lp.resamples, lp.cache_hits) == (4, 6, 3, 3)
-        assert lp.nnz_kept_frac_mean == pytest.approx(sum(s.layers[l].nnz_kept for s in seen[2:8]) / 6 / last.nnz)
+        assert lp.nnz_kept_frac_mean == pytest.approx(sum(s.by_layer[l].nnz_kept for s in seen[2:8]) / 6 / last.nnz)
         assert lp.sample_time_s > 0 and lp.spmm_time_s > 0
     assert last.tunes == 1 and last.switch_epoch == 8 and last.guard_epoch is None
     # A snapshot: the profile of epoch 3 still says what epoch 3 did.
-    assert seen[3].layers[1].approx_steps == 2 and seen[3].phase == "approx"
+    assert seen[3].by_layer[1].approx_steps == 2 and seen[3].phase == "approx"
     # stats() (progress bar, result.json) is built from the same figures.
     st = tr.engine.stats()
     assert st["resamples"] == 9 and st["cache_hits"] == 9 and st["rsc"] == "exact"
-    assert st["detail"]["layers"] == {l: lp.record() for l, lp in last.layers.items()}
+    assert st["detail"]["layers"] == {l: lp.record() for l, lp in last.by_layer.items()}
     assert "kept_rows" not in st["detail"]["layers"][1]
     json.dumps(st)
 

@@ -52,11 +52,11 @@ class LayerProfile:
 @dataclass(frozen=True)
 class RSCProfile:
     """The whole engine: its ``phase`` (the schedule's, for the current epoch), the budgeted
-    ``layers`` (``{layer: LayerProfile}``), the layers too small to budget (always exact), the
-    off-diagonal non-zeros ``nnz``, and the re-allocations made (``tunes``, ``tune_time_s``)."""
+    layers (``by_layer``: ``{layer: LayerProfile}``), the layers too small to budget (always exact),
+    the off-diagonal non-zeros ``nnz``, and the re-allocations made (``tunes``, ``tune_time_s``)."""
 
     phase: str
-    layers: dict[int, LayerProfile]
+    by_layer: dict[int, LayerProfile]
     exact_small_layers: tuple[int, ...]
     nnz: int
     tunes: int
@@ -67,17 +67,17 @@ class RSCProfile:
     @property
     def approximating(self) -> bool:
         """Every budgeted layer samples its backward now (allocated, past its statistics step)."""
-        return self.phase == APPROX and bool(self.layers) and all(p.mode == APPROX for p in self.layers.values())
+        return self.phase == APPROX and bool(self.by_layer) and all(p.mode == APPROX for p in self.by_layer.values())
 
     @property
     def flops_kept(self) -> float:
         """Fraction of the exact backward-SpMM multiply-adds the next step performs, ``Σ_l kept_l·d_l /
         Σ_l nnz·d_l``: an approximating layer keeps its sample's non-zeros (0 before it has one), the
         others all of them; 1.0 with no layer."""
-        total = sum(self.nnz * p.width for p in self.layers.values())
-        kept = sum(((p.nnz_kept or 0) if p.mode == APPROX else self.nnz) * p.width for p in self.layers.values())
+        total = sum(self.nnz * p.width for p in self.by_layer.values())
+        kept = sum(((p.nnz_kept or 0) if p.mode == APPROX else self.nnz) * p.width for p in self.by_layer.values())
         return kept / total if total else 1.0
 
     def sum(self, name: str) -> float:
         """A counter or timer of :class:`LayerProfile` summed over the layers."""
-        return sum(getattr(p, name) for p in self.layers.values())
+        return sum(getattr(p, name) for p in self.by_layer.values())

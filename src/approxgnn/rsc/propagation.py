@@ -324,7 +324,7 @@ class SampledPropagation(Propagation, Engine):
         timers as typed records (:class:`~approxgnn.rsc.profile.RSCProfile`). A snapshot: later
         steps do not change it."""
         sched = self.schedule
-        return RSCProfile(phase=self.phase, layers={l: s.profile() for l, s in self.samplers.items()},
+        return RSCProfile(phase=self.phase, by_layer={l: s.profile() for l, s in self.samplers.items()},
                           exact_small_layers=tuple(sorted(self.small)), nnz=self.nnz, tunes=self.tunes,
                           tune_time_s=self.tune_time_s, switch_epoch=sched.switch_epoch,
                           guard_epoch=sched.guard_epoch)
@@ -334,7 +334,7 @@ class SampledPropagation(Propagation, Engine):
         p = self.profile()
         return {
             "rsc": p.phase,
-            "ratios": ",".join(_ratio(lp, self.adj.num_nodes) for lp in p.layers.values()),
+            "ratios": ",".join(_ratio(lp, self.adj.num_nodes) for lp in p.by_layer.values()),
             "flops_kept": p.flops_kept,
             "sample_s": p.sum("sample_time_s"),
             "resamples": p.sum("resamples"),
@@ -343,7 +343,7 @@ class SampledPropagation(Propagation, Engine):
                 "budget": self.cfg.budget, "allocation": self.cfg.allocation, "selection": self.cfg.selection,
                 "tunes": p.tunes, "tune_time_s": p.tune_time_s, "switch_epoch": p.switch_epoch,
                 "guard_epoch": p.guard_epoch, "backward_spmm_s": p.sum("spmm_time_s"), "nnz_offdiag": p.nnz,
-                "layers": {l: lp.record() for l, lp in p.layers.items()},
+                "layers": {l: lp.record() for l, lp in p.by_layer.items()},
                 "exact_small_layers": list(p.exact_small_layers),
             },
         }
@@ -352,7 +352,7 @@ class SampledPropagation(Propagation, Engine):
     def layers(self) -> dict[int, LayerSampler]:
         """Deprecated name of :attr:`samplers` (``layers`` is a tuple of layer ids elsewhere)."""
         warnings.warn("SampledPropagation.layers is deprecated; use .samplers (the per-layer samplers) or "
-                      ".profile().layers (what they are doing)", DeprecationWarning, stacklevel=2)
+                      ".profile().by_layer (what they are doing)", DeprecationWarning, stacklevel=2)
         return self.samplers
 
     def state_dict(self) -> dict[str, Any]:
