@@ -106,7 +106,21 @@ class _Stack(nn.Module):
                 m.reset_parameters()
 
 
-class GCN(_Stack):
+class _LinearStack(_Stack):
+    """GCN and SAGE: ``num_layers`` linear maps per set named in ``LINEARS`` (``{attribute: bias}``),
+    ``in → hidden → … → hidden → out``, batch norm after every layer but the last."""
+
+    LINEARS: dict[str, bool] = {}
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
+                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float = 0.0) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
+        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
+        for name, bias in self.LINEARS.items():  # in this order: the parameters' init order is fixed
+            setattr(self, name, _linears(in_channels, hidden_channels, out_channels, num_layers, bias))
+
+
+class GCN(_LinearStack):
     r"""Graph convolution (Kipf & Welling): :math:`H^{(l+1)} = \sigma(\hat A\, H^{(l)} W^{(l)})`,
     with :math:`\hat A = \tilde D^{-1/2}(A+I)\tilde D^{-1/2}`.
 
@@ -115,12 +129,8 @@ class GCN(_Stack):
     """
 
     norm = "gcn"
-
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float = 0.0) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
-        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
-        self.lins = _linears(in_channels, hidden_channels, out_channels, num_layers)
+    LINEARS = {"lins": True}
+    lins: nn.ModuleList
 
     def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
         """``{layer: width}`` of the propagations with a backward product (all, or all but layer 0
@@ -142,7 +152,7 @@ class GCN(_Stack):
         return x
 
 
-class SAGE(_Stack):
+class SAGE(_LinearStack):
     r"""GraphSAGE with mean aggregation:
     :math:`h_i' = W_1 h_i + W_2 \operatorname{mean}_{j \in N(i)} h_j`.
 
@@ -151,13 +161,9 @@ class SAGE(_Stack):
     """
 
     norm = "mean"
-
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float = 0.0) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
-        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
-        self.lins_self = _linears(in_channels, hidden_channels, out_channels, num_layers)
-        self.lins_neigh = _linears(in_channels, hidden_channels, out_channels, num_layers, bias=False)
+    LINEARS = {"lins_self": True, "lins_neigh": False}  # W_1 (with the bias), W_2
+    lins_self: nn.ModuleList
+    lins_neigh: nn.ModuleList
 
     def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
         """``{layer: width}`` of the propagations with a backward product (never layer 0's)."""
