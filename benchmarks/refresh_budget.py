@@ -128,6 +128,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
            "mean_age": result.get("mean_age"), "expired": sum(c.get("expired", 0) for c in curve),
            "admitted": sum(c.get("admitted", 0) for c in curve),
            "recomputed": sum(c.get("recomputed", 0) for c in curve),
+           "refreshed": sum(c.get("refreshed", 0) for c in curve),
            "refresh_s": sum(c.get("time", {}).get("refresh_s", 0.0) for c in curve),
            "sampled_nodes_per_hop": result["sampled_nodes_per_hop"],
            "test_final": curve[-1]["test"], "val_final": curve[-1]["val"], "bn_recal": bn,

@@ -139,7 +139,7 @@ class HistoryEngine(Engine):
 
     def reset_counts(self) -> None:
         self.counts = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0,
-                       "expired": 0, "recomputed": 0}
+                       "expired": 0, "recomputed": 0, "refreshed": 0}
 
     # ---- per batch -----------------------------------------------------------------------
     @property
@@ -266,13 +266,14 @@ class HistoryEngine(Engine):
     def stats(self) -> dict[str, Any]:
         """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy,
         entries, the bytes of the cache's metadata (counted in its budget), admissions, evictions and
-        expiries (entries rewritten or replaced after they had gone stale) and hits also recomputed
-        (``recomputed``: LMC's or the control variate's), the last four this epoch."""
+        expiries (entries rewritten or replaced after they had gone stale), hits also recomputed
+        (``recomputed``: LMC's or the control variate's) and entries rewritten by forward-only
+        refreshes (``refreshed``), the last five this epoch."""
         s = self.counts
         return {**self.rates(s), "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
                 "metadata_bytes": self.cache.metadata_bytes,
                 "admitted": s["admitted"], "evicted": s["evicted"], "expired": s.get("expired", 0),
-                "recomputed": s.get("recomputed", 0), "exact": self.exact}
+                "recomputed": s.get("recomputed", 0), "refreshed": s.get("refreshed", 0), "exact": self.exact}
 
     @staticmethod
     def rates(counts: dict[str, int]) -> dict[str, float]:

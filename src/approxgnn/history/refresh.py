@@ -97,6 +97,7 @@ class HistoryRefresher:
         finally:
             model.train(was_training)
         self.rewritten += done
+        self.engine.counts["refreshed"] = self.engine.counts.get("refreshed", 0) + done  # this epoch's figure
         return done
 
     def _layer_rows(self, model: nn.Module, features: FeatureStore, make_input: Callable[[Tensor], Any], layer: int,
