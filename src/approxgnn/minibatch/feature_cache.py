@@ -132,6 +132,11 @@ class CachedFeatureStore:
         for s in range(lo, self.capacity, step):
             self.rows[s : s + step] = self.fallback.read(self.order[s : s + step]).to(self.rows.device)
 
+    def uncached(self, ids: np.ndarray) -> np.ndarray:
+        """The ids among ``ids`` this cache does not serve now (what a read forwards to its fallback)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids[self.slot[ids] < 0]
+
     def read(self, ids: np.ndarray) -> Tensor:
         """``x[ids]`` on the buffer's device: valid cached rows from the buffer, misses from the fallback."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
