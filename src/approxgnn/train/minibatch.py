@@ -47,6 +47,7 @@ from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .context import LocalContext
 from .loop import interactive
+from .memory import evaluation_plan
 from .metrics import evaluate_logits
 from .schedule import build_scheduler
 
@@ -167,6 +168,8 @@ class MiniBatchTrainer(Trainer):
             self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx)
             precompute.update(info)
         self.depth = lookahead_depth(mc, self.store)
+        # Evaluation's layers on disk, its features streamed, when the memory plan says so.
+        self.eval_plan = evaluation_plan(cfg, data)
         self.lookahead, cache_mb = self._build_lookahead()
         self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.lookahead or self.store,
                                            self.sampler.rowptr, self.sampler.deg, cfg.layers, cfg.hidden, cache_mb,
@@ -191,7 +194,8 @@ class MiniBatchTrainer(Trainer):
                       "policy": self.policy, "cache_budget_bytes": self.caches.budget_bytes,
                       "cached_layers": list(self.caches.cached_layers),
                       "feature_store": store_kind(self.store), "precompute": precompute,
-                      "lookahead": self.depth, "cache_split": self._cache_split()}
+                      "lookahead": self.depth, "cache_split": self._cache_split(),
+                      "evaluation": self.eval_plan}
 
     def _build_lookahead(self) -> tuple[LookaheadCache | None, float]:
         """The look-ahead cache (None when off) and the MiB of ``--cache-mb`` left to the other
@@ -341,11 +345,16 @@ class MiniBatchTrainer(Trainer):
     def infer(self, nodes: np.ndarray | None = None, **shard: Any) -> torch.Tensor:
         """Exact logits ``[len(nodes), C]`` (all nodes by default) by layer-wise inference over
         full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read.
+        In bounded memory when :attr:`eval_plan` says so: features streamed through the store,
+        hidden layers written under ``--out`` (else the system's temporary directory) and removed.
         ``shard``: ``part`` and ``gather`` of :func:`layerwise_inference` (a sharded evaluation)."""
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
+        sharded = shard.get("part", (0, 1))[1] > 1  # a sharded evaluation gathers every layer in memory
+        spill = (self.cfg.out or tempfile.gettempdir()) if self.eval_plan["spill_layers"] and not sharded else None
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
                                    chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
-                                   first_hop=self._input if self.first_hop else None, **shard)
+                                   first_hop=self._input if self.first_hop else None,
+                                   stream=self.eval_plan["stream_features"], spill_dir=spill, **shard)
 
     def evaluate(self) -> dict[str, float]:
         """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
