@@ -199,7 +199,8 @@ class MiniBatchTrainer(Trainer):
 
     def _build_lookahead(self) -> tuple[LookaheadCache | None, float]:
         """The look-ahead cache (None when off) and the MiB of ``--cache-mb`` left to the other
-        caches: it takes ``lookahead_share`` of the budget, all of it under policy ``none``."""
+        caches: it takes ``lookahead_share`` of the budget, all of it under policy ``none``. By
+        default (``lookahead`` None) it is left off where its share cannot hold its metadata."""
         mc = self.mc
         if not self.depth:
             return None, mc.cache_mb
@@ -208,6 +209,9 @@ class MiniBatchTrainer(Trainer):
         try:
             cache = LookaheadCache.within_budget(self.store, share, background=mc.prefetch)
         except ValueError as e:
+            if mc.lookahead is None:  # the default, not asked for: off where its share holds no row
+                self.depth = 0
+                return None, mc.cache_mb
             raise ValueError(f"the look-ahead cache's share of --cache-mb ({share / 2**20:.4g} MiB, "
                              f"--lookahead-share {mc.lookahead_share}): {e}") from None
         return cache, (total - share) / 2**20
