@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _common  # noqa: F401 -- puts the source checkout on the path
+import _common
 
 import numpy as np
 
@@ -48,11 +48,6 @@ HERE = Path(__file__).resolve()
 
 
 # ---- the parent: cells one by one ---------------------------------------------------------------
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 def make_cgroup(cap: int) -> tuple[Path, str] | None:
     """A fresh memory cgroup capped at ``cap`` bytes: v2 where the unified hierarchy has the memory
     controller, else v1. Returns its directory and version, or None when neither can be made."""
@@ -93,23 +88,32 @@ def run_cell(a: argparse.Namespace, cell: str, cap: int | None) -> dict[str, Any
     group = make_cgroup(cap) if cap else None
     if cap and group is None:
         raise SystemExit("no memory cgroup could be made (needs root and cgroup v1 or v2 with the memory controller)")
-    drop_caches()
+    drop = _common.drop_caches()
     cmd = [sys.executable, str(HERE), "--cell", cell, *sys.argv[1:]]
     if group is not None:
         cmd += ["--join", str(group[0])]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    res: dict[str, Any] = {"cell": cell, "wall_s": time.perf_counter() - t0, "returncode": p.returncode,
-                           "cap_bytes": cap, "cgroup": group[1] if group else None}
+    child_ = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = child_.communicate(timeout=a.cell_timeout or None)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        child_.kill()
+        stdout, stderr = child_.communicate()
+        timed_out = True
+    res: dict[str, Any] = {"cell": cell, "wall_s": time.perf_counter() - t0, "returncode": child_.returncode,
+                           "cap_bytes": cap, "cgroup": group[1] if group else None, "page_cache": drop}
     if group is not None:
         res.update(cgroup_figures(group))
         group[0].rmdir()
-    out = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    out = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if out:
         res.update(json.loads(out[-1][len("RESULT "):]))
+    elif timed_out:
+        res["timed_out"] = f"killed after --cell-timeout {a.cell_timeout} s"
     else:
-        res["error"] = (p.stderr or p.stdout)[-2000:]
-        res["killed"] = p.returncode < 0
+        res["error"] = (stderr or stdout)[-2000:]
+        res["killed"] = child_.returncode < 0
     return res
 
 
@@ -132,7 +136,7 @@ def parent(a: argparse.Namespace) -> None:
     if a.json and Path(a.json).exists():
         payload["cells"] = json.loads(Path(a.json).read_text()).get("cells", {})
     for cell in a.cells:
-        if cell in payload["cells"] and "error" not in payload["cells"][cell]:
+        if cell in payload["cells"] and not {"error", "timed_out"} & payload["cells"][cell].keys():
             print(f"{cell}: in {a.json} already", flush=True)
             continue
         res = run_cell(a, cell, cap)
@@ -143,7 +147,7 @@ def parent(a: argparse.Namespace) -> None:
 
 def summary(res: dict[str, Any]) -> dict[str, Any]:
     keys = ("cell", "epoch_time_s", "rows_requested", "store_rows_read", "disk_bytes_read", "kernel_read_bytes",
-            "peak_rss_bytes", "cgroup_peak_bytes", "test", "refused", "skipped", "error")
+            "peak_rss_bytes", "cgroup_peak_bytes", "test", "refused", "skipped", "timed_out", "error")
     return {k: res[k] for k in keys if k in res}
 
 
@@ -172,13 +176,13 @@ def child(a: argparse.Namespace) -> None:
     trainer = build_trainer(cfg, data)
     epochs = []
     for epoch in range(a.epochs):
-        io0 = kernel_read_bytes()
+        io0 = _common.kernel_read_bytes()
         rec = trainer.train_epoch(epoch)
         epochs.append({k: rec.get(k) for k in ("step_time_s", "feature_rows_read", "feature_bytes_read",
                                                "feature_cache_rows_served", "lookahead_rows_served",
                                                "lookahead_rows_prefetched", "disk_reads", "disk_bytes_read",
                                                "batches", "sampled_nodes_per_hop", "hit_rate", "time")}
-                      | {"kernel_read_bytes": kernel_read_bytes() - io0})
+                      | {"kernel_read_bytes": _common.kernel_read_bytes() - io0})
     last = epochs[-1]
     res.update(epochs=epochs, epoch_time_s=float(np.median([e["step_time_s"] for e in epochs])),
                rows_requested=int(last["sampled_nodes_per_hop"][-1] * last["batches"]),
@@ -223,14 +227,6 @@ def cell_config(a: argparse.Namespace, cell: str) -> Any:
                                   "history": {"policy": policy}})
 
 
-def kernel_read_bytes() -> int:
-    with open("/proc/self/io") as f:
-        for line in f:
-            if line.startswith("read_bytes:"):
-                return int(line.split()[1])
-    return -1
-
-
 def pyg_cell(a: argparse.Namespace, data: Any) -> dict[str, Any]:
     """PyG's NeighborLoader over a memory-mapped feature tensor, GraphSAGE, Adam (the anchors' PyG+)."""
     try:
@@ -258,7 +254,7 @@ def pyg_cell(a: argparse.Namespace, data: Any) -> dict[str, Any]:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     epochs = []
     for _ in range(a.epochs):
-        io0, t0, rows = kernel_read_bytes(), time.perf_counter(), 0
+        io0, t0, rows = _common.kernel_read_bytes(), time.perf_counter(), 0
         for batch in loader:
             rows += batch.num_nodes
             opt.zero_grad()
@@ -266,7 +262,7 @@ def pyg_cell(a: argparse.Namespace, data: Any) -> dict[str, Any]:
             F.cross_entropy(out, batch.y[: batch.batch_size]).backward()
             opt.step()
         epochs.append({"step_time_s": time.perf_counter() - t0, "rows_requested": rows,
-                       "kernel_read_bytes": kernel_read_bytes() - io0})
+                       "kernel_read_bytes": _common.kernel_read_bytes() - io0})
     return {"epochs": epochs, "epoch_time_s": float(np.median([e["step_time_s"] for e in epochs])),
             "rows_requested": epochs[-1]["rows_requested"], "kernel_read_bytes": epochs[-1]["kernel_read_bytes"],
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -291,6 +287,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--eval-batch-size", type=int, default=65536)
     p.add_argument("--evaluate", action="store_true", help="exact test accuracy after training (slow at scale)")
+    p.add_argument("--cell-timeout", type=float, default=0.0, help="kill a cell after this many seconds (0: never)")
     p.add_argument("--json")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell here
     p.add_argument("--join", help=argparse.SUPPRESS)  # internal: the cgroup to join first

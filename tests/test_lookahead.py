@@ -9,7 +9,8 @@ import torch
 
 from approxgnn.cli import main
 from approxgnn.minibatch import ArrayFeatureStore
-from approxgnn.minibatch.lookahead import LookaheadCache, LookaheadError
+from approxgnn.minibatch import LookaheadCache
+from approxgnn.minibatch.lookahead import LookaheadError
 from approxgnn.train import TrainConfig, build_trainer, fit, read_checkpoint, run
 
 from helpers import planted_dataset

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from ..state import check_version
 from .feature_cache import _merge, fit_arena
-from .stores import FeatureStore, index_dtype
+from .stores import FeatureStore, StoreFront, index_dtype
 
 NEVER = np.iinfo(np.int32).max  # the next use of a row the window does not read
 
@@ -53,7 +53,7 @@ class LookaheadError(RuntimeError):
     """A background prefetch of the look-ahead cache failed (the cause is chained)."""
 
 
-class LookaheadCache:
+class LookaheadCache(StoreFront):
     """Up to ``capacity`` rows of ``fallback`` chosen by Belady's rule over a window of future
     requests (module docstring). ``background``: prefetch in a worker thread (else inline, with
     identical results). Counts ``rows_requested``, ``rows_served`` (from the buffer) and
@@ -94,23 +94,7 @@ class LookaheadCache:
     def nbytes(self) -> int:
         return self.rows.nbytes + self.slot.nbytes + self.owner.nbytes + self._next.nbytes
 
-    # ---- the FeatureStore protocol -------------------------------------------------------
-    @property
-    def num_nodes(self) -> int:
-        return self.fallback.num_nodes
-
-    @property
-    def dim(self) -> int:
-        return self.fallback.dim
-
-    @property
-    def row_bytes(self) -> int:
-        return self.dim * 4
-
-    @property
-    def on_disk(self) -> bool:
-        return bool(getattr(self.fallback, "on_disk", False))
-
+    # ---- the FeatureStore protocol (shape from StoreFront) ---------------------------------
     @property
     def resident(self) -> int:
         return int((self.owner >= 0).sum())

@@ -151,11 +151,12 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
         parts["activations"] = 4 * cfg.layers * n * width * 4
         return parts
     mc = cfg.minibatch
-    parts["caches"] = int(mc.cache_mb * (1 << 20))
+    depth = mc.lookahead if mc.lookahead is not None else (DEFAULT_LOOKAHEAD if on_disk else 0)
+    # --cache-mb is spent by a cache: a feature or history cache, or the look-ahead's buffer.
+    parts["caches"] = int(mc.cache_mb * (1 << 20)) if cfg.cache_policy() != "none" or depth else 0
     parts["per-node arrays"] = 32 * n
     rows = batch_input_rows(list(mc.fanouts or []), mc.batch_size, n)
     parts["batches"] = rows * f * 4 * (2 if mc.prefetch else 1)
-    depth = mc.lookahead if mc.lookahead is not None else (DEFAULT_LOOKAHEAD if on_disk else 0)
     parts["look-ahead window"] = depth * rows * 8 * 2
     parts["evaluation"] = 2 * n * width * 4
     return parts
