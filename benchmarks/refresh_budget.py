@@ -47,7 +47,11 @@ from approxgnn.train.results import format_table
 # mean (``cached_value="aggregate"``); ``+lmcK`` / ``+mixX``: recompute hits from K neighbours, mixed
 # with weight X (``hit_fanout``, ``hit_mix``); ``+warmF``: no history for the first fraction F of
 # the epochs (``start_time``); ``+oracle-value`` / ``+oracle-gradient``: the diagnostic oracles of
-# :class:`approxgnn.history.HistoryEngine` (every hit computed in full: bytes as ``none``).
+# :class:`approxgnn.history.HistoryEngine` (every hit computed in full: bytes as ``none``);
+# ``+cvP``: VR-GCN's control variate, each hit recomputed with probability P (``control_variate``;
+# with ``+lmcK``, from K neighbours); ``+decayB``: served rows weighed exp(−B · age / staleness) in
+# the layer above (``staleness_decay``); ``+restR`` / ``+rowsN``: a forward-only refresh of the N
+# oldest entries (default 1024) after every R steps (``refresh_every``, ``refresh_rows``).
 # ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below it, but the
 # layers above it keep fresh inputs and their full gradient.
 POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "refresh+switch", "gas@0", "refresh@0")
@@ -71,6 +75,14 @@ def cell_options(cell: str, epochs: int) -> tuple[str, dict[str, Any], str | Non
             kw["hit_mix"] = float(o[3:])
         elif o.startswith("warm"):
             kw["start_time"] = float(o[4:])
+        elif o.startswith("cv"):
+            kw["control_variate"] = float(o[2:])
+        elif o.startswith("decay"):
+            kw["staleness_decay"] = float(o[5:])
+        elif o.startswith("rest"):
+            kw["refresh_every"] = int(o[4:])
+        elif o.startswith("rows"):
+            kw["refresh_rows"] = int(o[4:])
         elif o.startswith("oracle-"):
             oracle = o[len("oracle-"):]
         else:
@@ -115,6 +127,9 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
            "feature_cache_rows": curve[-1].get("feature_cache_rows"), "hit_rate": result.get("hit_rate"),
            "mean_age": result.get("mean_age"), "expired": sum(c.get("expired", 0) for c in curve),
            "admitted": sum(c.get("admitted", 0) for c in curve),
+           "recomputed": sum(c.get("recomputed", 0) for c in curve),
+           "refreshed": sum(c.get("refreshed", 0) for c in curve),
+           "refresh_s": sum(c.get("time", {}).get("refresh_s", 0.0) for c in curve),
            "sampled_nodes_per_hop": result["sampled_nodes_per_hop"],
            "test_final": curve[-1]["test"], "val_final": curve[-1]["val"], "bn_recal": bn,
            "curve": [{"epoch": c["epoch"], "time_s": c["time_s"], "val": c["val"], "test": c["test"]} for c in curve]}

@@ -16,17 +16,25 @@ from approxgnn.pyg import HistoryGNN, NeighborBatchLoader  # noqa: E402
 from helpers import planted_dataset  # noqa: E402
 
 
-def _train_steps(wrapped: HistoryGNN, loader: NeighborBatchLoader, epochs: int, lr: float = 0.01) -> None:
-    """A PyG user's loop: forward, loss on out[:batch_size], step, then push."""
-    opt = torch.optim.Adam(wrapped.parameters(), lr=lr)
+def _train_steps(wrapped: HistoryGNN, loader: NeighborBatchLoader, epochs: int, lr: float = 0.01,
+                 opt: torch.optim.Optimizer | None = None) -> list[float]:
+    """A PyG user's loop: forward, loss on out[:batch_size], step, then push. Returns each
+    epoch's summed loss."""
+    opt = opt if opt is not None else torch.optim.Adam(wrapped.parameters(), lr=lr)
+    losses = []
     for _ in range(epochs):
         wrapped.train()
+        total = 0.0
         for batch in loader:
             opt.zero_grad()
             out = wrapped(batch)[: batch.batch_size]
-            F.cross_entropy(out, batch.y[: batch.batch_size]).backward()
+            loss = F.cross_entropy(out, batch.y[: batch.batch_size])
+            loss.backward()
             opt.step()
             wrapped.push(batch)
+            total += float(loss.detach())
+        losses.append(total)
+    return losses
 
 
 def _cached_setup(fanouts: list[int], layers: int, seed: int = 0, policy: str = "gas", kind: str = "sage"):
@@ -289,3 +297,39 @@ def test_wrapper_builds_the_trainers_caches_and_switches_to_exact(one_torch_thre
     assert figures[1][1] > 0 and figures[2][1] == figures[3][1] == 0.0
     with pytest.raises(ValueError, match="give epochs"):
         wrapper(switch_time=0.5)
+
+
+def test_wrapper_takes_the_corrections_of_the_trainer(one_torch_thread: None) -> None:
+    """What a hit holds and how it is corrected reach the wrapper's engine as the trainer's
+    (one builder), and train in a PyG loop: the control variate recomputes a share of the hits,
+    REST's refreshes rewrite entries, the loss falls."""
+    from approxgnn.history import HistoryConfig
+    from approxgnn.minibatch import MiniBatchConfig
+    from approxgnn.train import TrainConfig, build_trainer
+
+    d = planted_dataset(n=600)
+    knobs = dict(control_variate=0.4, hit_fanout=2, staleness_decay=1.5, refresh_every=2, refresh_rows=64,
+                 start_time=0.25)
+    torch.manual_seed(0)
+    loader = NeighborBatchLoader(d, [4, 4, 4], batch_size=32, input_nodes=d.train_mask, seed=0)
+    wrapped = HistoryGNN(GraphSAGE(d.x.shape[1], 32, 3, d.num_classes, dropout=0.3), loader, cache_mb=0.5,
+                         policy="refresh", staleness=20, epochs=4, **knobs)
+    cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=32, epochs=4, progress=False,
+                      minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=0.5),
+                      history=HistoryConfig(policy="refresh", staleness=20, **knobs))
+    trainer = build_trainer(cfg, d)
+    names = ("control_variate", "hit_fanout", "staleness_decay", "decay_scale", "start_time", "layers")
+    assert [getattr(wrapped.engine, k) for k in names] == [getattr(trainer.history, k) for k in names]
+    assert (wrapped.caches.refresher.every, wrapped.caches.refresher.rows) == (2, 64)
+    opt = torch.optim.Adam(wrapped.parameters(), lr=0.01)
+    losses, recomputed = [], 0
+    for _ in range(4):
+        losses += _train_steps(wrapped, loader, 1, opt=opt)
+        recomputed += wrapped.stats()["recomputed"]
+    assert losses[-1] < losses[0]
+    assert recomputed > 0 and wrapped.caches.refresher.rewritten > 0
+    with pytest.raises(ValueError, match="give epochs"):
+        HistoryGNN(GraphSAGE(d.x.shape[1], 8, 3, d.num_classes), loader, start_time=0.5)
+    with pytest.raises(ValueError, match="GraphSAGE"):
+        gcn_loader = NeighborBatchLoader(d, [4, 4, 4], batch_size=32, norm="gcn")
+        HistoryGNN(GCN(d.x.shape[1], 8, 3, d.num_classes), gcn_loader, cached_value="aggregate")

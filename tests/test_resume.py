@@ -40,6 +40,14 @@ ENGINE_FLAGS = {
                     "--cache-mb", "0.3", "--staleness", "7", "--hit-fanout", "2", "--hit-mix", "0.3"],
     "refresh-warm": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
                      "--cache-mb", "0.3", "--staleness", "7", "--history-start-time", "0.1"],
+    # the corrections for what a hit withholds (issue 20): VR-GCN's control variate with a
+    # staleness-aware weight on served rows (one run, to keep the suite short), REST's
+    # forward-only refreshes between steps
+    "refresh-cv-decay": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
+                         "--cache-mb", "0.3", "--staleness", "7", "--control-variate", "0.3",
+                         "--staleness-decay", "2"],
+    "refresh-rest": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
+                     "--cache-mb", "0.3", "--staleness", "7", "--refresh-every", "3", "--refresh-rows", "128"],
     "feature": ["--engine", "sample", "--policy", "feature", "--model", "sage", "--fanouts", "5,5",
                 "--batch-size", "512", "--cache-mb", "0.3"],
 }

@@ -146,6 +146,17 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
                            "cached row (LMC-style partial refresh; default: prune hits)"}),
     ("--hit-mix", "history.hit_mix",
      {"type": _real, "help": "refresh: weight of the recomputed part in a partially refreshed hit, in [0, 1]"}),
+    ("--control-variate", "history.control_variate",
+     {"type": _real, "help": "refresh: recompute each output hit with this probability and serve hist + (fresh - "
+                             "hist) / p (a VR-GCN-style control variate; default: off)"}),
+    ("--staleness-decay", "history.staleness_decay",
+     {"type": _real, "help": "refresh: the layer above a cached layer weighs served rows exp(-decay * age / "
+                             "staleness), renormalised (VISAGNN-style; default 0: off)"}),
+    ("--refresh-every", "history.refresh_every",
+     {"type": int, "help": "refresh: after every this many steps, recompute the oldest history entries in a "
+                           "forward pass without gradient (REST-style; default: off)"}),
+    ("--refresh-rows", "history.refresh_rows",
+     {"type": int, "help": "refresh: entries per cached layer that one --refresh-every pass rewrites (default 1024)"}),
     ("--eval-batch-size", "minibatch.eval_batch_size", {"type": int}),
     ("--features-on-disk", "minibatch.features_on_disk", {"action": "store_true"}),
     ("--features-path", "minibatch.features_path",

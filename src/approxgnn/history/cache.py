@@ -123,6 +123,14 @@ class HistoryCache:
             raise KeyError(f"layer {layer}: asked to serve a missing or stale entry")
         return self.table[torch.from_numpy(s).to(self.table.device)], now - self.slot_iter[s]
 
+    def oldest(self, layer: int, n: int) -> np.ndarray:
+        """Up to ``n`` nodes holding a layer-``layer`` entry (fresh or stale), the oldest written
+        first (ties: lowest slot), as int64 ids. ``O(S log S)`` over the claimed slots."""
+        lo = self.max_slots - self.claimed
+        sel = lo + np.flatnonzero((self.slot_node[lo:] >= 0) & (self.slot_layer[lo:] == layer))
+        order = np.argsort(self.slot_iter[sel], kind="stable")[:n]
+        return self.slot_node[sel[order]].astype(np.int64)
+
     # ---- writing -------------------------------------------------------------------------
     def admit(self, layer: int, nodes: np.ndarray, values: Tensor, now: int) -> int:
         """Write ``values [k, dim]`` as the layer-``layer`` entries of ``nodes`` (distinct, in

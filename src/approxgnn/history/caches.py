@@ -9,7 +9,9 @@ same thing in both and the checkpoint rule is written once:
   the budget; its state is the caches' own (:meth:`Caches.state_dict`);
 * a history policy (``gas``, ``refresh``, ``refresh-paper``): a :class:`~.engine.HistoryEngine`
   owns the arena, the feature cache in its front and the history in its back; the engine
-  checkpoints both through the :class:`~approxgnn.nn.engine.Engine` protocol.
+  checkpoints both through the :class:`~approxgnn.nn.engine.Engine` protocol. With
+  ``refresh_every``, a :class:`~.refresh.HistoryRefresher` (stateless) rewrites its oldest entries
+  between steps; the training loop calls it (:meth:`Caches.after_step`).
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import numpy as np
 import torch
 
 from ..minibatch.feature_cache import CachedFeatureStore
+from ..minibatch.sampler import NeighborSampler
 from ..minibatch.stores import FeatureStore, degree_order
 from ..nn.engine import Engine
 from .config import HISTORY_POLICIES, HistoryConfig
 from .engine import HistoryEngine
+from .refresh import HistoryRefresher
 
 __all__ = ["Caches", "build_caches"]
 
@@ -34,7 +38,8 @@ class Caches:
 
     ``features``: the store batches read (the feature cache, else the plain store);
     ``engine``: the history engine, else the no-op :class:`Engine`; ``history`` the same engine or
-    None; ``feature_cache``: the cached store (the engine's own under a history policy) or None.
+    None; ``feature_cache``: the cached store (the engine's own under a history policy) or None;
+    ``refresher``: REST's forward-only refreshes of the history, or None.
     """
 
     policy: str
@@ -42,6 +47,15 @@ class Caches:
     features: FeatureStore
     feature_cache: CachedFeatureStore | None = None
     engine: Engine = field(default_factory=Engine)
+    refresher: HistoryRefresher | None = None
+
+    def after_step(self, model: torch.nn.Module, make_input: Any, step: int, key: int, device: torch.device) -> int:
+        """After training step ``step`` (its admission done): a forward-only refresh of the history
+        with ``model`` when one is due (:class:`~.refresh.HistoryRefresher`). Returns the entries
+        rewritten (0: none due)."""
+        if self.refresher is None or not self.refresher.due(step):
+            return 0
+        return self.refresher.run(model, self.features, make_input, step, key, device)
 
     @property
     def history(self) -> HistoryEngine | None:
@@ -74,13 +88,15 @@ class Caches:
 
 
 def build_caches(cfg: HistoryConfig, store: FeatureStore, rowptr: np.ndarray, weight: np.ndarray, num_layers: int,
-                 hidden: int, cache_mb: float, device: torch.device) -> Caches:
+                 hidden: int, cache_mb: float, device: torch.device,
+                 sampler: NeighborSampler | None = None) -> Caches:
     """The caches of policy ``cfg.policy`` over ``store`` within ``cache_mb`` MiB (metadata included).
 
     ``rowptr [N+1]``: the graph's CSR row pointers; feature rows are cached highest degree first.
     ``weight [N]`` (float64, shared, not copied): the history's capacity guard (a uniform sampler
     reaches a node about in proportion to its degree). ``num_layers``/``hidden``: the model's depth
-    and width (the history's rows are ``hidden`` floats).
+    and width (the history's rows are ``hidden`` floats). ``sampler``: the run's, needed by
+    ``cfg.refresh_every`` (the refreshes sample as training does).
     """
     if cache_mb < 0:
         raise ValueError(f"cache budget must be >= 0 MB, got {cache_mb}")
@@ -90,6 +106,11 @@ def build_caches(cfg: HistoryConfig, store: FeatureStore, rowptr: np.ndarray, we
     order = degree_order(rowptr)
     if cfg.policy in HISTORY_POLICIES:
         engine = HistoryEngine.build(cfg, store, order, weight, num_layers, hidden, budget, device)
-        return Caches(cfg.policy, budget, engine.features, engine.features, engine)
+        refresher = None
+        if cfg.refresh_every is not None:
+            if sampler is None:
+                raise ValueError("refresh_every samples the refreshed entries: build_caches needs the run's sampler")
+            refresher = HistoryRefresher(engine, sampler, cfg.refresh_every, cfg.refresh_rows)
+        return Caches(cfg.policy, budget, engine.features, engine.features, engine, refresher)
     cached = CachedFeatureStore.within_budget(store, order, budget, device)
     return Caches(cfg.policy, budget, cached, cached)

@@ -45,6 +45,19 @@ class HistoryConfig:
       ``k >= 1`` recomputes the hit from ``k`` sampled neighbours and serves
       ``h = fresh + (1 − hit_mix)(hist − fresh.detach())``: the value ``hit_mix · fresh +
       (1 − hit_mix) · hist``, the gradient through ``fresh``.
+    * ``control_variate`` ρ ∈ (0, 1] (VR-GCN-style, output hits): each hit is recomputed with
+      probability ρ (from ``hit_fanout`` neighbours, else the hop's fanout) and served as
+      ``h = hist + (fresh − hist) / ρ``; the others are served as ``hist`` and pruned. Then
+      ``E[h] = fresh`` and the recomputed hits carry the gradient, scaled by ``1/ρ``
+      (:meth:`~.engine.HistoryEngine.mix`). Replaces LMC's mixing (``hit_mix`` unused).
+    * ``staleness_decay`` β >= 0 (VISAGNN-style): the layer above a cached layer aggregates its
+      sources with weights ``w = exp(−β · age / staleness)`` for served rows (``age`` in
+      iterations) and 1 for computed ones, renormalised per target so that the row's total weight
+      is unchanged (:func:`~.engine.staleness_weight`). ``0``: off.
+    * ``refresh_every`` R (REST-style forward-only refreshes): after every R-th step, the
+      ``refresh_rows`` oldest entries of each cached layer are recomputed with the current weights
+      in a forward pass without gradient and rewritten (:mod:`.refresh`). Its time and feature
+      reads count in the epoch's. ``None``: off.
     """
 
     policy: str = "refresh"
@@ -58,6 +71,10 @@ class HistoryConfig:
     cached_value: str = "output"
     hit_fanout: int | None = None
     hit_mix: float = 0.5
+    control_variate: float | None = None
+    staleness_decay: float = 0.0
+    refresh_every: int | None = None
+    refresh_rows: int = 1024
 
     def __post_init__(self) -> None:
         self.validate()
@@ -85,6 +102,17 @@ class HistoryConfig:
             raise ValueError("hit_fanout refreshes cached outputs; an aggregate hit draws no neighbour")
         if not 0.0 <= self.hit_mix <= 1.0:
             raise ValueError(f"hit_mix must be in [0, 1], got {self.hit_mix}")
+        if self.control_variate is not None and not 0.0 < self.control_variate <= 1.0:
+            raise ValueError(f"control_variate must be in (0, 1] (or None: off), got {self.control_variate}")
+        if not (self.staleness_decay >= 0.0 and self.staleness_decay < float("inf")):
+            raise ValueError(f"staleness_decay must be finite and >= 0, got {self.staleness_decay}")
+        if self.cached_value == "aggregate" and (self.control_variate is not None or self.staleness_decay > 0):
+            raise ValueError("control_variate and staleness_decay correct served outputs; an aggregate hit "
+                             "is computed by its own layer (use cached_value 'output')")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1 step (or None: off), got {self.refresh_every}")
+        if self.refresh_rows < 1:
+            raise ValueError(f"refresh_rows must be >= 1, got {self.refresh_rows}")
         for layer in self.cached_layers or ():
             if layer < 0:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (must be >= 0)")

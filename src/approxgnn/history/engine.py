@@ -21,6 +21,24 @@ apply fresh to it. :attr:`HistoryEngine.oracle` (diagnostics, never a policy) co
 in full and serves either its exact value without gradient (``"value"``) or its cached value with
 the full gradient (``"gradient"``), splitting a cache's loss into value error and withheld gradient.
 
+**Corrections for what a hit withholds** (issue 20; the oracles showed the loss is the gradient a
+pruned hit denies the layers below it):
+
+* ``control_variate`` ρ (VR-GCN, Chen et al. 2018): VR-GCN estimates ``Σ_u P_vu h_u`` as
+  ``Σ_u P_vu h̄_u + (D/k) Σ_{u∈S} P_vu (h_u − h̄_u)``: the history ``h̄`` for every neighbour,
+  corrected by a small recomputed sample. Our hits are the rows that have a history, so the
+  sample is drawn per hit: each hit is recomputed with probability ρ (:attr:`PruneTest.keep_share`,
+  a pure function of the batch key) and served as ``h = h̄ + (h_fresh − h̄)/ρ``, the others as
+  ``h̄``. Per hit ``E[h] = h_fresh``: the layer above sees an unbiased estimate of the fresh rows,
+  and the recomputed hits pass their gradient on (scaled ``1/ρ``, as their weight in the estimate).
+* ``staleness_decay`` β (VISAGNN, arXiv 2511.12434, staleness-aware message passing): the layer
+  above a cached layer weighs its sources ``w = exp(−β · age / staleness)`` (age: iterations
+  since the served row was written; 1 for computed rows), renormalised per target
+  (:class:`~approxgnn.minibatch.BlockPropagation`'s ``weights``): the older a served row, the
+  less it counts and the more the computed (fresh, gradient-carrying) rows do.
+* ``refresh_every`` (REST, arXiv 2410.05416): forward-only rewrites of the oldest entries between
+  steps, by :class:`~.refresh.HistoryRefresher` (built by :func:`~.caches.build_caches`).
+
 :meth:`HistoryEngine.build` assembles the pieces under one byte budget: the arena
 (:mod:`.arena`), the feature cache over the given store (its front), the history cache (its back).
 """
@@ -45,6 +63,13 @@ from .config import HistoryConfig
 from .policies import HistoryPolicy, make_policy
 
 
+def staleness_weight(ages: np.ndarray, decay: float, scale: int) -> Tensor:
+    """``w = exp(−decay · age / scale)`` (float32 ``[k]``) for served rows of ``ages [k]``
+    iterations: 1 at age 0, ``e^{−decay}`` at the staleness limit ``scale``."""
+    a = torch.as_tensor(np.asarray(ages, dtype=np.float64))
+    return torch.exp(-decay * a / float(scale)).float()
+
+
 class HistoryEngine(Engine):
     """Serves hits from ``cache`` and updates it after each step under ``policy``.
 
@@ -61,12 +86,16 @@ class HistoryEngine(Engine):
     def __init__(self, cache: HistoryCache, policy: str | HistoryPolicy = "refresh", rate: float = 0.9,
                  evict: bool = False, *, features: CachedFeatureStore | None = None, switch_time: float = 1.0,
                  start_time: float = 0.0, cached_value: str = "output", hit_fanout: int | None = None,
-                 hit_mix: float = 0.5) -> None:
+                 hit_mix: float = 0.5, control_variate: float | None = None, staleness_decay: float = 0.0,
+                 decay_scale: int | None = None) -> None:
         if isinstance(policy, str):
             policy = make_policy(policy, rate, cache.staleness, evict)
         self.cache, self.rules, self.features = cache, policy, features
         self.switch_time, self.start_time, self.exact, self.warming = switch_time, start_time, False, start_time > 0
         self.cached_value, self.hit_fanout, self.hit_mix = cached_value, hit_fanout, hit_mix
+        self.control_variate, self.staleness_decay = control_variate, staleness_decay
+        # the age at which a served row weighs e^{-decay}: the staleness limit (GAS has none: 200)
+        self.decay_scale = decay_scale or cache.staleness or 200
         self.oracle: str | None = None  # diagnostics only (module docstring); set before training
         self.reset_counts()
 
@@ -92,7 +121,9 @@ class HistoryEngine(Engine):
         cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight,
                              max_rows=embedding_rows(floats, hidden, share))
         return cls(cache, policy, features=features, switch_time=cfg.switch_time, start_time=cfg.start_time,
-                   cached_value=cfg.cached_value, hit_fanout=cfg.hit_fanout, hit_mix=cfg.hit_mix)
+                   cached_value=cfg.cached_value, hit_fanout=cfg.hit_fanout, hit_mix=cfg.hit_mix,
+                   control_variate=cfg.control_variate, staleness_decay=cfg.staleness_decay,
+                   decay_scale=cfg.staleness)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -100,7 +131,7 @@ class HistoryEngine(Engine):
 
     def reset_counts(self) -> None:
         self.counts = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0,
-                       "expired": 0}
+                       "expired": 0, "recomputed": 0, "refreshed": 0}
 
     # ---- per batch -----------------------------------------------------------------------
     @property
@@ -119,12 +150,18 @@ class HistoryEngine(Engine):
             return KEEP_ALL
         if self.cached_value == "aggregate":
             return 0
+        if self.control_variate is not None and self.hit_fanout is None:
+            return KEEP_ALL  # the recomputed share draws as many neighbours as a miss
         return self.hit_fanout
 
     def mix(self, fresh: Tensor, hist: Tensor) -> Tensor:
-        """A kept hit's row from its recomputation ``fresh`` and its cached row ``hist`` ``[k, d]``."""
+        """A kept hit's row from its recomputation ``fresh`` and its cached row ``hist`` ``[k, d]``:
+        LMC's ``fresh + (1 − λ)(hist − fresh.detach())``, or with a control variate ρ
+        ``hist + (fresh − hist)/ρ`` (module docstring)."""
         if self.oracle == "value":
             return fresh.detach()  # exact value, no gradient into the sub-tree
+        if self.oracle is None and self.control_variate is not None:
+            return hist + (fresh - hist) / self.control_variate
         lam = 0.0 if self.oracle == "gradient" else self.hit_mix  # gradient: the cached value, full gradient
         return fresh + (1.0 - lam) * (hist - fresh.detach())
 
@@ -134,15 +171,23 @@ class HistoryEngine(Engine):
         if self.idle:
             return {}
         keep = self.keep()
-        return {l: self.cache.prune_test(l, now)._replace(keep=keep) for l in self.cache.layers}
+        share = self.control_variate if self.control_variate is not None and self.oracle is None else 1.0
+        return {l: self.cache.prune_test(l, now)._replace(keep=keep, keep_share=share) for l in self.cache.layers}
 
     def propagation(self, batch: SampledBatch, ops: list[SparseOperator | None], served: dict[int, Tensor],
                     record: bool = True) -> BlockPropagation:
         """The propagation of ``batch``'s forward pass: the ``served`` rows joined as configured, the cached
         layers recorded for admission when ``record`` (training)."""
         partial = {l: batch.num_partial[l] for l in self.cache.layers}
+        weights = {}
+        if self.staleness_decay > 0 and self.oracle is None:
+            for l in self.cache.layers:  # the layer above l aggregates l's rows: computed first, then hits
+                ages = batch.hit_ages.get(l)
+                if ages is not None and len(ages):
+                    fresh = torch.ones(batch.num_computed[l] - batch.num_partial[l])
+                    weights[l + 1] = torch.cat([fresh, staleness_weight(ages, self.staleness_decay, self.decay_scale)])
         return BlockPropagation(ops, served, self.layers if record else (), partial, self.mix,
-                                aggregate=self.cached_value == "aggregate" and self.oracle is None)
+                                aggregate=self.cached_value == "aggregate" and self.oracle is None, weights=weights)
 
     def serve(self, batch: SampledBatch, now: int, device: torch.device | None = None) -> dict[int, Tensor]:
         """Copies ``[k_l, d]`` of the cached rows of ``batch``'s hits, on ``device`` (taken now:
@@ -153,9 +198,11 @@ class HistoryEngine(Engine):
         for l in self.cache.layers:
             rows, ages = self.cache.read(l, batch.hits(l), now)
             out[l] = rows if device is None else rows.to(device)
+            batch.hit_ages[l] = ages
             if self.rules.evicts:
                 out[l].requires_grad_(True)
             self.counts["served"] += len(ages)
+            self.counts["recomputed"] += batch.num_partial[l]  # kept hits: computed too (LMC, control variate)
             self.counts["age_sum"] += int(ages.sum())
             self.counts["nonseed"] += len(batch.layer_nodes[l]) - seeds
         return out
@@ -211,12 +258,14 @@ class HistoryEngine(Engine):
     def stats(self) -> dict[str, Any]:
         """Hit rate (hits over non-seed nodes at the cached layers), mean age of hits, occupancy,
         entries, the bytes of the cache's metadata (counted in its budget), admissions, evictions and
-        expiries (entries rewritten or replaced after they had gone stale), the last three this epoch."""
+        expiries (entries rewritten or replaced after they had gone stale), hits also recomputed
+        (``recomputed``: LMC's or the control variate's) and entries rewritten by forward-only
+        refreshes (``refreshed``), the last five this epoch."""
         s = self.counts
         return {**self.rates(s), "occupancy": self.cache.occupancy(), "entries": self.cache.entries,
                 "metadata_bytes": self.cache.metadata_bytes,
                 "admitted": s["admitted"], "evicted": s["evicted"], "expired": s.get("expired", 0),
-                "exact": self.exact}
+                "recomputed": s.get("recomputed", 0), "refreshed": s.get("refreshed", 0), "exact": self.exact}
 
     @staticmethod
     def rates(counts: dict[str, int]) -> dict[str, float]:

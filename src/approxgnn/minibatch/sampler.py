@@ -257,7 +257,8 @@ class PruneTest(NamedTuple):
     ``keep``: ``None`` prunes a hit's sub-tree (it is served, not computed); an int ``k >= 0``
     keeps the hit as a computed node whose next hop draws ``min(k, fanout)`` neighbours (``k = 0``:
     none, the layer's aggregate is served instead; ``KEEP_ALL``: the hop's own fanout) -- it is
-    then one of the ``num_partial`` last computed nodes of its layer.
+    then one of the ``num_partial`` last computed nodes of its layer. ``keep_share < 1`` keeps
+    only that share of the hits (drawn per node), and prunes the rest.
     """
 
     node_slot: np.ndarray  # int32/int64 [N]
@@ -265,9 +266,23 @@ class PruneTest(NamedTuple):
     now: int
     max_age: int
     keep: int | None = None
+    # With ``keep``: the probability that a hit is kept (a pure function of the batch key, the hop
+    # and the node); the others are pruned. The kept hits come first among the hits.
+    keep_share: float = 1.0
 
 
 KEEP_ALL = 1 << 40  # PruneTest.keep: a kept hit draws as many neighbours as a miss
+
+
+@njit(nogil=True, cache=True)
+def _keep_draws(nodes, key, share):  # pragma: no cover - jitted
+    """Bool ``[len(nodes)]``: node ``v`` is kept when ``mix64(key ^ v·γ + γ) / 2^64 < share``."""
+    out = np.empty(nodes.shape[0], np.bool_)
+    scale = 1.0 / 18446744073709551616.0
+    for i in range(nodes.shape[0]):
+        z = np.uint64(key) ^ (np.uint64(nodes[i]) * GOLDEN)
+        out[i] = np.float64(mix64(z + GOLDEN)) * scale < share
+    return out
 
 
 @dataclass
@@ -310,6 +325,8 @@ class SampledBatch:
       computed targets).
     * ``num_partial[l]``: hits that are also computed (:attr:`PruneTest.keep`), the last
       ``num_partial[l]`` of the ``num_computed[l]`` computed nodes, from fewer neighbours.
+    * ``hit_ages[l]``: int64 ``[len(hits(l))]``, the age in iterations of each hit's served row
+      (set by the history that serves them; empty until then).
     """
 
     seeds: np.ndarray
@@ -318,6 +335,7 @@ class SampledBatch:
     blocks: list[Block]
     num_computed: list[int]
     num_partial: list[int] = field(default_factory=list)
+    hit_ages: dict[int, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.num_partial:
@@ -409,7 +427,7 @@ class NeighborSampler:
                 block, nodes, n_comp, n_hit = self._hop(targets, fanout, mix_key(key, hop), test, kept)
                 blocks[layer] = block
                 kept = (0, None)
-                if test is not None and test.keep is not None:  # hits stay computed, from fewer neighbours
+                if test is not None and test.keep is not None:  # (kept) hits stay computed, from fewer neighbours
                     n_comp, kept = n_comp + n_hit, (n_hit, test.keep)
                 if below >= 0:
                     layer_nodes[below], num_computed[below], num_partial[below] = nodes, n_comp, kept[0]
@@ -443,7 +461,8 @@ class NeighborSampler:
 
     def _hop(self, targets: np.ndarray, fanout: int, key: int, test: PruneTest | None,
              kept: tuple[int, int | None] = (0, None)):
-        """One hop: ``(block, sources, m + new misses, new hits)``. The last ``kept[0]`` targets
+        """One hop: ``(block, sources, m + new misses, new hits)`` (with ``test.keep_share < 1``, the
+        new hits kept: they come first among the hits). The last ``kept[0]`` targets
         are kept hits: they draw ``min(kept[1], fanout)`` neighbours (``fanout`` -1: ``kept[1]``)."""
         p, keep = kept
         if p:
@@ -459,7 +478,22 @@ class NeighborSampler:
         else:
             args = (test.node_slot, test.slot_iter, int(test.now), int(test.max_age), True)
         nodes, col_local, n_miss, n_hit = _relabel(targets, nbr, self._local, *args)
+        if test is not None and test.keep is not None and test.keep_share < 1.0 and n_hit:
+            n_hit = self._kept_first(nodes, col_local, len(targets) + int(n_miss), mix_key(key, 0xC0), test.keep_share)
         val, diag = _block_values(ptr, targets, nodes, col_local, self.deg, self.norm == "gcn")
         m = len(targets)
         block = Block(ptr, col_local, val, diag if self.norm == "gcn" else None, m, len(nodes))
         return block, nodes, m + int(n_miss), int(n_hit)
+
+    @staticmethod
+    def _kept_first(nodes: np.ndarray, col_local: np.ndarray, base: int, key: int, share: float) -> int:
+        """Reorder the hits ``nodes[base:]`` (in place, relabelling ``col_local``) as [kept ; pruned],
+        each kept with probability ``share`` (:func:`_keep_draws`); returns how many are kept."""
+        keep = _keep_draws(nodes[base:], np.uint64(key), share)
+        order = np.concatenate([np.flatnonzero(keep), np.flatnonzero(~keep)])
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        nodes[base:] = nodes[base:][order]
+        hit = col_local >= base
+        col_local[hit] = base + inv[col_local[hit] - base]
+        return int(keep.sum())

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._hash import mix_key
 from ..history import HistoryConfig, HistoryEngine
 from ..history.caches import build_caches
 from ..minibatch import BlockPropagation, layerwise_inference
@@ -121,8 +122,13 @@ class HistoryGNN(nn.Module):
     ``cached_layers``: hidden layers whose outputs are cached (default the second-to-last).
     ``embedding_share``: the most of the arena embeddings may take from feature rows (default:
     the policy's). ``switch_time`` < 1 trains exactly (no history, the whole budget back to
-    feature rows) from epoch ``⌊switch_time · epochs⌋`` of the loader on, and needs ``epochs``,
-    the run's length. The cache is built as ``approxgnn train --engine refresh`` builds it.
+    feature rows) from epoch ``⌊switch_time · epochs⌋`` of the loader on, and ``start_time`` > 0
+    keeps the history idle before epoch ``⌊start_time · epochs⌋`` (a warm start); both need
+    ``epochs``, the run's length. What a hit holds and how it is corrected -- ``cached_value``,
+    ``hit_fanout``/``hit_mix`` (LMC), ``control_variate`` (VR-GCN), ``staleness_decay`` (VISAGNN),
+    ``refresh_every``/``refresh_rows`` (REST) -- are :class:`~approxgnn.history.HistoryConfig`'s
+    knobs, the same as ``approxgnn train``'s flags. The cache is built as ``approxgnn train
+    --engine refresh`` builds it (:func:`~approxgnn.history.caches.build_caches`).
 
     Its parameters are ``model``'s own (optimise ``model.parameters()``, save ``model.state_dict()``).
     In the loop: ``out = wrapped(batch)[:batch.batch_size]``, ``loss.backward()``,
@@ -136,7 +142,10 @@ class HistoryGNN(nn.Module):
     def __init__(self, model: nn.Module, loader: NeighborBatchLoader, *, cache_mb: float = 64.0,
                  policy: str = "refresh", rate: float = 0.9, staleness: int = 200, evict: bool = False,
                  cached_layers: list[int] | None = None, embedding_share: float | None = None,
-                 switch_time: float = 1.0, epochs: int | None = None) -> None:
+                 switch_time: float = 1.0, epochs: int | None = None, start_time: float = 0.0,
+                 cached_value: str = "output", hit_fanout: int | None = None, hit_mix: float = 0.5,
+                 control_variate: float | None = None, staleness_decay: float = 0.0,
+                 refresh_every: int | None = None, refresh_rows: int = 1024) -> None:
         super().__init__()
         self.gnn = PropagationGNN(model)
         if loader.sampler.norm != self.gnn.norm:
@@ -145,14 +154,20 @@ class HistoryGNN(nn.Module):
             raise ValueError(f"the loader samples {loader.sampler.num_layers} hop(s) (num_neighbors), "
                              f"the model has {self.gnn.num_layers} layers")
         cfg = HistoryConfig(policy=policy, rate=rate, evict=evict, staleness=staleness, cached_layers=cached_layers,
-                            embedding_share=embedding_share, switch_time=switch_time)
+                            embedding_share=embedding_share, switch_time=switch_time, start_time=start_time,
+                            cached_value=cached_value, hit_fanout=hit_fanout, hit_mix=hit_mix,
+                            control_variate=control_variate, staleness_decay=staleness_decay,
+                            refresh_every=refresh_every, refresh_rows=refresh_rows)
         cfg.check_depth(self.gnn.num_layers)
-        if switch_time < 1.0 and (epochs is None or epochs < 1):
-            raise ValueError(f"switch_time {switch_time} switches at a fraction of the run: give epochs (>= 1)")
+        if cached_value == "aggregate" and self.gnn.norm != "mean":
+            raise ValueError("cached_value 'aggregate' caches SAGE's neighbour mean: the model must be GraphSAGE")
+        if (switch_time < 1.0 or start_time > 0.0) and (epochs is None or epochs < 1):
+            raise ValueError(f"switch_time {switch_time} / start_time {start_time} are fractions of the run: "
+                             "give epochs (>= 1)")
         self.loader, self.policy, self.epochs, self.iteration = loader, policy, epochs, 0
         self._pending: tuple[Any, BlockPropagation] | None = None
         self.caches = build_caches(cfg, loader.store, loader.sampler.rowptr, loader.sampler.deg, self.gnn.num_layers,
-                                   model.hidden_channels, cache_mb, loader.device)
+                                   model.hidden_channels, cache_mb, loader.device, sampler=loader.sampler)
         self.engine: HistoryEngine | None = self.caches.history
         loader.attach(self if self.engine is not None else None, self.caches.features)
 
@@ -196,6 +211,9 @@ class HistoryGNN(nn.Module):
             b, prop = self._pending
             self.engine.update(b.sample, prop.recorded, b.served, self.iteration)
             self._pending = None
+            # REST's forward-only refresh when one is due (the model as the loop trains it)
+            self.caches.after_step(self.gnn, self._input, self.iteration, mix_key(self.iteration, 0x5E),
+                                   self.loader.device)
         self.iteration += 1
 
     @torch.no_grad()

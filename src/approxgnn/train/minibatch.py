@@ -41,6 +41,7 @@ from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, Cache
 from ..minibatch.config import DEFAULT_LOOKAHEAD
 from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
 from ..minibatch.lookahead import LookaheadCache
+from .._hash import mix_key
 from ..minibatch.sampler import batch_key
 from ..nn import Engine, FirstHop, build_model
 from .base import Trainer, dataset_graph, resolve_device, synchronizer
@@ -173,7 +174,7 @@ class MiniBatchTrainer(Trainer):
         self.lookahead, cache_mb = self._build_lookahead()
         self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.lookahead or self.store,
                                            self.sampler.rowptr, self.sampler.deg, cfg.layers, cfg.hidden, cache_mb,
-                                           self.device)
+                                           self.device, sampler=self.sampler)
         # Short names for the parts (the caches are built once and never replaced).
         self.engine: Engine = self.caches.engine
         self.history: HistoryEngine | None = self.caches.history
@@ -262,7 +263,7 @@ class MiniBatchTrainer(Trainer):
         self.model.train()
         batches = self._epoch_batches(epoch)
         self.loader.reset_times()
-        t = {"wait_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "admit_s": 0.0}
+        t = {"wait_s": 0.0, "forward_s": 0.0, "backward_s": 0.0, "admit_s": 0.0, "refresh_s": 0.0}
         loss_sum, hop_sum = 0.0, np.zeros(self.sampler.num_layers + 1)
         key = lambda b: batch_key(self.cfg.seed, epoch, b)  # noqa: E731
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not self._bars, leave=False,
@@ -289,8 +290,11 @@ class MiniBatchTrainer(Trainer):
                 if self.history:
                     self.history.update(batch.sample, prop.recorded, batch.served, self.iteration)
                 t5 = time.perf_counter()
+                # REST's forward-only refresh, when one is due (its reads count in this epoch's bytes)
+                self.caches.after_step(self.model, self._input, self.iteration, mix_key(key(b), 0x5E), self.device)
+                t6 = time.perf_counter()
                 for k, dt in (("wait_s", t1 - t0 + t4 - t3), ("forward_s", t2 - t1), ("backward_s", t3 - t2),
-                              ("admit_s", t5 - t4)):
+                              ("admit_s", t5 - t4), ("refresh_s", t6 - t5)):
                     t[k] += dt
                 self.iteration += 1
                 loss_sum += float(loss.detach()) * len(batch.sample.seeds)
