@@ -118,6 +118,25 @@ class ArrayFeatureStore:
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
 
 
+class StoreFront:
+    """Base of a cache in front of a ``fallback`` store (:mod:`.feature_cache`, :mod:`.lookahead`):
+    the same rows, so the same shape, and on disk where the fallback is."""
+
+    fallback: FeatureStore
+
+    @property
+    def num_nodes(self) -> int:
+        return self.fallback.num_nodes
+
+    @property
+    def dim(self) -> int:
+        return self.fallback.dim
+
+    @property
+    def on_disk(self) -> bool:
+        return bool(getattr(self.fallback, "on_disk", False))
+
+
 def readonly_tensor(x: np.ndarray) -> Tensor:
     """``x`` as a tensor sharing its memory, without torch's warning about a read-only array (a
     read-only memmap: nothing writes through the tensor)."""
