@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,3 +46,28 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps({"machine": machine(), **payload}, indent=2))
         print(f"wrote {path}")
+
+
+def page_cache_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+def drop_caches() -> dict[str, int]:
+    """Write back and drop the page cache; returns the ``Cached:`` bytes before and after."""
+    before = page_cache_bytes()
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    return {"cached_before": before, "cached_after": page_cache_bytes()}
+
+
+def kernel_read_bytes() -> int:
+    """Bytes this process caused to be read from the block device (``/proc/self/io``), readahead included."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    return -1

@@ -39,44 +39,19 @@ from approxgnn.minibatch import ArrayFeatureStore, DiskFeatureStore
 from approxgnn.train.results import format_table
 
 
-def page_cache_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("Cached:"):
-                return int(line.split()[1]) * 1024
-    return -1
-
-
-def drop_caches() -> dict[str, int]:
-    """Write back and drop the page cache; returns the ``Cached:`` bytes before and after."""
-    before = page_cache_bytes()
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    return {"cached_before": before, "cached_after": page_cache_bytes()}
-
-
-def kernel_read_bytes() -> int:
-    """Bytes this process caused to be read from the block device (``/proc/self/io``), readahead included."""
-    with open("/proc/self/io") as f:
-        for line in f:
-            if line.startswith("read_bytes:"):
-                return int(line.split()[1])
-    return -1
-
-
 def gather_memmap(path: str, ids: np.ndarray) -> dict[str, Any]:
     store = ArrayFeatureStore.open(path)
-    io0, t0 = kernel_read_bytes(), time.perf_counter()
+    io0, t0 = _common.kernel_read_bytes(), time.perf_counter()
     store.read(ids)
-    return {"seconds": time.perf_counter() - t0, "kernel_read_bytes": kernel_read_bytes() - io0}
+    return {"seconds": time.perf_counter() - t0, "kernel_read_bytes": _common.kernel_read_bytes() - io0}
 
 
 def gather_disk(path: str, ids: np.ndarray, threads: int) -> dict[str, Any]:
     store = DiskFeatureStore(path, threads=threads)
-    io0, t0 = kernel_read_bytes(), time.perf_counter()
+    io0, t0 = _common.kernel_read_bytes(), time.perf_counter()
     rows = store.read(ids)
     seconds = time.perf_counter() - t0
-    kernel = kernel_read_bytes() - io0
+    kernel = _common.kernel_read_bytes() - io0
     check = slice(0, 2000)  # untimed: the rows are the file's rows
     assert np.array_equal(rows[check].numpy(), np.load(path, mmap_mode="r")[ids[check]]), "disk store read wrong rows"
     out = {"seconds": seconds, "direct": store.direct, "kernel_read_bytes": kernel, **{k: v for k, v in store.counters().items() if k.startswith("disk")}}
@@ -117,7 +92,7 @@ def main() -> None:
                                "runs": a.runs, "cells": results}
     for r in range(a.runs):
         for c in cells:
-            drop = drop_caches()
+            drop = _common.drop_caches()
             ids = np.random.default_rng([r, cells.index(c)]).choice(shape[0], a.rows, replace=False)
             if c == "memmap":
                 rec = gather_memmap(a.file, ids)

@@ -391,7 +391,7 @@ FLAG_VALUES: dict[str, tuple[list[str], object]] = {
     "--features-on-disk": ([], True), "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"),
     "--feature-store": (["mmap"], "mmap"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
     "--backend": (["gloo"], "gloo"), "--dist-timeout": (["61"], 61.0), "--dist-eval": (["rank0"], "rank0"),
-    "--threads": (["3"], 3),
+    "--threads": (["3"], 3), "--lookahead": (["2"], 2), "--lookahead-share": (["0.25"], 0.25),
 }
 
 

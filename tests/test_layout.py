@@ -138,7 +138,7 @@ def test_training_from_the_layout_equals_training_in_memory(tmp_path):
     folder = tmp_path / "syn"
     write_synthetic_layout(folder, **kw)
     cfg = dict(model="sage", engine="refresh", layers=2, hidden=16, epochs=3, dropout=0.3, progress=False,
-               minibatch=MiniBatchConfig(fanouts=[5, 5], batch_size=128, cache_mb=0.2))
+               minibatch=MiniBatchConfig(fanouts=[5, 5], batch_size=128, cache_mb=0.2, lookahead=2))  # on for both
     mem = run(TrainConfig(dataset="syn", **cfg), synthetic(**kw))
     disk = run(TrainConfig(dataset=str(folder), out=str(tmp_path / "run"), **cfg))
     assert disk["feature_store"] == "disk" and mem["feature_store"] == "ram"

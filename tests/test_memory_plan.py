@@ -11,7 +11,8 @@ from approxgnn.cli import main
 from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig
 from approxgnn.train import memory
-from approxgnn.train.memory import batch_input_rows, cgroup_headroom, check_memory, estimate_bytes
+from approxgnn.train.memory import (batch_input_rows, bounded_evaluation_bytes, cgroup_headroom, check_memory,
+                                    estimate_bytes, evaluation_plan)
 
 from helpers import planted_dataset
 
@@ -61,7 +62,6 @@ def _mb(**kw) -> TrainConfig:
 
 
 @pytest.mark.parametrize("case, cfg, features, fix", [
-    ("evaluation", _mb(hidden=4096, minibatch={"features_on_disk": True}), 16, "lower --hidden"),
     ("batches", _mb(minibatch={"features_on_disk": True}), 2048, "lower --batch-size"),
     ("caches", _mb(minibatch={"features_on_disk": True, "cache_mb": 64.0}), 16, "lower --cache-mb"),
     ("features", _mb(), 2048, "--features-on-disk"),
@@ -74,6 +74,28 @@ def test_the_fix_named_is_the_part_that_does_not_fit(case, cfg, features, fix):
     check_memory(cfg, data, available=need)  # exactly enough passes
     with pytest.raises(MemoryError, match=fix):
         check_memory(cfg, data, available=need - 1)
+
+
+def test_evaluation_that_does_not_fit_goes_to_disk_and_then_names_its_fix():
+    # Chunks of 8 targets: a chunk's rows are fewer than two whole layers.
+    cfg, data = _mb(hidden=4096, minibatch={"features_on_disk": True, "eval_batch_size": 8}), planted_dataset(features=16)
+    parts = estimate_bytes(cfg, data)
+    assert max(parts, key=parts.get) == "evaluation"
+    need = sum(parts.values())
+    assert evaluation_plan(cfg, data, available=need)["spill_layers"] is False
+    check_memory(cfg, data, available=need - 1)  # not refused: its layers will be written to disk
+    assert evaluation_plan(cfg, data, available=need - 1) == {"stream_features": False, "spill_layers": True}
+    bounded = need - parts["evaluation"] + bounded_evaluation_bytes(cfg, data)
+    assert bounded < need
+    check_memory(cfg, data, available=bounded)
+    # No room left beside a chunk for the feature file's pages: the features are streamed too.
+    assert evaluation_plan(cfg, data, available=bounded) == {"stream_features": True, "spill_layers": True}
+    with pytest.raises(MemoryError, match="lower --eval-batch-size"):
+        check_memory(cfg, data, available=bounded - 1)
+    # Features in RAM are never streamed (their layers still go to disk).
+    ram = _mb(hidden=4096, minibatch={"eval_batch_size": 8})
+    assert evaluation_plan(ram, data, available=sum(estimate_bytes(ram, data).values()) - 1) == {
+        "stream_features": False, "spill_layers": True}
 
 
 def test_a_run_that_cannot_fit_is_refused_before_training(tmp_path, monkeypatch, capsys):

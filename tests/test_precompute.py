@@ -298,7 +298,7 @@ def test_pyg_approximate_reuses_the_first_aggregation(kind):
     assert engine_of(model)._first_hops[0][3] is not None  # the table was built and used
     # Under a budget, RSC stops budgeting the layer whose product is gone.
     _, sampled = _approximated_losses(kind, True, budget=0.3, epochs=6)
-    layers = {l for e in engine_of(sampled).bound.values() for l in e.engine.layers}
+    layers = {l for e in engine_of(sampled).bound.values() for l in e.engine.samplers}
     assert 0 not in layers and layers
     # An input dropped out before the first layer is new every step: no table is ever built.
     _, dropped = _approximated_losses(kind, True, input_dropout=0.3)

@@ -74,6 +74,7 @@ def test_memory_check_names_the_fix():
     with pytest.raises(MemoryError, match="--features-on-disk"):
         check_memory(mb, data, available=1000)
     mb.minibatch.cache_mb = 1.0
+    mb.history.policy = "feature"  # a cache that spends the budget (unspent, --cache-mb costs nothing)
     with pytest.raises(MemoryError, match="--cache-mb"):
         check_memory(mb, data, available=1000)
 

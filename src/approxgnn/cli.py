@@ -169,6 +169,12 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
      {"choices": FEATURE_STORES, "help": "how features on disk are read: disk (pread from a thread pool, O_DIRECT), "
                                          "mmap (a memory map), auto (default: disk when the features are on disk)"}),
     ("--no-prefetch", "minibatch.prefetch", {"action": "store_false"}),
+    ("--lookahead", "minibatch.lookahead",
+     {"type": int, "help": "batches sampled ahead for the look-ahead cache (Belady over the window, the next "
+                           "batch's misses prefetched); 0: off; default: 4 when features are on disk, else off"}),
+    ("--lookahead-share", "minibatch.lookahead_share",
+     {"type": _real, "help": "part of --cache-mb the look-ahead buffer takes, in (0, 1] (default 0.5; all of "
+                             "it without another cache)"}),
     # multi-process (data-parallel) mini-batch training
     ("--nproc", "dist.nproc",
      {"type": int, "help": "train in N local processes (torch.distributed; --engine sample/refresh; "

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import csr_kernels
+from .ops import spmm_diag
 from .graph import CSRGraph, NormalizedAdjacency, normalize
 
 # Bumped whenever the table's contents for the same inputs would change (layout, normalisation).
@@ -129,7 +129,7 @@ def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, 
         e = min(s + rows, n)
         lo, hi = int(rowptr[s]), int(rowptr[e])
         part = buf[: e - s]
-        csr_kernels.csr_spmm(rowptr[s : e + 1] - lo, col[lo:hi], val[lo:hi], xt, None, part)
+        spmm_diag(CSRGraph(rowptr[s : e + 1] - lo, col[lo:hi], e - s, val[lo:hi], num_cols=n), xt, None, part)
         if diag is not None:
             part.addcmul_(diag[s:e, None], xt[s:e])
         out[s:e, :f] = part.numpy()

@@ -13,6 +13,10 @@ FEATURE_STORES = ("auto", "disk", "mmap")
 # the seeds, narrow towards the features, where each hop multiplies the number of nodes read.
 STANDARD_FANOUTS = (15, 10, 5)
 
+# Batches the look-ahead cache plans ahead when features are on disk and --lookahead is not given
+# (benchmarks/RESULTS.md, "Out-of-core training end to end", has the measurement behind it).
+DEFAULT_LOOKAHEAD = 4
+
 
 def default_fanouts(layers: int) -> list[int]:
     """The fanouts used when none are given: the first ``layers`` entries of ``[15, 10, 5]``,
@@ -40,7 +44,15 @@ class MiniBatchConfig:
       ``pread`` from a thread pool, ``O_DIRECT``), ``mmap`` (a memory map, as before) or ``auto``
       (``disk`` whenever the features are on disk). ``disk`` implies ``features_on_disk``;
       features in RAM stay in RAM under ``auto`` and ``mmap``.
-    * ``prefetch``: sample the next batch in a worker thread while this one trains.
+    * ``prefetch``: sample the next batch in a worker thread while this one trains (and let the
+      look-ahead cache prefetch in its own thread).
+    * ``lookahead``: batches sampled ahead for the look-ahead cache (:mod:`.lookahead`: Belady
+      over the window, the next batch's misses prefetched); 0 turns it off. ``None`` (default):
+      :data:`DEFAULT_LOOKAHEAD` when the features are read from disk, off for features in RAM
+      (there it would only copy rows from memory to memory).
+    * ``lookahead_share``: the part of ``cache_mb`` the look-ahead buffer takes when it is on; the
+      rest holds the feature and history caches. Under policy ``none`` (no other cache) it takes
+      the whole budget.
     """
 
     fanouts: list[int] | None = None
@@ -51,6 +63,8 @@ class MiniBatchConfig:
     features_path: str | None = None
     prefetch: bool = True
     feature_store: str = "auto"
+    lookahead: int | None = None
+    lookahead_share: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -69,5 +83,9 @@ class MiniBatchConfig:
             raise ValueError(f"cache budget must be >= 0 MB, got {self.cache_mb}")
         if self.feature_store not in FEATURE_STORES:
             raise ValueError(f"feature_store must be one of {', '.join(FEATURE_STORES)}, got {self.feature_store!r}")
+        if self.lookahead is not None and self.lookahead < 0:
+            raise ValueError(f"lookahead must be >= 0 batches (0: off), got {self.lookahead}")
+        if not 0.0 < self.lookahead_share <= 1.0:
+            raise ValueError(f"lookahead_share must be in (0, 1], got {self.lookahead_share}")
         if self.features_path is not None and not str(self.features_path).endswith(".npy"):
             raise ValueError(f"features_path must name a .npy file, got {self.features_path!r}")

@@ -24,7 +24,7 @@ from numba import njit, prange
 from torch import Tensor
 
 from ..state import check_version
-from .stores import FeatureStore, index_dtype
+from .stores import FeatureStore, StoreFront, index_dtype
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -58,7 +58,7 @@ def fit_arena(budget_bytes: int, total: Callable[[int], int], smallest: int, num
     return lo
 
 
-class CachedFeatureStore:
+class CachedFeatureStore(StoreFront):
     """Rows of ``order[:capacity]`` held in ``buffer`` (1-D float32, on the compute device), in
     front of ``fallback``.
 
@@ -89,14 +89,6 @@ class CachedFeatureStore:
         n, f = fallback.num_nodes, fallback.dim
         floats = fit_arena(budget_bytes, lambda a: feature_cache_bytes(a, n, f), f, n)
         return cls(fallback, order, torch.empty(floats, dtype=torch.float32, device=device))
-
-    @property
-    def num_nodes(self) -> int:
-        return self.fallback.num_nodes
-
-    @property
-    def dim(self) -> int:
-        return self.fallback.dim
 
     @staticmethod
     def metadata_bytes_for(num_nodes: int, rows: int) -> int:
@@ -131,6 +123,11 @@ class CachedFeatureStore:
         step = self._fill_chunk
         for s in range(lo, self.capacity, step):
             self.rows[s : s + step] = self.fallback.read(self.order[s : s + step]).to(self.rows.device)
+
+    def uncached(self, ids: np.ndarray) -> np.ndarray:
+        """The ids among ``ids`` this cache does not serve now (what a read forwards to its fallback)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids[self.slot[ids] < 0]
 
     def read(self, ids: np.ndarray) -> Tensor:
         """``x[ids]`` on the buffer's device: valid cached rows from the buffer, misses from the fallback."""

@@ -7,9 +7,21 @@ evaluated nodes' receptive field (``R_{L-1} = nodes``, ``R_{l-1} = R_l ∪ N(R_l
 :class:`LayerwisePropagation` runs *one* layer of an unmodified model: the layers below run on a
 one-row dummy, the hidden hook below swaps in the real input, and the hook of the wanted layer
 stops the forward pass by raising :class:`LayerOutput` with that layer's output.
+
+**Bounded memory**: with ``stream`` the feature table is read chunk by chunk through the store
+(each chunk's full-neighbourhood sources, never the whole table, not even as a memory map); with
+``spill_dir`` every layer but the last is written to a float32 ``.npy`` in a fresh temporary directory under
+``spill_dir`` as its chunks complete, then read back by row (:class:`~.disk_store.DiskFeatureStore`)
+for the layer above; the directory is removed when inference ends, also on an error. Memory is
+then one chunk's blocks and rows, whatever ``N`` is. The sums are the same sums over the same
+rows, so the logits equal the in-memory ones (to float rounding of a different summation grouping
+at most; tests/test_inference_bounded.py).
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -19,6 +31,8 @@ from tqdm.auto import tqdm
 
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
+from ..datasets.layout_write import create_npy
+from .disk_store import DiskFeatureStore
 from .sampler import NeighborSampler
 from .stores import ArrayFeatureStore, FeatureStore
 
@@ -71,7 +85,8 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
                         nodes: np.ndarray, *, features: FeatureStore | None = None, chunk_size: int = 65536,
                         device: torch.device = torch.device("cpu"), progress: bool = False,
                         part: tuple[int, int] = (0, 1), gather: Callable[[Tensor, int], Tensor] | None = None,
-                        first_hop: Callable[[Tensor], Any] | None = None) -> Tensor:
+                        first_hop: Callable[[Tensor], Any] | None = None,
+                        stream: bool = False, spill_dir: str | Path | None = None) -> Tensor:
     """Exact logits ``[len(nodes), C]`` of ``model`` (module docstring), in eval mode.
 
     Sharded over ``W`` processes with ``part = (r, W)``: each computes, per layer, the ``r``-th of
@@ -89,7 +104,27 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
     features and table, :mod:`approxgnn.precompute`); ``first_hop(rows)`` turns read rows into the
     model's layer-0 input (a :class:`~approxgnn.nn.FirstHop`). Layer 0 then reads its targets' rows
     only, with no block: that is exact already.
+
+    ``stream``: read layer 0's rows through ``features`` chunk by chunk, never ``store.full()``;
+    ``spill_dir``: write hidden layers to files under it (module docstring; one process only).
     """
+    if spill_dir is None:
+        return _inference(model, sampler, store, nodes, features, chunk_size, device, progress, part, gather,
+                          first_hop, stream, None)
+    if part[1] != 1:
+        raise ValueError("inference in bounded memory (spill_dir) runs in one process; a sharded evaluation "
+                         "gathers every layer in memory")
+    Path(spill_dir).mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="approxgnn-eval-", dir=spill_dir)
+    try:
+        return _inference(model, sampler, store, nodes, features, chunk_size, device, progress, part, gather,
+                          first_hop, stream, Path(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _inference(model, sampler, store, nodes, features, chunk_size, device, progress, part, gather, first_hop,
+               stream: bool, spill: Path | None) -> Tensor:
     model.eval()
     features = store if features is None else features
     n = sampler.graph.num_nodes
@@ -104,16 +139,19 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
     slices = [np.array_split(np.arange(len(t)), world)[rank] for t in needed]
     bar = tqdm(total=sum(-(-len(s) // chunk_size) for s in slices), desc="eval", disable=not progress,
                leave=False, dynamic_ncols=True)
-    h: Tensor | None = None  # outputs of the layer below; row pos[v] holds node v
+    h: Tensor | DiskFeatureStore | None = None  # outputs of the layer below; row pos[v] holds node v
     pos = np.arange(n)  # layer 0 reads the features: row v is node v
+    spilled: DiskFeatureStore | None = None  # the layer below, when it was written to a file
     for layer, targets in enumerate(needed):
         # Layer 0 reads the feature store in place on the CPU; on an accelerator it gathers each
-        # chunk's rows instead of copying every feature over.
-        by_rows = mapped and (layer > 0 or device.type == "cpu") and not (layer == 0 and first_hop is not None)
+        # chunk's rows instead of copying every feature over. Streamed or spilled: a layer reads its rows.
+        by_rows = mapped and (spill is None if layer > 0 else device.type == "cpu" and not stream
+                              and first_hop is None)
         if by_rows and layer == 0:
             h = store.full()
         mine = targets[slices[layer]]
-        out: Tensor | None = None
+        last = layer == len(needed) - 1
+        out: Tensor | _LayerFile | None = None
         for s in range(0, len(mine), chunk_size):
             chunk = mine[s : s + chunk_size]
             if layer == 0 and first_hop is not None:
@@ -125,13 +163,20 @@ def layerwise_inference(model: torch.nn.Module, sampler: NeighborSampler, store:
                 prop = LayerwisePropagation(layer, op, x_in, torch.from_numpy(pos[chunk]).to(device))
             else:
                 block, src = sampler.full_block(chunk)
-                x_in = features.read(src).to(device) if layer == 0 else h[torch.from_numpy(pos[src]).to(device)]
+                x_in = features.read(src).to(device) if layer == 0 else _rows(h, pos[src], device)
                 prop = LayerwisePropagation(layer, block.operator(device), x_in)
             o = _run_layer(model, x_in if layer == 0 else dummy, prop)
             if out is None:
-                out = torch.empty(len(mine), o.size(1), device=device)
+                out = (torch.empty(len(mine), o.size(1), device=device) if spill is None or last
+                       else _LayerFile(spill / f"layer{layer}.npy", len(mine), o.size(1)))
             out[s : s + o.size(0)] = o
             bar.update()
+        if spilled is not None:  # the layer below is consumed
+            spilled.close()
+            spilled.path.unlink()
+            spilled = None
+        if isinstance(out, _LayerFile):
+            out = spilled = out.reader()
         h = out if gather is None else gather(
             out if out is not None else torch.empty(0, 0, device=device), len(targets))
         pos = np.full(n, -1, np.int64)
@@ -145,3 +190,28 @@ def _run_layer(model: torch.nn.Module, x: Tensor, prop: LayerwisePropagation) ->
         return model(x, prop)
     except LayerOutput as stop:
         return stop.h
+
+
+def _rows(h: Tensor | DiskFeatureStore, idx: np.ndarray, device: torch.device) -> Tensor:
+    """Rows ``idx`` of the layer below: indexed in memory, or read from its file."""
+    if isinstance(h, DiskFeatureStore):
+        return h.read(idx).to(device)
+    return h[torch.from_numpy(idx).to(device)]
+
+
+class _LayerFile:
+    """One layer's output ``[n, d]`` written chunk by chunk to a float32 ``.npy`` (rows page-aligned),
+    then read back by row (:meth:`reader`)."""
+
+    def __init__(self, path: Path, n: int, d: int) -> None:
+        self.path = path
+        create_npy(path, (n, d), "float32")
+        self.rows = np.load(path, mmap_mode="r+")
+
+    def __setitem__(self, rows: slice, value: Tensor) -> None:
+        self.rows[rows] = value.detach().cpu().numpy()
+
+    def reader(self) -> DiskFeatureStore:
+        self.rows.flush()
+        del self.rows  # written pages go to the file; the next layer reads it without the page cache
+        return DiskFeatureStore(self.path)

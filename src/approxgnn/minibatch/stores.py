@@ -136,6 +136,25 @@ def as_float32(x: np.ndarray) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
+class StoreFront:
+    """Base of a cache in front of a ``fallback`` store (:mod:`.feature_cache`, :mod:`.lookahead`):
+    the same rows, so the same shape, and on disk where the fallback is."""
+
+    fallback: FeatureStore
+
+    @property
+    def num_nodes(self) -> int:
+        return self.fallback.num_nodes
+
+    @property
+    def dim(self) -> int:
+        return self.fallback.dim
+
+    @property
+    def on_disk(self) -> bool:
+        return bool(getattr(self.fallback, "on_disk", False))
+
+
 def readonly_tensor(x: np.ndarray) -> Tensor:
     """``x`` as a tensor sharing its memory, without torch's warning about a read-only array (a
     read-only memmap: nothing writes through the tensor)."""

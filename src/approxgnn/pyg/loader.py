@@ -156,11 +156,11 @@ def pyg_layout(sample: SampledBatch) -> tuple[np.ndarray, np.ndarray, list[int],
         m = block.num_targets
         new = sources[m:]
         src_pos = np.concatenate([pos[:m], total + np.arange(len(new), dtype=np.int64)])
-        target = np.repeat(np.arange(m, dtype=np.int64), np.diff(block.rowptr))
-        edges.append(np.stack([src_pos[block.col], pos[target]]))
+        target = np.repeat(np.arange(m, dtype=np.int64), block.adj.degree().numpy())
+        edges.append(np.stack([src_pos[block.adj.col.numpy()], pos[target]]))
         groups.append(new)
         n_nodes.append(len(new))
-        n_edges.append(block.nnz)
+        n_edges.append(block.adj.nnz)
         total += len(new)
         pos = src_pos
     return np.concatenate(groups), np.concatenate(edges, axis=1), n_nodes, n_edges, pos[: len(sample.input_nodes)]

@@ -11,9 +11,15 @@ adds up, by part:
 * mini-batch: the features unless they are on disk; the graph (memory-mapped from an on-disk
   layout, but read at random by the sampler, so it should stay in memory); per-node arrays
   (degrees, relabel map, labels, masks: 32 bytes a node); the cache budget ``--cache-mb``; the
-  input rows of a batch, ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N``, twice with prefetching;
-  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs (evaluation does not stream to disk
-  yet).
+  input rows of a batch, ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N``, twice with prefetching; the
+  look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
+  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs.
+
+The look-ahead cache's buffer is part of ``--cache-mb`` (``--lookahead-share`` of it). When
+evaluation's layers do not fit beside training, :func:`evaluation_plan` has them written to disk
+and, when the feature file does not fit either, the features read chunk by chunk through the store
+(:func:`~approxgnn.minibatch.layerwise_inference`'s ``spill_dir`` and ``stream``); evaluation then
+needs a chunk's rows only (:func:`bounded_evaluation_bytes`), and that is what the plan counts.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import Dataset
+from ..minibatch.config import DEFAULT_LOOKAHEAD
 from .config import FULL_BATCH_ENGINES, TrainConfig
 
 GIB = 1 << 30
@@ -116,11 +123,27 @@ def batch_input_rows(fanouts: list[int], batch_size: int, num_nodes: int) -> int
     return min(rows, num_nodes)
 
 
-def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
-    """Peak bytes by part (module docstring)."""
-    n, f = data.num_nodes, data.num_features
-    on_disk = isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and (
+def features_on_disk(cfg: TrainConfig, data: Dataset) -> bool:
+    """Whether the run reads its features from disk (a layout, ``--features-path``, ``--features-on-disk``)."""
+    return isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and bool(
         cfg.minibatch.features_on_disk or cfg.minibatch.features_path or cfg.minibatch.feature_store == "disk"))
+
+
+def bounded_evaluation_bytes(cfg: TrainConfig, data: Dataset) -> int:
+    """Evaluation's memory when it streams and spills: a chunk of ``eval_batch_size`` targets with
+    its full-neighbourhood sources (twice the mean degree, for skew), at the widest of features and
+    layers, the rows read and the layer's output."""
+    n = data.num_nodes
+    nnz = int(data.csr[1].shape[0]) if data.csr is not None else 2 * data.num_edges
+    chunk = min(n, cfg.minibatch.eval_batch_size)
+    rows = min(n, chunk * (1 + 2 * -(-nnz // max(n, 1))))
+    return 2 * (rows + chunk) * max(data.num_features, cfg.hidden, data.num_classes) * 4
+
+
+def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
+    """Peak bytes by part (module docstring), evaluation's layers in memory."""
+    n, f = data.num_nodes, data.num_features
+    on_disk = features_on_disk(cfg, data)
     parts = {"features": 0 if on_disk else n * f * 4, "graph": _graph_bytes(cfg, data)}
     width = max(cfg.hidden, data.num_classes)
     if cfg.engine in FULL_BATCH_ENGINES:
@@ -128,20 +151,43 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
         parts["activations"] = 4 * cfg.layers * n * width * 4
         return parts
     mc = cfg.minibatch
-    parts["caches"] = int(mc.cache_mb * (1 << 20))
+    depth = mc.lookahead if mc.lookahead is not None else (DEFAULT_LOOKAHEAD if on_disk else 0)
+    # --cache-mb is spent by a cache: a feature or history cache, or the look-ahead's buffer.
+    parts["caches"] = int(mc.cache_mb * (1 << 20)) if cfg.cache_policy() != "none" or depth else 0
     parts["per-node arrays"] = 32 * n
     rows = batch_input_rows(list(mc.fanouts or []), mc.batch_size, n)
     parts["batches"] = rows * f * 4 * (2 if mc.prefetch else 1)
+    parts["look-ahead window"] = depth * rows * 8 * 2
     parts["evaluation"] = 2 * n * width * 4
     return parts
+
+
+def evaluation_plan(cfg: TrainConfig, data: Dataset, available: int | None = None) -> dict[str, bool]:
+    """How exact evaluation keeps within memory: ``spill_layers`` when its two ``[N, width]``
+    layers do not fit beside training's parts, ``stream_features`` when, besides, the feature file
+    (on disk) would not fit in what is left for the page cache."""
+    plan = {"stream_features": False, "spill_layers": False}
+    if cfg.device not in ("auto", "cpu") or cfg.engine in FULL_BATCH_ENGINES:
+        return plan
+    available = available_bytes() if available is None else available
+    if available is None:
+        return plan
+    parts = estimate_bytes(cfg, data)
+    room = available - (sum(parts.values()) - parts["evaluation"])
+    bounded = bounded_evaluation_bytes(cfg, data)
+    plan["spill_layers"] = parts["evaluation"] > room and bounded < parts["evaluation"]
+    layers = bounded if plan["spill_layers"] else parts["evaluation"]
+    table = data.num_nodes * data.num_features * 4
+    plan["stream_features"] = features_on_disk(cfg, data) and table + layers > room
+    return plan
 
 
 _FIXES = {
     "caches": "lower --cache-mb",
     "batches": "lower --batch-size or --fanouts (a batch's input rows are held twice with prefetching; "
                "--no-prefetch holds them once)",
-    "evaluation": "lower --hidden (exact evaluation keeps two [N, hidden] layer outputs in memory; evaluation "
-                  "that streams them to disk is not built yet)",
+    "evaluation": "lower --eval-batch-size (exact evaluation, its layers written to disk, still holds a chunk)",
+    "look-ahead window": "lower --lookahead (each planned batch's input ids are held)",
     "graph": "write the dataset as an on-disk layout (approxgnn prepare --out DIR) and train with --dataset DIR",
     "per-node arrays": "use a machine with more memory",
 }
@@ -155,6 +201,9 @@ def check_memory(cfg: TrainConfig, data: Dataset, available: int | None = None) 
     if available is None:
         return
     parts = estimate_bytes(cfg, data)
+    if cfg.engine not in FULL_BATCH_ENGINES and sum(parts.values()) > available:
+        # its layers go to disk where that needs less (evaluation_plan)
+        parts["evaluation"] = min(parts["evaluation"], bounded_evaluation_bytes(cfg, data))
     need = sum(parts.values())
     if need <= available:
         return

@@ -38,7 +38,9 @@ from ..history.caches import Caches, build_caches
 from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
                          FeatureStore, MiniBatchConfig, NeighborSampler, first_hop_store, layerwise_inference,
                          write_features)
+from ..minibatch.config import DEFAULT_LOOKAHEAD
 from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
+from ..minibatch.lookahead import LookaheadCache
 from .._hash import mix_key
 from ..minibatch.sampler import batch_key
 from ..nn import Engine, FirstHop, build_model
@@ -46,6 +48,7 @@ from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .context import LocalContext
 from .loop import interactive
+from .memory import evaluation_plan
 from .metrics import evaluate_logits
 from .schedule import build_scheduler
 
@@ -105,6 +108,14 @@ def open_store_file(path: str | Path, kind: str) -> FeatureStore:
     return ArrayFeatureStore.open(path) if kind == "mmap" else DiskFeatureStore(path)
 
 
+def lookahead_depth(mc: MiniBatchConfig, store: FeatureStore) -> int:
+    """Batches the look-ahead plans: ``mc.lookahead`` if given, else :data:`DEFAULT_LOOKAHEAD` for
+    features read from disk and 0 (off) for features in RAM."""
+    if mc.lookahead is not None:
+        return int(mc.lookahead)
+    return DEFAULT_LOOKAHEAD if getattr(store, "on_disk", False) else 0
+
+
 def store_kind(store: FeatureStore) -> str:
     """``disk``, ``memmap`` or ``ram``: what ``result.json`` records as ``feature_store``."""
     if isinstance(store, DiskFeatureStore):
@@ -158,15 +169,21 @@ class MiniBatchTrainer(Trainer):
             self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx,
                                               cfg.precompute_dtype)
             precompute.update(info)
-        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.store, self.sampler.rowptr,
-                                           self.sampler.deg, cfg.layers, cfg.hidden, mc.cache_mb, self.device,
-                                           sampler=self.sampler)
+        self.depth = lookahead_depth(mc, self.store)
+        # Evaluation's layers on disk, its features streamed, when the memory plan says so.
+        self.eval_plan = evaluation_plan(cfg, data)
+        self.lookahead, cache_mb = self._build_lookahead()
+        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.lookahead or self.store,
+                                           self.sampler.rowptr, self.sampler.deg, cfg.layers, cfg.hidden, cache_mb,
+                                           self.device, sampler=self.sampler)
         # Short names for the parts (the caches are built once and never replaced).
         self.engine: Engine = self.caches.engine
         self.history: HistoryEngine | None = self.caches.history
         self.feature_cache: CachedFeatureStore | None = self.caches.feature_cache
         self.features: FeatureStore = self.caches.features
-        self.loader = BatchLoader(self.sampler, self.features, self.history, self.device)
+        fc = self.feature_cache
+        self.loader = BatchLoader(self.sampler, self.features, self.history, self.device, lookahead=self.lookahead,
+                                  depth=self.depth, upstream=fc.uncached if fc is not None else None)
         self.y = torch.as_tensor(data.y).to(self.device)
         self.train_ids = np.flatnonzero(data.train_mask).astype(np.int64)
         self.split_masks = {k: np.asarray(getattr(data, f"{k}_mask")) for k in ("train", "val", "test")}
@@ -178,7 +195,38 @@ class MiniBatchTrainer(Trainer):
                       "device": str(self.device), "input_dropout": cfg.resolved_input_dropout(),
                       "policy": self.policy, "cache_budget_bytes": self.caches.budget_bytes,
                       "cached_layers": list(self.caches.cached_layers),
-                      "feature_store": store_kind(self.store), "precompute": precompute}
+                      "feature_store": store_kind(self.store), "precompute": precompute,
+                      "lookahead": self.depth, "cache_split": self._cache_split(),
+                      "evaluation": self.eval_plan}
+
+    def _build_lookahead(self) -> tuple[LookaheadCache | None, float]:
+        """The look-ahead cache (None when off) and the MiB of ``--cache-mb`` left to the other
+        caches: it takes ``lookahead_share`` of the budget, all of it under policy ``none``. By
+        default (``lookahead`` None) it is left off where its share cannot hold its metadata."""
+        mc = self.mc
+        if not self.depth:
+            return None, mc.cache_mb
+        total = int(mc.cache_mb * 2**20)
+        share = total if self.policy == "none" else int(total * mc.lookahead_share)
+        try:
+            cache = LookaheadCache.within_budget(self.store, share, background=mc.prefetch)
+        except ValueError as e:
+            if mc.lookahead is None:  # the default, not asked for: off where its share holds no row
+                self.depth = 0
+                return None, mc.cache_mb
+            raise ValueError(f"the look-ahead cache's share of --cache-mb ({share / 2**20:.4g} MiB, "
+                             f"--lookahead-share {mc.lookahead_share}): {e}") from None
+        return cache, (total - share) / 2**20
+
+    def _cache_split(self) -> dict[str, int]:
+        """How ``--cache-mb`` was divided (bytes; rows of each cache), for ``result.json``."""
+        la = self.lookahead
+        split = {"budget_bytes": int(self.mc.cache_mb * 2**20), "lookahead_bytes": la.nbytes if la else 0,
+                 "lookahead_rows": la.capacity if la else 0, "caches_bytes": self.caches.budget_bytes,
+                 "feature_cache_rows": self.feature_cache.capacity if self.feature_cache is not None else 0}
+        if self.history is not None:
+            split["history_rows"] = self.history.cache.max_slots  # embedding rows it may take from feature rows
+        return split
 
     @property
     def is_main(self) -> bool:
@@ -222,6 +270,8 @@ class MiniBatchTrainer(Trainer):
         bar = tqdm(total=len(batches), desc=f"epoch {epoch}", disable=not self._bars, leave=False,
                    dynamic_ncols=True)
         with Prefetcher(self.mc.prefetch) as pf:
+            # Ordered on the one worker: the look-ahead's first batches are drawn before batch 0 loads.
+            pf.submit(self.loader.begin_epoch, [(s, key(b)) for b, s in enumerate(batches)], self.iteration)
             nxt = pf.submit(self.loader.load, batches[0], key(0), self.iteration)
             for b in range(len(batches)):
                 t0 = time.perf_counter()
@@ -268,7 +318,9 @@ class MiniBatchTrainer(Trainer):
 
     def _counters(self) -> dict[str, int]:
         served = self.feature_cache.rows_served if self.feature_cache else 0
-        return {**self.store.counters(), "served": served}
+        ahead = self.lookahead.counters() if self.lookahead is not None else {}
+        return {**self.store.counters(), "served": served,
+                **{f"lookahead_{k}": v for k, v in ahead.items() if k != "rows_requested"}}
 
     def _epoch_record(self, before: dict[str, int], elapsed: float, loss_sum: float, hop_sum: np.ndarray,
                       num_batches: int, t: dict[str, float]) -> dict[str, Any]:
@@ -288,7 +340,8 @@ class MiniBatchTrainer(Trainer):
             rec.update(self.history.stats())
         if self.feature_cache is not None:
             rec["feature_cache_rows"] = self.feature_cache.num_valid
-        for k in ("disk_reads", "disk_bytes_read"):  # what really left the disk (DiskFeatureStore)
+        for k in ("disk_reads", "disk_bytes_read",  # what really left the disk (DiskFeatureStore)
+                  "lookahead_rows_served", "lookahead_rows_prefetched"):  # rows the look-ahead cache served, read ahead
             if k in now:
                 rec[k] = now[k] - before[k]
         return rec
@@ -301,11 +354,16 @@ class MiniBatchTrainer(Trainer):
     def infer(self, nodes: np.ndarray | None = None, **shard: Any) -> torch.Tensor:
         """Exact logits ``[len(nodes), C]`` (all nodes by default) by layer-wise inference over
         full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read.
+        In bounded memory when :attr:`eval_plan` says so: features streamed through the store,
+        hidden layers written under ``--out`` (else the system's temporary directory) and removed.
         ``shard``: ``part`` and ``gather`` of :func:`layerwise_inference` (a sharded evaluation)."""
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
+        sharded = shard.get("part", (0, 1))[1] > 1  # a sharded evaluation gathers every layer in memory
+        spill = (self.cfg.out or tempfile.gettempdir()) if self.eval_plan["spill_layers"] and not sharded else None
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
                                    chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
-                                   first_hop=self._input if self.first_hop else None, **shard)
+                                   first_hop=self._input if self.first_hop else None,
+                                   stream=self.eval_plan["stream_features"], spill_dir=spill, **shard)
 
     def evaluate(self) -> dict[str, float]:
         """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
@@ -353,11 +411,18 @@ class MiniBatchTrainer(Trainer):
         return info
 
     def extra_state(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "epoch_log": list(self.epoch_log), "store": self.store.state_dict(),
-                **self.caches.state_dict()}
+        state = {"iteration": self.iteration, "epoch_log": list(self.epoch_log), "store": self.store.state_dict(),
+                 **self.caches.state_dict()}
+        if self.lookahead is not None:
+            state["lookahead"] = self.lookahead.state_dict()
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
         self.epoch_log = list(state["epoch_log"])
+        if self.lookahead is not None:
+            if "lookahead" not in state:
+                raise ValueError("the checkpoint holds no look-ahead cache; resume it with --lookahead 0")
+            self.lookahead.load_state_dict(state["lookahead"])  # re-reads its rows: before the store's counters
         self.store.load_state_dict(state["store"])
         self.caches.load_state_dict(state)
