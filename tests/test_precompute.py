@@ -164,7 +164,7 @@ def test_cli_flags_choose_the_path():
     assert config_from_args(parse(["train", "--no-precompute"])).precompute == "off"
     cfg = config_from_args(parse(["train", "--precompute", "on", "--precompute-dir", "/tmp/t"]))
     assert cfg.precompute == "on" and cfg.precompute_dir == "/tmp/t"
-    assert config_from_args(parse(["train"])).precompute_dtype == "float32"
+    assert config_from_args(parse(["train"])).precompute_dtype == "auto"
     assert config_from_args(parse(["train", "--precompute-dtype", "float16"])).precompute_dtype == "float16"
     with pytest.raises(ValueError, match="precompute_dtype"):
         TrainConfig(dataset="planted", precompute_dtype="int8")
@@ -174,9 +174,11 @@ def _minibatch(model, fanouts, precompute, **kw):
     from approxgnn.minibatch import MiniBatchConfig
 
     mb = MiniBatchConfig(fanouts=fanouts, batch_size=48, cache_mb=kw.pop("cache_mb", 0.0), eval_batch_size=70)
+    # A float32 table unless a test asks otherwise: the comparisons with the plain path are to 1e-5.
     return TrainConfig(dataset="planted", model=model, engine=kw.pop("engine", "sample"), layers=len(fanouts),
                        hidden=16, dropout=0.5, input_dropout=0.0, epochs=kw.pop("epochs", 4), lr=0.02,
-                       progress=False, seed=3, precompute=precompute, minibatch=mb, **kw)
+                       progress=False, seed=3, precompute=precompute, minibatch=mb,
+                       precompute_dtype=kw.pop("precompute_dtype", "float32"), **kw)
 
 
 @pytest.mark.parametrize("model", ["gcn", "sage"])
@@ -194,13 +196,15 @@ def test_minibatch_precomputed_equals_plain_with_full_fanouts(model):
     assert on["sampled_nodes_per_hop"][-1] < off["sampled_nodes_per_hop"][-1]
 
 
-@pytest.mark.parametrize("model, row_floats", [("sage", 2 * 10), ("gcn", 10 + 1)])
-def test_minibatch_bytes_count_both_tables(model, row_floats):
+@pytest.mark.parametrize("model, row_bytes", [("sage", 10 * 4 + 10 * 2), ("gcn", (10 + 1) * 2)])
+def test_minibatch_bytes_count_both_tables(model, row_bytes):
     data = planted_dataset(n=300, features=10)
-    r = run(_minibatch(model, [5, 4, 3], "on", epochs=2), data)
+    r = run(_minibatch(model, [5, 4, 3], "on", epochs=2, precompute_dtype="auto"), data)
+    assert r["precompute"]["dtype"] == "float16"  # the mini-batch engines' default table
     for c in r["curve"]:
-        # SAGE reads a node's own row and its precomputed mean; GCN only the table [ÂX | Â1].
-        assert c["feature_bytes_read"] == c["feature_rows_read"] * row_floats * 4 > 0
+        # SAGE reads a node's own row (float32) and its precomputed mean (float16); GCN only the
+        # table [ÂX | Â1] (float16).
+        assert c["feature_bytes_read"] == c["feature_rows_read"] * row_bytes > 0
     plain = run(_minibatch(model, [5, 4, 3], "off", epochs=2), data)
     assert r["curve"][-1]["feature_rows_read"] < plain["curve"][-1]["feature_rows_read"]
 
@@ -401,3 +405,13 @@ def test_features_on_disk_are_hashed_once_while_their_file_is_unchanged(tmp_path
     assert features_digest(x, memo_dir=tmp_path) == features_digest(x) != "planted"
     again = precompute_first_hop(_graph(data), x, "mean")
     assert not again.reused and again.path != first.path
+
+
+def test_table_dtype_auto_is_per_engine_family_and_recorded_runs_keep_float32():
+    assert [TrainConfig(dataset="planted", engine=e).table_dtype() for e in ("exact", "rsc", "sample", "refresh")] \
+        == ["float32", "float32", "float16", "float16"]
+    assert TrainConfig(dataset="planted", engine="sample", precompute_dtype="float32").table_dtype() == "float32"
+    # A run recorded before the option (its config has no precompute_dtype) resumes with its float32 table.
+    recorded = TrainConfig(dataset="planted", engine="sample", precompute="on").to_dict()
+    del recorded["precompute_dtype"]
+    assert TrainConfig.from_dict(recorded).table_dtype() == "float32"

@@ -29,12 +29,11 @@ from .datasets.registry import parse_synthetic_name
 from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
 from .minibatch.config import FEATURE_STORES, MiniBatchConfig
 from .nn.models import MODELS
-from .precompute import TABLE_DTYPES
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, read_checkpoint, run
 from .train.base import resolve_device
 from .train.loop import check_out_dir
-from .train.config import BACKENDS, DIST_EVAL_MODES, PRECOMPUTE_MODES, DistConfig
+from .train.config import BACKENDS, DIST_EVAL_MODES, PRECOMPUTE_DTYPES, PRECOMPUTE_MODES, DistConfig
 from .train.distributed import check_devices, env_world_size, under_launcher
 from .train.results import format_table
 from .train.presets import PRESET_HELP, PRESETS
@@ -110,8 +109,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--precompute-dir", "precompute_dir",
      {"help": "keep precomputed tables here and reuse them in later runs (keyed by graph and features)"}),
     ("--precompute-dtype", "precompute_dtype",
-     {"choices": sorted(TABLE_DTYPES), "help": "how the precomputed table is stored; float16 halves the bytes "
-                                               "a mini-batch reads from it"}),
+     {"choices": PRECOMPUTE_DTYPES, "help": "how the precomputed table is stored; float16 halves the bytes a "
+                                            "mini-batch reads from it; auto: float16 for the mini-batch engines, "
+                                            "float32 for the full-batch ones"}),
     # RSC
     ("--budget", "rsc.budget", {"type": _real, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
     ("--cache-interval", "rsc.cache_interval", {"type": int, "help": "RSC: iterations a sample is reused"}),

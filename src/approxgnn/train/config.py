@@ -7,7 +7,7 @@ from typing import Any
 from ..history.config import HistoryConfig
 from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
-from ..precompute import TABLE_DTYPES, first_hop_norm
+from ..precompute import first_hop_norm
 from ..rsc.config import RSCConfig
 from .presets import PRESETS, apply_preset
 from .schedule import LR_SCHEDULES
@@ -16,6 +16,7 @@ ENGINES = ("exact", "rsc", "sample", "refresh")
 BACKENDS = ("gloo", "nccl")
 DIST_EVAL_MODES = ("sharded", "rank0")
 PRECOMPUTE_MODES = ("auto", "on", "off")
+PRECOMPUTE_DTYPES = ("auto", "float32", "float16")
 # Engines whose ``--precompute auto`` takes the precomputed first hop (where it is on by default).
 # Full batch: the same function to float rounding (tests/test_precompute.py), so always when it
 # applies; benchmarks/RESULTS.md ("Precomputed first hop") has the measurements.
@@ -29,6 +30,11 @@ MINI_BATCH_ENGINES = ("sample", "refresh")
 # over cora, citeseer, twitch-de and tolokers, 3 seeds, untouched inputs scored +0.41 pp (full
 # batch, GCN and SAGE) and +0.40 pp (mini-batch SAGE) on average, mostly from tolokers' 10 features.
 INPUT_DROPOUT_FOLLOWS_DROPOUT = {"full_batch": False, "mini_batch": False}
+# The precomputed table's storage under ``precompute_dtype="auto"``, per engine family. Mini-batch
+# reads the table row by row, so float16 halves those bytes; over 3 seeds on synthetic-hard-1m it
+# trained as the float32 table did (benchmarks/RESULTS.md, "Precomputed first hop"). Full batch
+# reads it once into memory: float32, the same function as the plain path to float rounding.
+TABLE_DTYPE_AUTO = {"full_batch": "float32", "mini_batch": "float16"}
 
 
 def engine_family(engine: str) -> str:
@@ -106,9 +112,9 @@ class TrainConfig:
     # is the default and applies), on (required: an error where it cannot apply), off.
     precompute: str = "auto"
     precompute_dir: str | None = None  # where tables are kept and found again (None: RAM, or beside on-disk X)
-    # How the table is stored: float16 halves what a mini-batch reads per table row (the full-batch
-    # engines widen it to float32 once, in memory).
-    precompute_dtype: str = "float32"
+    # How the table is stored: float32, float16 (half the bytes per table row; the full-batch
+    # engines widen it to float32 once, in memory), or auto (TABLE_DTYPE_AUTO, per engine family).
+    precompute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.minibatch.fanouts is None and self.layers >= 1:
@@ -164,8 +170,8 @@ class TrainConfig:
                              f"--engine {self.engine} is full-batch and runs in one process")
         if self.precompute not in PRECOMPUTE_MODES:
             raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {self.precompute!r}")
-        if self.precompute_dtype not in TABLE_DTYPES:
-            raise ValueError(f"precompute_dtype must be one of {sorted(TABLE_DTYPES)}, got {self.precompute_dtype!r}")
+        if self.precompute_dtype not in PRECOMPUTE_DTYPES:
+            raise ValueError(f"precompute_dtype must be one of {PRECOMPUTE_DTYPES}, got {self.precompute_dtype!r}")
         if self.precompute == "on":
             use, why = self.first_hop_path()
             if not use:
@@ -195,6 +201,13 @@ class TrainConfig:
         if self.input_dropout is not None:
             return self.input_dropout
         return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[engine_family(self.engine)] else 0.0
+
+    def table_dtype(self) -> str:
+        """The precomputed table's storage, ``"float32"`` or ``"float16"``: ``precompute_dtype``, or
+        under ``auto`` the engine family's (:data:`TABLE_DTYPE_AUTO`)."""
+        if self.precompute_dtype != "auto":
+            return self.precompute_dtype
+        return TABLE_DTYPE_AUTO[engine_family(self.engine)]
 
     def first_hop_path(self) -> tuple[bool, str]:
         """Whether this run takes the precomputed first hop, and why (recorded in ``result.json``).
@@ -249,6 +262,8 @@ class TrainConfig:
                 d["input_dropout"] = d["dropout"]
             if "precompute" not in d:  # recorded before the precomputed first hop: the plain path
                 d["precompute"] = "off"
+            if "precompute_dtype" not in d:  # recorded when every table was float32
+                d["precompute_dtype"] = "float32"
         d = apply_preset(d)
         for group, sub in GROUPS.items():
             if group in d and not isinstance(d[group], sub):

@@ -61,7 +61,7 @@ class FullBatchTrainer(Trainer):
         self.x: torch.Tensor | FirstHop = x
         if use_first_hop:
             table = precompute_first_hop(graph, data.x, self.model.norm, directory=cfg.precompute_dir,
-                                         dtype=cfg.precompute_dtype)
+                                         dtype=cfg.table_dtype())
             # Full batch holds the table in memory as float32 (an on-disk one found from an earlier
             # run is read in; a float16 one is widened once).
             arr = np.array(table.table) if isinstance(table.table, np.memmap) else table.table

@@ -167,7 +167,7 @@ class MiniBatchTrainer(Trainer):
         precompute: dict[str, Any] = {"path": "precomputed" if self.first_hop else "plain", "reason": why}
         if self.first_hop:
             self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx,
-                                              cfg.precompute_dtype)
+                                              cfg.table_dtype())
             precompute.update(info)
         self.depth = lookahead_depth(mc, self.store)
         # Evaluation's layers on disk, its features streamed, when the memory plan says so.
