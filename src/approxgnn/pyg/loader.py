@@ -85,11 +85,13 @@ class NeighborBatchLoader:
     (:mod:`approxgnn.precompute`, for a model without input dropout, as PyG's ``BasicGNN``): the
     last hop is not sampled, and a batch's ``x`` holds the rows layer 0 reads -- GCN's ``[ÂX | Â1]``,
     GraphSAGE's ``[X | mean]`` -- which :class:`~approxgnn.pyg.history.HistoryGNN` understands.
+    ``precompute_dtype``: ``"float32"`` or ``"float16"``, how the table is stored (``x`` is float32).
     """
 
     def __init__(self, data: Any, num_neighbors: Sequence[int], batch_size: int = 1024, input_nodes: Any = None, *,
                  shuffle: bool = True, seed: int = 0, norm: str = "mean",
-                 device: torch.device | str = "cpu", precompute: bool = False) -> None:
+                 device: torch.device | str = "cpu", precompute: bool = False,
+                 precompute_dtype: str = "float32") -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         x = _as_numpy(data.x)
@@ -98,7 +100,7 @@ class NeighborBatchLoader:
         self.store: FeatureStore = ArrayFeatureStore(x)
         self.num_features, self.precompute = int(x.shape[1]), precompute
         if precompute:
-            self.store, self.table = first_hop_store(self.graph, self.store, norm)
+            self.store, self.table = first_hop_store(self.graph, self.store, norm, dtype=precompute_dtype)
         self.features: FeatureStore = self.store
         self.device = torch.device(device)
         y = getattr(data, "y", None)

@@ -60,11 +60,13 @@ class FullBatchTrainer(Trainer):
         precompute: dict[str, Any] = {"path": "precomputed" if use_first_hop else "plain", "reason": why}
         self.x: torch.Tensor | FirstHop = x
         if use_first_hop:
-            table = precompute_first_hop(graph, data.x, self.model.norm, directory=cfg.precompute_dir)
-            # Full batch holds the table in memory (an on-disk one found from an earlier run is read in).
+            table = precompute_first_hop(graph, data.x, self.model.norm, directory=cfg.precompute_dir,
+                                         dtype=cfg.precompute_dtype)
+            # Full batch holds the table in memory as float32 (an on-disk one found from an earlier
+            # run is read in; a float16 one is widened once).
             arr = np.array(table.table) if isinstance(table.table, np.memmap) else table.table
             # GCN's [ÂX | Â1] holds the raw features inside ÂX (X is not kept); SAGE's self term needs X.
-            rows = torch.from_numpy(arr).to(self.device)
+            rows = torch.from_numpy(arr).float().to(self.device)
             self.x = FirstHop(rows) if self.model.norm == "gcn" else FirstHop(rows, x)
             precompute.update(table.info())
         self.y = torch.as_tensor(data.y).to(self.device)
