@@ -1,6 +1,7 @@
 """Mini-batch epoch time, plain against the precomputed first hop, the runs taking turns epoch by epoch.
 
     python benchmarks/minibatch_precompute_speed.py --epochs 4 --json benchmarks/minibatch_precompute_speed.json
+    python benchmarks/minibatch_precompute_speed.py --feature-store disk --json speed_disk.json  # O_DIRECT reads
 
 The settings of ``minibatch_vs_pyg.py`` (``synthetic-hard-1m``, SAGE 3x128, fanouts [15, 10, 5],
 batch 1024, features memory-mapped): ``sample`` on the plain path, ``sample+pc`` (the table in
@@ -33,12 +34,17 @@ def main() -> None:
     p.add_argument("--data-dir", default="/tmp/pygpeer")
     p.add_argument("--epochs", type=int, default=4, help="timed epochs per run (after one untimed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-store", default="auto", choices=["auto", "disk", "mmap"],
+                   help="how the features file (and the table beside it) is read")
     p.add_argument("--json")
     a = p.parse_args()
     settings = build_parser().parse_args(["--dataset", a.dataset, "--epochs", str(a.epochs + 1)])
     settings.our_epochs = a.epochs + 1
     data = load(a.dataset, Path(a.data_dir))
-    trainers = {k: build_trainer(our_config(data, k, a.seed, settings), data) for k in KINDS}
+    cfgs = {k: our_config(data, k, a.seed, settings) for k in KINDS}
+    for cfg in cfgs.values():
+        cfg.minibatch.feature_store = a.feature_store
+    trainers = {k: build_trainer(cfg, data) for k, cfg in cfgs.items()}
     times: dict[str, list[float]] = {k: [] for k in KINDS}
     read: dict[str, list[int]] = {k: [] for k in KINDS}
     for epoch in range(a.epochs + 1):

@@ -122,3 +122,19 @@ def test_bad_files_and_ids_are_named(tmp_path):
     _, good = _file(tmp_path, 100, 8, seed=1)
     with pytest.raises(IndexError, match="outside"):
         DiskFeatureStore(good).read(np.array([3, 100]))
+
+
+def test_auto_memory_maps_a_file_that_fits_and_reads_a_larger_one_from_disk(tmp_path, monkeypatch):
+    from approxgnn.train import minibatch as trainer_module
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((1000, 64), np.float32))  # 256 KB and a header
+    size = path.stat().st_size
+    monkeypatch.setattr(trainer_module, "available_bytes", lambda: 2 * size)  # fits in half: the page cache holds it
+    assert not isinstance(trainer_module.open_store_file(path, "auto"), DiskFeatureStore)
+    monkeypatch.setattr(trainer_module, "available_bytes", lambda: 2 * size - 2)  # does not
+    assert isinstance(trainer_module.open_store_file(path, "auto"), DiskFeatureStore)
+    monkeypatch.setattr(trainer_module, "available_bytes", lambda: None)  # unknown: the disk store, safe either way
+    assert isinstance(trainer_module.open_store_file(path, "auto"), DiskFeatureStore)
+    assert not isinstance(trainer_module.open_store_file(path, "mmap"), DiskFeatureStore)
+    assert isinstance(trainer_module.open_store_file(path, "disk"), DiskFeatureStore)

@@ -211,7 +211,8 @@ def test_cli_prepare_then_train_from_the_memmap(tmp_path, capsys, shared_data):
                  "--features-path", str(path), "--no-progress", "--out", str(out)])
     assert code == 0
     saved = json.loads((out / "result.json").read_text())
-    assert saved["feature_store"] == "disk" and saved["policy"] == "refresh"  # the default for features on disk
+    # auto: a features file that fits in memory is memory-mapped
+    assert saved["feature_store"] == "memmap" and saved["policy"] == "refresh"
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--engine", "refresh", "--batch-size", "0", "--no-progress"])
     assert exit_.value.code == 2 and "batch_size must be positive" in capsys.readouterr().err

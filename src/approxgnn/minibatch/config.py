@@ -42,7 +42,8 @@ class MiniBatchConfig:
     * ``features_path``: memory-map this ``.npy`` (from ``approxgnn prepare``) as the features.
     * ``feature_store``: how features on disk are read: ``disk`` (:class:`~.disk_store.DiskFeatureStore`:
       ``pread`` from a thread pool, ``O_DIRECT``), ``mmap`` (a memory map, as before) or ``auto``
-      (``disk`` whenever the features are on disk). ``disk`` implies ``features_on_disk``;
+      (the memory map for a file that fits in half the memory the run may use, where the page
+      cache serves it from RAM; ``disk`` for a larger one). ``disk`` implies ``features_on_disk``;
       features in RAM stay in RAM under ``auto`` and ``mmap``.
     * ``prefetch``: sample the next batch in a worker thread while this one trains (and let the
       look-ahead cache prefetch in its own thread).

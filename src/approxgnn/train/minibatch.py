@@ -48,7 +48,7 @@ from .base import Trainer, dataset_graph, resolve_device, synchronizer
 from .config import TrainConfig
 from .context import LocalContext
 from .loop import interactive
-from .memory import evaluation_plan
+from .memory import available_bytes, evaluation_plan
 from .metrics import evaluate_logits
 from .schedule import build_scheduler
 
@@ -61,8 +61,9 @@ def open_feature_store(mc: MiniBatchConfig, x: np.ndarray, out: str | None,
     """The counted store of ``x`` as configured: a prepared ``.npy`` (``features_path``), ``x``
     itself (RAM, or a memmap already: an on-disk layout's features), or ``x`` written to
     ``<out>/features.npy`` (or a temporary directory, returned second: keep it alive as long as the
-    store). Features on disk are read by ``mc.feature_store``: ``disk``/``auto`` a
-    :class:`DiskFeatureStore`, ``mmap`` an :class:`ArrayFeatureStore` over a memory map.
+    store). Features on disk are read by ``mc.feature_store`` (:func:`open_store_file`): ``disk`` a
+    :class:`DiskFeatureStore`, ``mmap`` an :class:`ArrayFeatureStore` over a memory map, ``auto``
+    the memory map for a file that fits in memory and the disk store for one that does not.
 
     Under a distributed rank context ``ctx`` every rank reads one file: rank 0 writes it (as if
     ``features_on_disk``) and broadcasts its path, which the other ranks open read-only.
@@ -104,7 +105,16 @@ def _is_whole_npy(x: np.memmap) -> bool:
 
 def open_store_file(path: str | Path, kind: str) -> FeatureStore:
     """A store over the float32 ``.npy`` at ``path``: ``mmap`` an :class:`ArrayFeatureStore` over a
-    memory map, else a :class:`DiskFeatureStore`."""
+    memory map, ``disk`` a :class:`DiskFeatureStore`; ``auto`` the memory map when the file takes
+    at most half the memory this run may use (:func:`~.memory.available_bytes`), else the disk store.
+
+    Why: a file the page cache can hold is read from RAM after its first touch, and ``O_DIRECT``
+    would go to the disk for every row again (3x slower epochs on a 512 MB file, RESULTS.md,
+    "Precomputed first hop"); a file larger than memory is read at the disk's speed either way,
+    and there the disk store is 5-6x a memory map's cold gather."""
+    if kind == "auto":
+        room = available_bytes()
+        kind = "mmap" if room is not None and Path(path).stat().st_size <= room // 2 else "disk"
     return ArrayFeatureStore.open(path) if kind == "mmap" else DiskFeatureStore(path)
 
 
