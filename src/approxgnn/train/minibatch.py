@@ -120,10 +120,12 @@ def open_store_file(path: str | Path, kind: str) -> FeatureStore:
 
 def lookahead_depth(mc: MiniBatchConfig, store: FeatureStore) -> int:
     """Batches the look-ahead plans: ``mc.lookahead`` if given, else :data:`DEFAULT_LOOKAHEAD` for
-    features read from disk and 0 (off) for features in RAM."""
+    features read by the disk store and 0 (off) for features in RAM or memory-mapped (a file the
+    page cache holds: ``--feature-store auto`` maps only those), where it would only take half of
+    the cache budget."""
     if mc.lookahead is not None:
         return int(mc.lookahead)
-    return DEFAULT_LOOKAHEAD if getattr(store, "on_disk", False) else 0
+    return DEFAULT_LOOKAHEAD if isinstance(store, DiskFeatureStore) else 0
 
 
 def store_kind(store: FeatureStore) -> str:
