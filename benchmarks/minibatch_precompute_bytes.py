@@ -5,7 +5,7 @@
 A count, not a timing (no training: the sampler and the counted stores only), on
 ``synthetic-hard-1m`` with SAGE's mean aggregation, fanouts [15, 10, 5], batch 1024, epoch 0 of
 seed 0 (the batches ``approxgnn train --engine sample`` draws). The precomputed table is built (or
-found) beside the memory-mapped features, and its cost is recorded.
+found) beside the memory-mapped features, as float32 and as float16, and its cost is recorded.
 """
 import argparse
 import json
@@ -29,9 +29,10 @@ g = CSRGraph.from_edge_index(d.edge_index, d.num_nodes)
 train = np.flatnonzero(d.train_mask)
 batches = epoch_seeds(train, 1024, 0, 0)
 out = {"batches_per_epoch": len(batches)}
-for name, fh in (("plain", False), ("precomputed", True)):
+for name, fh, dtype in (("plain", False, None), ("precomputed", True, "float32"),
+                        ("precomputed_float16", True, "float16")):
     store = ArrayFeatureStore(d.x)
-    feats, table = (first_hop_store(g, store, "mean") if fh else (store, None))
+    feats, table = (first_hop_store(g, store, "mean", dtype=dtype) if fh else (store, None))
     sampler = NeighborSampler(g, [15, 10, 5], "mean", first_hop=fh)
     loader = BatchLoader(sampler, feats, None, torch.device("cpu"))
     hops = []
@@ -42,5 +43,6 @@ for name, fh in (("plain", False), ("precomputed", True)):
                  "nodes_per_hop_mean": np.mean(hops, 0).round(1).tolist(),
                  "table": None if table is None else table.info()}
 out["bytes_ratio"] = out["precomputed"]["bytes_per_epoch"] / out["plain"]["bytes_per_epoch"]
+out["bytes_ratio_float16"] = out["precomputed_float16"]["bytes_per_epoch"] / out["plain"]["bytes_per_epoch"]
 print(json.dumps(out, indent=1))
 _common.write_json(a.json, out)

@@ -152,7 +152,7 @@ def pyg_run(data, g, adj_t, masks, seed: int, a: argparse.Namespace) -> dict[str
 # ---- ours ---------------------------------------------------------------------------------------
 def our_config(data, kind: str, seed: int, a: argparse.Namespace) -> TrainConfig:
     """``kind``: ``sample`` or ``refresh``, with ``+pc`` for the precomputed first hop
-    (``--precompute on``; without it ``off``, the plain path)."""
+    (``--precompute on``; without it ``off``, the plain path), ``+pc16`` for it stored as float16."""
     engine, _, pc = kind.partition("+")
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=a.fanouts, batch_size=a.batch_size, features_path=str(data.x.filename),
@@ -161,7 +161,8 @@ def our_config(data, kind: str, seed: int, a: argparse.Namespace) -> TrainConfig
     return TrainConfig(dataset=a.dataset, model="sage", engine=engine, layers=a.layers, hidden=a.hidden,
                        dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=a.our_epochs, seed=seed,
                        device="cpu", progress=True, minibatch=mb, history=history,
-                       precompute="on" if pc == "pc" else "off")
+                       precompute="on" if pc.startswith("pc") else "off",
+                       precompute_dtype="float16" if pc == "pc16" else "float32")
 
 
 def our_run(data, kind: str, seed: int, a: argparse.Namespace) -> dict[str, Any]:
@@ -233,19 +234,21 @@ COLUMNS = ["run", "seed", "threads", "epoch_s", "epoch_speedup", "curve_test_%",
            "s_to_pyg_test", "sooner_x", "val_tta_x"]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The settings of both sides (also read by ``minibatch_precompute_speed.py``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic-hard-1m")
     p.add_argument("--runs", default="pyg,sample,refresh",
                    help="which of pyg, sample, refresh, in this order; sample+pc, refresh+pc: with the "
-                        "precomputed first hop (the plain ones run --precompute off)")
+                        "precomputed first hop (the plain ones run --precompute off); +pc16: its table "
+                        "stored as float16")
     p.add_argument("--seeds", default="0")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--our-epochs", type=int, help="cap on our runs' epochs (default: --epochs); the lr is "
                    "constant, so more epochs only let a run that has not yet reached PyG's final test go on")
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--fanouts", default="15,10,5")
+    p.add_argument("--fanouts", default=[15, 10, 5], type=lambda s: [int(f) for f in s.split(",")])
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -259,7 +262,11 @@ def main() -> None:
     p.add_argument("--keep", help="comma-separated run kinds --resume may keep (default: every kind)")
     p.add_argument("--resume", metavar="JSON", help="keep the runs of this earlier --json that this call would "
                    "repeat (same run, seed and epochs) instead of running them again")
-    a = p.parse_args()
+    return p
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     missing = peer_missing()
     if missing:
         print(f"skipped: {missing} is not installed (make peer)")
@@ -267,7 +274,6 @@ def main() -> None:
     if a.quick:
         a.dataset, a.epochs, a.seeds, a.staleness = "synthetic-hard-50k", 2, "0", 2
     a.our_epochs = a.our_epochs or a.epochs
-    a.fanouts = [int(f) for f in a.fanouts.split(",")]
     measure(a)
 
 

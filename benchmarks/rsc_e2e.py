@@ -28,7 +28,6 @@ from typing import Any
 
 import _common  # noqa: F401  (puts src/ on the path)
 import rsc_common
-import torch
 
 from approxgnn.datasets import load_dataset
 from approxgnn.rsc import RSCConfig
@@ -122,15 +121,15 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
     """Mean ‖∇θ_RSC − ∇θ_exact‖ / ‖∇θ_exact‖ and mean cosine(∇θ_RSC, ∇θ_exact) over the
     approximate steps of one training run.
 
-    A copy of the full-batch training step in which every approximate step also computes the exact
-    gradient with the *same* dropout masks (RNG state replayed); the optimiser then steps with the
-    RSC gradient, as in real training. Untimed: a diagnostic of the approximation quality.
+    Each step is the trainer's own guarded step, ``train_epoch(epoch, compare_exact=True)``, which
+    first computes the exact gradient under the same dropout masks and then steps with the RSC
+    gradient, as in real training; a step counts when the engine's profile says every budgeted
+    layer sampled (``SampledPropagation.profile().approximating``). Untimed: a diagnostic of the
+    approximation quality.
     """
     over = VARIANTS[variant]
     if over is None:
         return None
-    import torch.nn.functional as F
-
     from approxgnn.train import build_trainer
 
     cfg = TrainConfig(dataset=dataset, model=model, engine="rsc", layers=LAYERS[model], hidden=a.hidden,
@@ -138,29 +137,13 @@ def gradient_error(data, dataset: str, model: str, variant: str, seed: int, epoc
                       device="cpu", progress=False,
                       rsc=RSCConfig(**{**({} if a.budget is None else {"budget": a.budget}), **over}))
     tr = build_trainer(cfg, data)
-    m = tr.masks["train"]
-    params = [p for p in tr.model.parameters() if p.requires_grad]
-
-    def grads(prop) -> torch.Tensor:
-        tr.optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(tr.model(tr.x, prop)[m], tr.y[m]).backward()
-        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
-
     errs, coss = [], []
     for epoch in range(epochs):
-        tr.engine.on_epoch_start(epoch, epochs)
-        tr.model.train()
-        rng = torch.get_rng_state()
-        if tr.prop.phase == "approx" and all(s.alloc is not None for s in tr.prop.layers.values()):
-            exact = grads(tr.eval_prop)
-            torch.set_rng_state(rng)
-            approx = grads(tr.prop)
-            errs.append(float((approx - exact).norm() / exact.norm().clamp_min(1e-30)))
-            coss.append(float(torch.nn.functional.cosine_similarity(approx, exact, dim=0)))
-        else:
-            grads(tr.prop)
-        tr.optimizer.step()
-        tr.engine.on_epoch_end(epoch, float("nan"))
+        rec = tr.train_epoch(epoch, compare_exact=True)
+        if tr.engine.profile().approximating:
+            errs.append(rec["grad_rel_err"])
+            coss.append(rec["grad_cos"])
+        tr.engine.on_epoch_end(epoch, float("nan"))  # no evaluation here: the schedule alone moves on
     return (statistics.fmean(errs), statistics.fmean(coss)) if errs else None
 
 

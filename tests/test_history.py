@@ -97,7 +97,7 @@ def test_staleness_is_exact_per_entry():
     rows, ages = hc.read(1, np.array([4]), 16)
     assert ages.tolist() == [4] and torch.equal(rows, torch.ones(1, D))
     test = hc.prune_test(1, 16)
-    assert test.now == 16 and test.max_age == 5 and test.node_slot[4] >= 0
+    assert test.now == 16 and test.staleness == 5 and test.node_slot[4] >= 0
 
 
 def test_capacity_guard_reuses_stale_then_grows_then_replaces_oldest():
@@ -222,7 +222,7 @@ class ReferenceGuard:
     """
 
     def __init__(self, num_nodes, layers, max_slots, staleness, weight):
-        self.S, self.max_age, self.w = max_slots, staleness, weight
+        self.S, self.staleness, self.w = max_slots, staleness, weight
         self.claimed = 0
         self.slot_node = np.full(max_slots, -1)
         self.slot_layer = np.full(max_slots, -1)
@@ -230,7 +230,7 @@ class ReferenceGuard:
         self.node_slot = {l: np.full(num_nodes, -1) for l in layers}
 
     def stale(self, s, now):
-        return self.max_age is not None and now - self.slot_iter[s] > self.max_age
+        return self.staleness is not None and now - self.slot_iter[s] > self.staleness
 
     def admit(self, layer, nodes, now):
         nodes = np.asarray(nodes[: min(len(nodes), self.S)])
@@ -253,10 +253,10 @@ class ReferenceGuard:
                 ranked = sorted(cand, key=lambda s: (self.slot_iter[s], s))[: len(rest)]
                 chosen = list(range(len(ranked)))
             else:
-                life = lambda s: 1.0 if self.max_age is None else float(self.max_age - (now - self.slot_iter[s]) + 1)
+                life = lambda s: 1.0 if self.staleness is None else float(self.staleness - (now - self.slot_iter[s]) + 1)
                 value = {s: self.w[self.slot_node[s]] * life(s) for s in cand}
                 ranked = sorted(cand, key=lambda s: (value[s], s))[: len(rest)]
-                new_life = 1.0 if self.max_age is None else float(self.max_age + 1)
+                new_life = 1.0 if self.staleness is None else float(self.staleness + 1)
                 v_new = self.w[nodes[rest]] * new_life
                 best = np.argsort(-v_new, kind="stable")[: len(ranked)]
                 c = sum(v_new[b] > value[s] for b, s in zip(best, ranked))

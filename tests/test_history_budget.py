@@ -93,7 +93,23 @@ def test_engine_build_applies_the_policys_split(policy, share):
     arena = eng.features.rows.untyped_storage().nbytes() // 4
     assert eng.cache.max_slots == embedding_rows(arena, 32, None if share >= 1 else share)
     expected = (None, "gas") if policy == "gas" else (20, "refresh")  # the ReFresh names expire alike
-    assert (eng.rules.max_age, eng.rules.name) == expected
+    assert (eng.rules.staleness, eng.rules.name) == expected
+
+
+def test_staleness_is_one_name_from_the_config_to_the_prune_test_and_old_names_warn():
+    store = ArrayFeatureStore(np.ones((1000, 16), np.float32))
+    eng = HistoryEngine.build(HistoryConfig(policy="refresh", staleness=7), store, np.arange(1000), np.ones(1000), 3,
+                              32, 200_000, torch.device("cpu"))
+    assert eng.cached_layers == (1,)  # the default for 3 layers: the layer below the top one
+    assert eng.rules.staleness == eng.cache.staleness == 7
+    assert all(t.staleness == 7 for t in eng.prune_tests(100).values())
+    with pytest.warns(DeprecationWarning, match="staleness"):
+        assert eng.rules.max_age == 7
+    with pytest.warns(DeprecationWarning, match="cached_layers"):
+        assert eng.layers == (1,)
+    gas = HistoryEngine.build(HistoryConfig(policy="gas"), store, np.arange(1000), np.ones(1000), 3, 32, 200_000,
+                              torch.device("cpu"))
+    assert gas.rules.staleness is None and gas.cache.staleness is None  # never stale
 
 
 def test_embedding_share_is_validated_and_reaches_the_config():
@@ -150,7 +166,7 @@ def test_default_cached_layer_prunes_two_hops_and_layer_zero_only_the_last():
         trainer, log = _train("none" if name == "none" else "gas", epochs=2, cached_layers=layers)
         hops[name] = (log[-1]["sampled_nodes_per_hop"], log[-1]["feature_bytes_read"])
         if name == "default":
-            assert trainer.history.layers == (1,)
+            assert trainer.history.cached_layers == (1,)
     (h_none, b_none), (h_def, b_def), (h_0, b_0) = hops["none"], hops["default"], hops["layer0"]
     assert h_def[2] < h_none[2] and h_def[3] < h_none[3]
     assert h_0[2] == h_none[2] and h_0[3] < h_none[3]

@@ -83,12 +83,12 @@ def test_keep_share_keeps_a_drawn_share_of_the_hits():
         kept = set(part.hits(1)[:p].tolist())
         # the layer-0 nodes below layer 1: the misses' and the kept hits' neighbours only
         blk = part.blocks[1]
-        below = set(part.layer_nodes[0][blk.col].tolist())
+        below = set(part.layer_nodes[0][blk.adj.col.numpy()].tolist())
         for i, v in enumerate(part.layer_nodes[1][: part.num_computed[1]]):
-            row = blk.col[blk.rowptr[i]:blk.rowptr[i + 1]]
+            row = blk.adj.col.numpy()[blk.adj.rowptr[i]:blk.adj.rowptr[i + 1]]
             if v in kept:
                 assert len(row) == min(5, sampler.rowptr[v + 1] - sampler.rowptr[v])
-        assert len(below) >= len(set(pruned.layer_nodes[0][pruned.blocks[1].col].tolist()))
+        assert len(below) >= len(set(pruned.layer_nodes[0][pruned.blocks[1].adj.col.numpy()].tolist()))
     share = kept_total / hits_total
     sd = np.sqrt(0.3 * 0.7 / hits_total)
     assert abs(share - 0.3) < 4 * sd and 0 < kept_total < hits_total

@@ -60,9 +60,9 @@ def test_kept_hits_are_computed_from_fewer_neighbours():
         ppos = {v: i for i, v in enumerate(plain.layer_nodes[1][: plain.num_computed[1]])}
         for i in range(kept.num_computed[1] - len(hits), kept.num_computed[1]):
             v = kept.layer_nodes[1][i]
-            row = set(kept.layer_nodes[0][blk.col[blk.rowptr[i]:blk.rowptr[i + 1]]])
+            row = set(kept.layer_nodes[0][blk.adj.col.numpy()[blk.adj.rowptr[i]:blk.adj.rowptr[i + 1]]])
             j = ppos[v]
-            full = set(plain.layer_nodes[0][pblk.col[pblk.rowptr[j]:pblk.rowptr[j + 1]]])
+            full = set(plain.layer_nodes[0][pblk.adj.col.numpy()[pblk.adj.rowptr[j]:pblk.adj.rowptr[j + 1]]])
             nbrs = set(sampler.col[sampler.rowptr[v]:sampler.rowptr[v + 1]])
             assert len(row) == min(keep, FANOUTS[1], len(nbrs)) and row <= nbrs
             if keep >= FANOUTS[1]:

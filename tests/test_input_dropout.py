@@ -70,9 +70,16 @@ def test_input_dropout_drops_features_at_its_own_rate(cls: type) -> None:
     assert torch.equal(a, b)
 
 
-def test_model_default_follows_dropout_and_bad_values_are_refused() -> None:
-    assert GCN(4, 8, 2, dropout=0.3).input_dropout == 0.3  # Kipf's GCN: inputs dropped too
-    assert build_model("sage", 4, 8, 2, 2, 0.3, input_dropout=0.0).input_dropout == 0.0
+def test_a_model_takes_a_rate_none_is_the_configs_and_bad_values_are_refused() -> None:
+    # None means one thing, TrainConfig's "engine family's default"; a model takes a float.
+    assert GCN(4, 8, 2, dropout=0.3).input_dropout == 0.0  # inputs untouched unless asked
+    assert GCN(4, 8, 2, dropout=0.3, input_dropout=0.3).input_dropout == 0.3  # Kipf's GCN, spelled out
+    assert build_model("sage", 4, 8, 2, 2, 0.3, input_dropout=0.2).input_dropout == 0.2
+    assert build_model("gcn2", 4, 8, 2, 2, 0.3).input_dropout == 0.0
+    with pytest.raises(ValueError, match="TrainConfig resolves"):
+        GCN(4, 8, 2, input_dropout=None)
+    cfg = TrainConfig(dropout=0.3)
+    assert cfg.input_dropout is None and isinstance(cfg.resolved_input_dropout(), float)
     with pytest.raises(ValueError, match="input_dropout"):
         SAGE(4, 8, 2, input_dropout=1.0)
     with pytest.raises(ValueError, match="input_dropout"):

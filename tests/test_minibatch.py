@@ -135,7 +135,7 @@ def test_training_writes_refresh_figures(tmp_path):
         del seen[:], reads[:]
         rec = trainer.train_epoch(epoch)
         samples = [b.sample for b, _ in seen]
-        layers = trainer.history.layers
+        layers = trainer.history.cached_layers
         hits = sum(len(s.hits(l)) for s in samples for l in layers)
         nonseed = sum(len(s.layer_nodes[l]) - len(s.seeds) for s in samples for l in layers)
         expected.append({"hit_rate": hits / nonseed, "feature_rows_read": sum(reads),

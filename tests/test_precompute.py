@@ -164,7 +164,10 @@ def test_cli_flags_choose_the_path():
     assert config_from_args(parse(["train", "--no-precompute"])).precompute == "off"
     cfg = config_from_args(parse(["train", "--precompute", "on", "--precompute-dir", "/tmp/t"]))
     assert cfg.precompute == "on" and cfg.precompute_dir == "/tmp/t"
-
+    assert config_from_args(parse(["train"])).precompute_dtype == "float32"
+    assert config_from_args(parse(["train", "--precompute-dtype", "float16"])).precompute_dtype == "float16"
+    with pytest.raises(ValueError, match="precompute_dtype"):
+        TrainConfig(dataset="planted", precompute_dtype="int8")
 
 
 def _minibatch(model, fanouts, precompute, **kw):
@@ -295,8 +298,106 @@ def test_pyg_approximate_reuses_the_first_aggregation(kind):
     assert engine_of(model)._first_hops[0][3] is not None  # the table was built and used
     # Under a budget, RSC stops budgeting the layer whose product is gone.
     _, sampled = _approximated_losses(kind, True, budget=0.3, epochs=6)
-    layers = {l for e in engine_of(sampled).bound.values() for l in e.engine.layers}
+    layers = {l for e in engine_of(sampled).bound.values() for l in e.engine.samplers}
     assert 0 not in layers and layers
     # An input dropped out before the first layer is new every step: no table is ever built.
     _, dropped = _approximated_losses(kind, True, input_dropout=0.3)
     assert engine_of(dropped)._first_hops[0][3] is None
+
+
+# ---- a float16 table: half the bytes per table row, the same training to rounding ----------------
+
+@pytest.mark.parametrize("norm", ["gcn", "mean"])
+def test_float16_table_is_the_float32_one_rounded_and_keyed_apart(tmp_path, norm):
+    data = planted_dataset(n=150, features=7)
+    f32 = precompute_first_hop(_graph(data), data.x, norm, directory=tmp_path)
+    f16 = precompute_first_hop(_graph(data), data.x, norm, directory=tmp_path, dtype="float16")
+    assert f16.table.dtype == np.float16 and f16.path != f32.path and not f16.reused
+    assert f16.bytes * 2 == f32.bytes and f16.info()["dtype"] == "float16"
+    np.testing.assert_array_equal(f16.table, np.asarray(f32.table).astype(np.float16))
+    assert precompute_first_hop(_graph(data), data.x, norm, directory=tmp_path, dtype="float16").reused
+    with pytest.raises(ValueError, match="dtype"):
+        precompute_first_hop(_graph(data), data.x, norm, dtype="bfloat16")
+
+
+@pytest.mark.parametrize("kind", ["ram", "mmap", "disk"])
+def test_every_store_reads_a_float16_table_as_float32_and_counts_its_bytes(tmp_path, kind):
+    from approxgnn.minibatch import ArrayFeatureStore, DiskFeatureStore
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((500, 33)).astype(np.float16)
+    path = tmp_path / "t.npy"
+    np.save(path, table)
+    store = {"ram": lambda: ArrayFeatureStore(table), "mmap": lambda: ArrayFeatureStore.open(path),
+             "disk": lambda: DiskFeatureStore(path, threads=4)}[kind]()
+    ids = rng.integers(0, 500, 97)
+    got = store.read(ids)
+    assert got.dtype == torch.float32 and store.row_bytes == 33 * 2
+    np.testing.assert_array_equal(got.numpy(), table[ids].astype(np.float32))
+    assert store.bytes_read == 97 * 33 * 2 and store.rows_read == 97
+    np.testing.assert_array_equal(store.full().numpy(), table.astype(np.float32))
+
+
+def test_disk_features_read_the_table_from_disk_too(tmp_path):
+    from approxgnn.minibatch import ArrayFeatureStore, DiskFeatureStore, first_hop_store
+
+    data = planted_dataset(n=260, features=8)
+    np.save(tmp_path / "x.npy", data.x)
+    ids = np.random.default_rng(1).integers(0, 260, 150)
+    disk, table = first_hop_store(_graph(data), DiskFeatureStore(tmp_path / "x.npy", threads=4), "mean",
+                                  dtype="float16")
+    ram, _ = first_hop_store(_graph(data), ArrayFeatureStore(data.x), "mean", dtype="float16")
+    # Both tables by pread: X and the table (a float16 file beside x.npy).
+    assert all(isinstance(p, DiskFeatureStore) for p in disk.parts) and table.path.endswith(".npy")
+    np.testing.assert_array_equal(disk.read(ids).numpy(), ram.read(ids).numpy())
+    assert disk.bytes_read == ram.bytes_read == 150 * 8 * (4 + 2)
+
+
+@pytest.mark.parametrize("engine", ["sample", "exact"])
+def test_float16_table_trains_like_the_float32_one(engine):
+    # Real dynamics (hidden dropout, Adam, several epochs): the rounding of a mean to 11 bits moves
+    # the losses by far less than training moves them.
+    data = planted_dataset(n=300, features=10)
+    if engine == "sample":
+        cfgs = [_minibatch("sage", [5, 4, 3], "on", precompute_dtype=d) for d in ("float32", "float16")]
+    else:
+        cfgs = [TrainConfig(dataset="planted", model="sage", engine="exact", hidden=16, dropout=0.5, input_dropout=0.0,
+                            epochs=6, lr=0.02, progress=False, seed=3, precompute="on", precompute_dtype=d)
+                for d in ("float32", "float16")]
+    f32, f16 = (run(c, data) for c in cfgs)
+    assert f16["precompute"]["dtype"] == "float16" and f32["precompute"]["dtype"] == "float32"
+    np.testing.assert_allclose(_losses(f16), _losses(f32), rtol=2e-3)
+    assert _losses(f16)[-1] < _losses(f16)[0]
+    if engine == "sample":  # SAGE reads X (4 bytes a float) and the mean (2): 6 of 8 bytes
+        assert f16["curve"][-1]["feature_bytes_read"] * 8 == f32["curve"][-1]["feature_bytes_read"] * 6
+
+
+
+def test_features_on_disk_are_hashed_once_while_their_file_is_unchanged(tmp_path):
+    import json
+    import os
+
+    from approxgnn.precompute import features_digest
+
+    data = planted_dataset(n=140, features=5)
+    np.save(tmp_path / "x.npy", data.x)
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    first = precompute_first_hop(_graph(data), x, "mean")  # the table and the memo beside x.npy
+    (memo,) = tmp_path.glob(".features-*.json")
+    assert json.loads(memo.read_text())["digest"] == features_digest(x)  # the real digest, without the memo
+    # While the file's identity holds, the memo is what is read: a planted digest comes back.
+    kept = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**kept, "digest": "planted"}))
+    assert features_digest(x, memo_dir=tmp_path) == "planted"
+    # Rewritten in place (one value; the same size): its mtime moves, so it is hashed again, and a
+    # table of the old features is not reused.
+    w = np.load(tmp_path / "x.npy", mmap_mode="r+")
+    w[7, 1] += 1.0
+    w.flush()
+    del w
+    st = os.stat(tmp_path / "x.npy")
+    os.utime(tmp_path / "x.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    x = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert features_digest(x, memo_dir=tmp_path) == features_digest(x) != "planted"
+    again = precompute_first_hop(_graph(data), x, "mean")
+    assert not again.reused and again.path != first.path

@@ -318,7 +318,7 @@ def test_wrapper_takes_the_corrections_of_the_trainer(one_torch_thread: None) ->
                       minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=0.5),
                       history=HistoryConfig(policy="refresh", staleness=20, **knobs))
     trainer = build_trainer(cfg, d)
-    names = ("control_variate", "hit_fanout", "staleness_decay", "decay_scale", "start_time", "layers")
+    names = ("control_variate", "hit_fanout", "staleness_decay", "decay_scale", "start_time", "cached_layers")
     assert [getattr(wrapped.engine, k) for k in names] == [getattr(trainer.history, k) for k in names]
     assert (wrapped.caches.refresher.every, wrapped.caches.refresher.rows) == (2, 64)
     opt = torch.optim.Adam(wrapped.parameters(), lr=0.01)

@@ -116,7 +116,7 @@ def test_sampled_backward_is_rscs_product_on_the_kept_rows() -> None:
         model.train()
         F.cross_entropy(model(x, ei), y).backward()
     eng = next(iter(engine_of(model).bound.values())).engine
-    sampler = eng.layers[1]
+    sampler = eng.samplers[1]
     assert eng.phase == "approx" and 0 < sampler.slice.rows < N
     norm_ei, w = gcn_norm(ei, None, N, add_self_loops=True)
     dense = to_dense_adj(norm_ei.flip(0), edge_attr=w, max_num_nodes=N)[0]  # rows are targets

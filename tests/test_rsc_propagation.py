@@ -10,7 +10,8 @@ import torch
 from approxgnn.graph import CSRGraph, normalize
 from approxgnn.nn import ExactPropagation, build_model
 from approxgnn.ops import SparseOperator
-from approxgnn.rsc import RSCConfig, SampledPropagation, kernels
+from approxgnn import csr_kernels
+from approxgnn.rsc import RSCConfig, SampledPropagation
 from approxgnn.rsc.budget import Allocation
 from approxgnn.train import TrainConfig, run
 
@@ -45,19 +46,19 @@ def _grads(model, prop, x, y, mask):
 def test_uncapped_allowance_gives_exact_gradients(model, backend, selection, monkeypatch):
     """The sampled kernels with every row allowed reproduce the exact backward (C < 1 path)."""
     if backend == "torch":  # the device-agnostic path (what CUDA tensors take)
-        monkeypatch.setattr(kernels, "use_numba", lambda t: False)
+        monkeypatch.setattr(csr_kernels, "use_numba", lambda t: False)
     m, prop, exact, x, y, mask = _setup(model, budget=0.99, selection=selection, cache_interval=1)
     for epoch in range(4):  # warm-up (exact + statistics), then approximate with uncapped layers
         prop.on_epoch_start(epoch, 20)
-        for s in prop.layers.values():
+        for s in prop.samplers.values():
             if s.alloc is not None:
-                s.set_allocation(Allocation(1.0, s.adj.num_rows, prop.nnz))
+                s.set_allocation(Allocation(1.0, s.adj.num_nodes, prop.nnz))
         got = _grads(m, prop, x, y, mask)
         ref = _grads(m, exact, x, y, mask)
         for a, b in zip(got, ref):
             assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     assert prop.phase == "approx"
-    assert all(s.counters["approx_steps"] == 3 for s in prop.layers.values())
+    assert all(s.counters["approx_steps"] == 3 for s in prop.samplers.values())
 
 
 @pytest.mark.parametrize("model", ["gcn", "sage", "gcn2"])
@@ -103,7 +104,7 @@ def test_flops_kept_match_budget_during_training_with_dropout(model, selection, 
     for epoch in range(30):
         tr.train_epoch(epoch)
         if prop.phase == "approx":
-            kept.append(sum(s.slice.nnz * s.width for s in prop.layers.values()) / total)
+            kept.append(sum(s.slice.t.nnz * s.width for s in prop.samplers.values()) / total)
     assert len(kept) == 28
     mean = sum(kept) / len(kept)
     if selection == "topk":  # a hard bound, filled to within one row per layer
@@ -115,7 +116,7 @@ def test_flops_kept_match_budget_during_training_with_dropout(model, selection, 
 
 def test_sage_layer0_is_not_sampled():
     m, prop, *_ = _setup("sage")
-    assert set(prop.layers) == {1, 2}
+    assert set(prop.samplers) == {1, 2}
     assert prop.widths == {1: 16, 2: 16}  # the SpMM width is the *input* width of the layer
 
 
@@ -125,17 +126,17 @@ def test_cache_reuse_skips_resampling_and_budget_holds():
     for epoch in range(11):  # 1 warm-up + 10 approximate steps
         prop.on_epoch_start(epoch, 20)
         _grads(m, prop, x, y, mask)
-        slices.append({l: s.slice for l, s in prop.layers.items()})
-        kept = sum(s.slice.nnz * s.width for s in prop.layers.values() if s.slice is not None)
+        slices.append({l: s.slice for l, s in prop.samplers.items()})
+        kept = sum(s.slice.t.nnz * s.width for s in prop.samplers.values() if s.slice is not None)
         assert kept <= 0.3 * prop.nnz * sum(prop.widths.values())
-    for s in prop.layers.values():
+    for s in prop.samplers.values():
         assert s.counters["resamples"] == 4  # steps 1, 4, 7, 10
         assert s.counters["cache_hits"] == 6
-    l0 = next(iter(prop.layers))
+    l0 = next(iter(prop.samplers))
     assert slices[1][l0] is slices[2][l0] is slices[3][l0]
     assert slices[4][l0] is not slices[3][l0]
     st = prop.stats()
-    assert st["resamples"] == 4 * len(prop.layers) and st["flops_kept"] <= 0.3
+    assert st["resamples"] == 4 * len(prop.samplers) and st["flops_kept"] <= 0.3
     json.dumps(st)  # result.json must be able to hold it
 
 
@@ -150,7 +151,7 @@ def test_sampled_gradients_differ_then_switch_makes_later_epochs_exact():
             assert prop.phase == "approx" and not same
         elif epoch >= 5:
             assert prop.phase == "exact" and same
-            assert all(s.slice is None for s in prop.layers.values())
+            assert all(s.slice is None for s in prop.samplers.values())
 
 
 def test_two_models_share_no_state():
@@ -168,7 +169,7 @@ def test_two_models_share_no_state():
         _grads(m1, p1, x, y, mask)
         for g2, g3 in zip(_grads(m2, p2, x, y, mask), alone[epoch]):
             torch.testing.assert_close(g2, g3, rtol=0, atol=0)
-    assert all(s.counters["approx_steps"] == 5 for s in p1.layers.values())
+    assert all(s.counters["approx_steps"] == 5 for s in p1.samplers.values())
 
 
 @pytest.mark.parametrize("selection", ["topk", "importance"])
@@ -185,9 +186,9 @@ def test_state_dict_resume_rebuilds_identical_slices(selection):
     m2, prop2, *_ = _setup("gcn", budget=0.3, selection=selection, cache_interval=4)
     m2.load_state_dict(m.state_dict())
     prop2.load_state_dict(state)
-    for l in prop.layers:
-        assert torch.equal(prop.layers[l].slice.col, prop2.layers[l].slice.col)
-        assert torch.equal(prop.layers[l].slice.value, prop2.layers[l].slice.value)
+    for l in prop.samplers:
+        assert torch.equal(prop.samplers[l].slice.t.col, prop2.samplers[l].slice.t.col)
+        assert torch.equal(prop.samplers[l].slice.t.value, prop2.samplers[l].slice.t.value)
     for epoch in range(4, 9):  # a cache hit, then a resample that draws from the restored RNG
         prop.on_epoch_start(epoch, 20)
         prop2.on_epoch_start(epoch, 20)

@@ -5,8 +5,7 @@ import torch
 from approxgnn import csr_kernels
 from approxgnn.graph import CSRGraph, normalize
 from approxgnn.ops import SparseOperator
-from approxgnn.rsc import kernels
-from approxgnn.rsc.spmm import (CSR, SampledSpMM, build_slice, inclusion_probabilities, row_scores, sampled_backward,
+from approxgnn.rsc.spmm import (SampledSpMM, build_slice, inclusion_probabilities, row_scores, sampled_backward,
                                 select_importance, select_poisson, select_topk)
 
 
@@ -22,14 +21,14 @@ def _operator(kind):
     """The normalised adjacency, its exact operator and that operator's off-diagonal CSR."""
     adj = _adj(kind)
     op = SparseOperator.from_adjacency(adj)
-    return adj, op, CSR.from_torch(op.matrix)
+    return adj, op, op.off
 
 
 @pytest.fixture(params=["numba-serial", "numba-parallel", "torch"])
 def backend(request, monkeypatch):
     """Run each test on both numba CPU kernels and on the device-agnostic torch path."""
     if request.param == "torch":
-        monkeypatch.setattr(kernels, "use_numba", lambda t: False)
+        monkeypatch.setattr(csr_kernels, "use_numba", lambda t: False)
     elif request.param == "numba-parallel":
         monkeypatch.setattr(csr_kernels, "SERIAL_BELOW", 0)
     return request.param
@@ -54,18 +53,18 @@ def _reference(adj, g, rows, scale=None):
 @pytest.mark.parametrize("kind", ["gcn", "mean"])
 def test_slice_is_transposed_row_slice(kind, backend):
     adj = _adj(kind)
-    csr = CSR.from_torch(SparseOperator.from_adjacency(adj).matrix)
+    csr = SparseOperator.from_adjacency(adj).off
     rows = torch.tensor([0, 3, 4, 17, 59])
     scale = torch.linspace(0.5, 2.0, 5)
     slc = build_slice(csr, rows, scale)
-    t = torch.sparse_csr_tensor(slc.rowptr, slc.col, slc.value, (adj.num_nodes, adj.num_nodes)).to_dense()
+    t = slc.t.to_torch().to_dense()
     ref = torch.zeros(adj.num_nodes, adj.num_nodes)
     ref[rows] = _dense_off(adj)[rows] * scale[:, None]
     assert torch.allclose(t, ref.t())
-    assert slc.nnz == int(adj.off.degree()[rows].sum())
+    assert slc.t.nnz == int(adj.off.degree()[rows].sum())
     # Column ids are sorted within every output row (a valid CSR).
     for j in range(adj.num_nodes):
-        c = slc.col[slc.rowptr[j]:slc.rowptr[j + 1]]
+        c = slc.t.col[slc.t.rowptr[j]:slc.t.rowptr[j + 1]]
         assert torch.all(c[1:] > c[:-1])
 
 
@@ -185,9 +184,9 @@ def test_inclusion_probabilities_solve_the_budgeted_variance_problem(frac):
 def test_poisson_selection_is_unbiased_and_keeps_the_budget_in_expectation():
     g = torch.Generator().manual_seed(0)
     norm_adj = _adj("gcn", n=120, e=900)
-    adj = CSR.from_torch(SparseOperator.from_adjacency(norm_adj).matrix.to(torch.float64))
+    adj = SparseOperator.from_adjacency(norm_adj).cast(torch.float64).off
     grad = torch.randn(120, 5, generator=g, dtype=torch.float64)
-    exact = torch.sparse_csr_tensor(adj.rowptr, adj.col, adj.value, (120, 120)).to_dense().t() @ grad
+    exact = adj.to_torch(None).to_dense().t() @ grad
     scores = row_scores(norm_adj.row_norm().double(), grad)
     degree = adj.degree()
     budget = int(0.3 * adj.nnz)
@@ -196,7 +195,7 @@ def test_poisson_selection_is_unbiased_and_keeps_the_budget_in_expectation():
         rows, scale = select_poisson(scores, degree, budget, g)
         slc = build_slice(adj, rows, scale)
         total += sampled_backward(slc, grad, None)
-        nnz += slc.nnz
+        nnz += slc.t.nnz
     assert nnz / draws == pytest.approx(budget, rel=0.02)
     err = (total / draws - exact).norm() / exact.norm()
     assert err < 0.05

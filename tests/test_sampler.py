@@ -28,7 +28,7 @@ def check_batch(g: CSRGraph, sampler: NeighborSampler, batch) -> None:
         assert len(np.unique(src)) == len(src), "a node appears twice in one layer"
         fanout = fanouts[batch.num_layers - 1 - layer]
         for i, v in enumerate(tgt):
-            picked = src[block.col[block.rowptr[i]: block.rowptr[i + 1]]]
+            picked = src[block.adj.col.numpy()[block.adj.rowptr[i]: block.adj.rowptr[i + 1]]]
             nbrs = col[rowptr[v]: rowptr[v + 1]]
             assert np.isin(picked, nbrs).all(), "sampled an edge that does not exist"
             assert len(np.unique(picked)) == len(picked), "duplicate neighbour without replacement"
@@ -52,7 +52,7 @@ def test_deterministic_by_key_and_different_across_keys():
     a, b = sampler.sample(seeds, batch_key(0, 1, 2)), sampler.sample(seeds, batch_key(0, 1, 2))
     c = sampler.sample(seeds, batch_key(0, 1, 3))
     for x, y in zip(a.blocks, b.blocks):
-        assert np.array_equal(x.col, y.col) and np.array_equal(x.rowptr, y.rowptr)
+        assert torch.equal(x.adj.col, y.adj.col) and torch.equal(x.adj.rowptr, y.adj.rowptr)
     assert np.array_equal(a.input_nodes, b.input_nodes)
     assert not np.array_equal(a.input_nodes, c.input_nodes)
     assert batch_key(0, 1, 2) != batch_key(0, 2, 1) != batch_key(1, 1, 2)
@@ -67,7 +67,7 @@ def test_large_fanout_branch_and_uniformity():
         sampler = NeighborSampler(g, [fanout])
         for k in range(2000):
             b = sampler.sample(np.array([0]), k)
-            picked = b.input_nodes[b.blocks[0].col]
+            picked = b.input_nodes[b.blocks[0].adj.col.numpy()]
             assert len(np.unique(picked)) == fanout and picked.min() >= 1
             counts[picked] += 1
         expected = 2000 * fanout / 200  # 50 or 500 draws per neighbour
@@ -130,8 +130,8 @@ def test_pruning_skips_fresh_hits_and_only_their_subtrees():
     node_slot = np.full(g.num_nodes, -1, np.int64)
     node_slot[cached] = np.arange(len(cached))
     slot_iter = np.full(len(cached), 10, np.int64)
-    slot_iter[0] = 0  # this one is too old at now=10 with max_age=5
-    pruned = sampler.sample(seeds, key, {1: PruneTest(node_slot, slot_iter, now=10, max_age=5)})
+    slot_iter[0] = 0  # this one is too old at now=10 with staleness=5
+    pruned = sampler.sample(seeds, key, {1: PruneTest(node_slot, slot_iter, now=10, staleness=5)})
     check_batch(g, sampler, pruned)
     hits = pruned.hits(1)
     assert set(hits) == set(cached[1:]), "fresh entries hit, the stale one misses"

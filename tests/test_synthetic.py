@@ -144,24 +144,30 @@ def test_bad_parameters(kwargs: dict, message: str) -> None:
         synthetic(**{"num_nodes": 1000, **kwargs})
 
 
-def test_hard_preset_is_hard_but_learnable(one_torch_thread: None) -> None:
-    """``synthetic-hard-<size>``: the difficulty knobs of HARD_SYNTHETIC, power-law degrees as the
-    easy preset, 2 % training nodes; neighbourhoods still carry the label (linear probe)."""
-    from approxgnn.datasets.registry import HARD_SYNTHETIC
+@pytest.mark.parametrize("kind", ["hard", "hard2"])
+def test_hard_preset_is_hard_but_learnable(kind: str, one_torch_thread: None) -> None:
+    """``synthetic-hard-<size>`` / ``synthetic-hard2-<size>``: the difficulty knobs of
+    HARD_SYNTHETIC / HARD2_SYNTHETIC, power-law degrees (hard2: twice the easy preset's mean), 2 %
+    training nodes; neighbourhoods still carry the label (linear probe)."""
+    from approxgnn.datasets.registry import HARD2_SYNTHETIC, HARD_SYNTHETIC
 
-    params = parse_synthetic_name("synthetic-hard-20k")
-    assert params == {**parse_synthetic_name("synthetic-20k"), **HARD_SYNTHETIC}
-    ds = load_dataset("synthetic-hard-20k", seed=1)
-    assert ds.num_classes == HARD_SYNTHETIC["num_classes"] and ds.num_nodes == 20_000
+    knobs = HARD_SYNTHETIC if kind == "hard" else HARD2_SYNTHETIC
+    params = parse_synthetic_name(f"synthetic-{kind}-20k")
+    assert params == {**parse_synthetic_name("synthetic-20k"), **knobs}
+    ds = load_dataset(f"synthetic-{kind}-20k", seed=1)
+    assert ds.num_classes == knobs["num_classes"] and ds.num_nodes == 20_000
     assert ds.train_mask.sum() == pytest.approx(0.02 * ds.num_nodes, rel=0.05)
-    h = HARD_SYNTHETIC["homophily"]
+    h = knobs["homophily"]
     assert ds.meta["edge_homophily"] == pytest.approx(h + (1 - h) / ds.num_classes, abs=0.02)
     easy = load_dataset("synthetic-20k", seed=1)
-    assert degrees(ds).mean() == pytest.approx(degrees(easy).mean(), rel=0.01)
+    scale = knobs.get("avg_degree", 20.0) / 20.0
+    assert degrees(ds).mean() == pytest.approx(scale * degrees(easy).mean(), rel=0.02)
     feats = _linear_probe(ds.x, ds)
     a = sp.csr_matrix((np.ones(ds.edge_index.shape[1]), ds.edge_index), shape=(ds.num_nodes,) * 2)
     a = a + a.T + sp.eye(ds.num_nodes)
     hop = sp.diags(1.0 / np.asarray(a.sum(1)).ravel()) @ a
     two = _linear_probe((hop @ (hop @ ds.x)).astype(np.float32), ds)
     chance = 1.0 / ds.num_classes
-    assert chance + 0.05 < feats < two < 0.95  # weak features, the graph helps, far from solved
+    # weak features (hard2's weaker still: 16 classes, noise 1.0), the graph helps, far from solved
+    assert chance + (0.05 if kind == "hard" else 0.03) < feats < two < 0.95
+    assert two > feats + 0.1

@@ -29,6 +29,7 @@ from .datasets.registry import parse_synthetic_name
 from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
 from .minibatch.config import FEATURE_STORES, MiniBatchConfig
 from .nn.models import MODELS
+from .precompute import TABLE_DTYPES
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, read_checkpoint, run
 from .train.base import resolve_device
@@ -108,6 +109,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--no-precompute", "precompute", {"action": "store_const", "const": "off", "help": "same as --precompute off"}),
     ("--precompute-dir", "precompute_dir",
      {"help": "keep precomputed tables here and reuse them in later runs (keyed by graph and features)"}),
+    ("--precompute-dtype", "precompute_dtype",
+     {"choices": sorted(TABLE_DTYPES), "help": "how the precomputed table is stored; float16 halves the bytes "
+                                               "a mini-batch reads from it"}),
     # RSC
     ("--budget", "rsc.budget", {"type": _real, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
     ("--cache-interval", "rsc.cache_interval", {"type": int, "help": "RSC: iterations a sample is reused"}),
@@ -409,6 +413,13 @@ def prepare_demo(ns: argparse.Namespace) -> Job:
             (0.01, [("sample", "sample", "off"), ("sample+first-hop", "sample", "on"), ("refresh", "refresh", "auto")],
              mini),
         ]
+        # Compile every engine's numba kernels first, on a small graph: the first run after an
+        # install would otherwise carry seconds of compilation that the runs after it do not.
+        warm = load_dataset("synthetic-hard-2000", train=0.1)
+        for _, runs, kw in groups:
+            for _, engine, pc in runs:
+                run(TrainConfig(dataset=warm.name, engine=engine, precompute=pc, **{**kw, "epochs": 2,
+                                                                                   "progress": False}), warm)
         rows = []
         for margin, runs, kw in groups:
             group = []

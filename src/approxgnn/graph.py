@@ -15,12 +15,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import csr_kernels
+
 
 @dataclass
 class CSRGraph:
-    """Compressed sparse rows: row ``i`` holds ``col[rowptr[i]:rowptr[i+1]]`` (sorted, int64).
+    """Compressed sparse rows, the one CSR type of the library: row ``i`` holds the distinct column
+    ids ``col[rowptr[i]:rowptr[i+1]]`` (int64, or int32 in a memory-mapped layout), sorted, except
+    in a sampled block, whose rows keep the sampler's draw order.
 
-    ``value`` is ``None`` for an unweighted graph, else a float tensor aligned with ``col``.
+    A graph is square (``num_nodes`` rows and columns); a rectangular matrix, such as a sampled
+    mini-batch block (``m`` targets × ``n`` sources) or RSC's transposed row slice, sets
+    ``num_cols``. The types that need a CSR (:class:`~approxgnn.minibatch.sampler.Block`,
+    :class:`~approxgnn.rsc.spmm.SampledSlice`, :class:`~approxgnn.ops.SparseOperator`) hold one of
+    these rather than their own arrays, so ``nnz``, ``degree``, the transpose and
+    :meth:`validate` exist once.
+
+    ``value`` is ``None`` for an unweighted graph, else a tensor aligned with ``col``.
     ``symmetric`` records that the structure equals its transpose (known by construction, so
     nobody has to sort ``nnz`` entries to find out). Tensors may live on any device.
     """
@@ -30,6 +41,16 @@ class CSRGraph:
     num_nodes: int
     value: Tensor | None = None
     symmetric: bool = False
+    num_cols: int | None = None  # None: square, ``num_nodes`` columns
+
+    def __post_init__(self) -> None:
+        if self.num_cols is None:
+            self.num_cols = self.num_nodes
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, columns)``."""
+        return self.num_nodes, int(self.num_cols)  # type: ignore[arg-type]
 
     @property
     def nnz(self) -> int:
@@ -45,34 +66,80 @@ class CSRGraph:
 
     def row(self) -> Tensor:
         """Row index of every stored entry, int64 ``[nnz]``."""
-        return torch.repeat_interleave(torch.arange(self.num_nodes, device=self.device), self.degree())
+        return torch.repeat_interleave(torch.arange(self.num_nodes, device=self.device), self.degree(),
+                                       output_size=self.nnz)
+
+    def validate(self) -> "CSRGraph":
+        """Check the CSR invariants and return ``self``; ``ValueError`` naming the first one broken:
+        ``rowptr`` has ``rows + 1`` entries, runs from 0 to ``nnz`` without decreasing, column ids
+        lie in ``[0, num_cols)``, ``value`` (if any) has one entry per column id. ``O(nnz)``."""
+        m, n = self.shape
+        if self.rowptr.dim() != 1 or self.rowptr.numel() != m + 1:
+            raise ValueError(f"rowptr must have {m + 1} entries for {m} rows, has {tuple(self.rowptr.shape)}")
+        if int(self.rowptr[0]) != 0 or int(self.rowptr[-1]) != self.nnz:
+            raise ValueError(f"rowptr must run from 0 to nnz={self.nnz}, runs from {int(self.rowptr[0])} "
+                             f"to {int(self.rowptr[-1])}")
+        if bool((self.degree() < 0).any()):
+            raise ValueError("rowptr decreases somewhere: not CSR row pointers")
+        if self.nnz and (int(self.col.min()) < 0 or int(self.col.max()) >= n):
+            raise ValueError(f"col holds a column id outside [0, {n})")
+        if self.value is not None and self.value.shape != self.col.shape:
+            raise ValueError(f"value has shape {tuple(self.value.shape)}, col {tuple(self.col.shape)}")
+        return self
+
+    def with_value(self, value: Tensor | None) -> "CSRGraph":
+        """The same structure (shared, not copied) with other values, e.g. a normalisation or a cast."""
+        return CSRGraph(self.rowptr, self.col, self.num_nodes, value, self.symmetric, self.num_cols)
 
     def to(self, device: torch.device | str) -> "CSRGraph":
         v = None if self.value is None else self.value.to(device)
-        return CSRGraph(self.rowptr.to(device), self.col.to(device), self.num_nodes, v, self.symmetric)
+        return CSRGraph(self.rowptr.to(device), self.col.to(device), self.num_nodes, v, self.symmetric, self.num_cols)
 
-    def to_torch(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """As a ``torch.sparse_csr_tensor`` (values default to 1)."""
-        v = self.value if self.value is not None else torch.ones(self.nnz, dtype=dtype, device=self.device)
-        return torch.sparse_csr_tensor(self.rowptr, self.col, v.to(dtype), (self.num_nodes, self.num_nodes))
-
-    def transpose(self) -> "CSRGraph":
-        """``Aᵀ`` in CSR (a stable sort by column keeps rows sorted within each new row)."""
-        perm = torch.argsort(self.col, stable=True)
-        rowptr = _rowptr_from_sorted(self.col[perm], self.num_nodes)
-        v = None if self.value is None else self.value[perm]
-        return CSRGraph(rowptr, self.row()[perm], self.num_nodes, v, self.symmetric)
+    def to_torch(self, dtype: torch.dtype | None = torch.float32) -> Tensor:
+        """As a ``torch.sparse_csr_tensor`` of :attr:`shape` (values default to 1; ``dtype=None``
+        keeps the values' own dtype). Wraps the arrays, no copy when the dtype matches."""
+        v = self.value if self.value is not None else torch.ones(self.nnz, dtype=dtype or torch.float32,
+                                                                 device=self.device)
+        return torch.sparse_csr_tensor(self.rowptr, self.col, v if dtype is None else v.to(dtype), self.shape)
 
     @classmethod
-    def from_arrays(cls, rowptr: np.ndarray, col: np.ndarray, num_nodes: int, *, symmetric: bool = True) -> "CSRGraph":
-        """Wrap CSR arrays (e.g. memory-mapped ``rowptr`` int64 and ``col`` int32/int64 of an on-disk
-        layout) without copying them: the graph stays on disk until rows are touched."""
+    def from_torch(cls, matrix: Tensor, *, symmetric: bool = False) -> "CSRGraph":
+        """Wrap a ``torch.sparse_csr_tensor`` (its arrays are shared, made contiguous if needed)."""
+        m, n = matrix.shape
+        return cls(matrix.crow_indices().contiguous(), matrix.col_indices().contiguous(), int(m),
+                   matrix.values().detach().contiguous(), symmetric, int(n))
+
+    def transpose(self) -> "CSRGraph":
+        """``Aᵀ`` in CSR, ``[num_cols, num_nodes]``, rows sorted (:func:`transposed_rows` of every row)."""
+        t = self.transposed_rows(torch.arange(self.num_nodes, device=self.device))
+        return CSRGraph(t.rowptr, t.col, t.num_nodes, None if self.value is None else t.value, self.symmetric,
+                        t.num_cols)
+
+    def transposed_rows(self, rows: Tensor, scale: Tensor | None = None) -> "CSRGraph":
+        r"""CSR of :math:`(\mathrm{diag}(s)\,A[S,:])^\top`, ``[num_cols, num_nodes]``, for sorted
+        row ids ``rows`` = S (int64 ``[k]``) and optional ``scale`` = s ``[k]``.
+
+        The kept rows' original ids become the column ids, so a product with it reads ``G``
+        directly (no ``G[S]`` gather). Cost ``O(nnz(A[S,:]) + num_cols)``
+        (:func:`approxgnn.csr_kernels.transpose_rows`). An unweighted matrix is treated as ones.
+        """
+        val = self.value if self.value is not None else torch.ones(self.nnz, device=self.device)
+        ptr, col, v = csr_kernels.transpose_rows(self.rowptr, self.col, val, rows, scale, self.shape[1])
+        return CSRGraph(ptr, col, self.shape[1], v, False, self.num_nodes)
+
+    @classmethod
+    def from_arrays(cls, rowptr: np.ndarray, col: np.ndarray, num_nodes: int, *, symmetric: bool = True,
+                    value: np.ndarray | None = None, num_cols: int | None = None) -> "CSRGraph":
+        """Wrap numpy CSR arrays (e.g. memory-mapped ``rowptr`` int64 and ``col`` int32/int64 of an
+        on-disk layout, or a sampled block's arrays) without copying them: a graph on disk stays
+        there until rows are touched."""
         import warnings
 
         with warnings.catch_warnings():  # read-only memmaps: nothing writes through these tensors
             warnings.simplefilter("ignore", UserWarning)
-            return cls(torch.from_numpy(np.asarray(rowptr)), torch.from_numpy(np.asarray(col)), num_nodes,
-                       symmetric=symmetric)
+            v = None if value is None else torch.from_numpy(np.asarray(value))
+            return cls(torch.from_numpy(np.asarray(rowptr)), torch.from_numpy(np.asarray(col)), num_nodes, v,
+                       symmetric, num_cols)
 
     @classmethod
     def from_edge_index(
@@ -160,7 +227,7 @@ def gcn_norm(graph: CSRGraph) -> NormalizedAdjacency:
     deg = graph.degree().to(torch.float32) + 1.0
     dinv = deg.rsqrt()
     val = dinv[graph.row()] * dinv[graph.col]
-    off = CSRGraph(graph.rowptr, graph.col, graph.num_nodes, val, graph.symmetric)
+    off = graph.with_value(val)
     return NormalizedAdjacency(off, 1.0 / deg, "gcn", symmetric=graph.symmetric)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import csr_kernels
+from .ops import spmm_diag
 from .graph import CSRGraph, NormalizedAdjacency, normalize
 
 # Bumped whenever the table's contents for the same inputs would change (layout, normalisation).
@@ -35,6 +35,9 @@ TABLE_VERSION = 1
 # The aggregation each model's first layer needs (its ``norm``); models not named have none.
 FIRST_HOP_NORM = {"gcn": "gcn", "sage": "mean"}
 CHUNK_BYTES = 64 << 20  # output rows computed (and held) at once, about this many bytes
+# How a table may be stored. float16 halves the bytes a mini-batch reads per table row; an average
+# of float32 features keeps 11 significant bits, far finer than the features' own noise.
+TABLE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def first_hop_norm(model: str) -> str | None:
@@ -47,26 +50,63 @@ def table_width(norm: str, num_features: int) -> int:
     return num_features + 1 if norm == "gcn" else num_features
 
 
-def fingerprint(graph: CSRGraph, x: np.ndarray, norm: str, *, chunk_rows: int = 1 << 16) -> str:
+def fingerprint(graph: CSRGraph, x: np.ndarray, norm: str, *, chunk_rows: int = 1 << 16,
+                memo_dir: str | os.PathLike | None = None) -> str:
     """Hex BLAKE2b digest of (table version, aggregation, graph structure, features' shape and bytes).
 
     The normalised values are functions of the structure and ``norm``, so hashing the structure
-    covers them. Features are hashed in row chunks (a memmap is read once, sequentially).
+    covers them. Features are hashed in row chunks (a memmap is read once, sequentially); for
+    features memory-mapped from a file, :func:`features_digest` keeps that digest in ``memo_dir``.
     """
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([TABLE_VERSION, norm, graph.num_nodes, list(x.shape), str(x.dtype)]).encode())
     for t in (graph.rowptr, graph.col):
         h.update(np.ascontiguousarray(t.cpu().numpy()).data)
+    h.update(features_digest(x, chunk_rows=chunk_rows, memo_dir=memo_dir).encode())
+    return h.hexdigest()
+
+
+def features_digest(x: np.ndarray, *, chunk_rows: int = 1 << 16, memo_dir: str | os.PathLike | None = None) -> str:
+    """Hex BLAKE2b digest of ``x``'s bytes, read in row chunks.
+
+    Hashing features on disk reads all of them (10 GiB: most of a minute from a cold disk), on
+    every run. So for a memmap of a file and a ``memo_dir``, the digest is kept there beside the
+    file's identity (path, inode, size, modification time in ns, offset, shape, dtype), and read
+    back while that identity is unchanged: a file rewritten, replaced or touched is hashed again.
+    """
+    memo = None
+    name = getattr(x, "filename", None) if isinstance(x, np.memmap) else None
+    if name is not None and memo_dir is not None:
+        st = os.stat(name)
+        ident = [os.path.realpath(name), st.st_ino, st.st_size, st.st_mtime_ns, int(x.offset), list(x.shape),
+                 str(x.dtype)]
+        memo = Path(memo_dir) / f".features-{hashlib.blake2b(ident[0].encode(), digest_size=8).hexdigest()}.json"
+        try:
+            kept = json.loads(memo.read_text())
+            if kept.get("identity") == ident:
+                return str(kept["digest"])
+        except (OSError, ValueError, AttributeError, KeyError):
+            pass  # no memo yet, or an unreadable one: hash
+    h = hashlib.blake2b(digest_size=16)
     for s in range(0, x.shape[0], chunk_rows):
         h.update(np.ascontiguousarray(x[s : s + chunk_rows]).data)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if memo is not None:
+        try:
+            tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"identity": ident, "digest": digest}))
+            os.replace(tmp, memo)
+        except OSError:
+            pass  # a read-only directory: hash again next time
+    return digest
 
 
 def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, *,
                       chunk_rows: int | None = None) -> np.ndarray:
     """Fill ``out [N, w]`` with the first aggregation of ``x [N, F]`` under ``adj``, chunk by chunk.
 
-    ``adj.kind == "gcn"``: ``out[:, :F] = Â_off X + diag ⊙ X`` and ``out[:, F] = Σ_j Â_ij``;
+    Computed in float32 and rounded to ``out``'s dtype when stored. ``adj.kind == "gcn"``:
+    ``out[:, :F] = Â_off X + diag ⊙ X`` and ``out[:, F] = Σ_j Â_ij``;
     ``"mean"``: ``out = Â X`` (row-normalised). ``x`` and ``out`` may be memmaps: only one chunk of
     output rows (plus the rows of ``x`` the chunk's neighbours touch, through the page cache) is
     in memory at a time. Returns ``out``.
@@ -89,7 +129,7 @@ def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, 
         e = min(s + rows, n)
         lo, hi = int(rowptr[s]), int(rowptr[e])
         part = buf[: e - s]
-        csr_kernels.csr_spmm(rowptr[s : e + 1] - lo, col[lo:hi], val[lo:hi], xt, None, part)
+        spmm_diag(CSRGraph(rowptr[s : e + 1] - lo, col[lo:hi], e - s, val[lo:hi], num_cols=n), xt, None, part)
         if diag is not None:
             part.addcmul_(diag[s:e, None], xt[s:e])
         out[s:e, :f] = part.numpy()
@@ -106,7 +146,7 @@ def compute_first_hop(adj: NormalizedAdjacency, x: np.ndarray, out: np.ndarray, 
 
 @dataclass
 class FirstHopTable:
-    """The precomputed first aggregation ``table [N, w]`` (float32; in RAM or a memmap) and its cost.
+    """The precomputed first aggregation ``table [N, w]`` (float32 or float16; in RAM or a memmap) and its cost.
 
     ``seconds``/``bytes`` are what building (or finding and opening) the table cost: the
     fingerprint, the aggregation and the write; ``reused`` says an earlier run's table was found.
@@ -127,19 +167,23 @@ class FirstHopTable:
 
     def info(self) -> dict[str, Any]:
         """The facts ``result.json`` records under ``precompute``."""
-        return {"norm": self.norm, "fingerprint": self.fingerprint, "seconds": self.seconds, "bytes": self.bytes,
+        return {"norm": self.norm, "dtype": str(self.table.dtype), "fingerprint": self.fingerprint,
+                "seconds": self.seconds, "bytes": self.bytes,
                 "reused": self.reused, "file": self.path, "on_disk": isinstance(self.table, np.memmap)}
 
 
-def table_path(directory: str | os.PathLike, norm: str, key: str) -> Path:
+def table_path(directory: str | os.PathLike, norm: str, key: str, dtype: str = "float32") -> Path:
     """Where the table of fingerprint ``key`` lives in ``directory``: the key is in the name, so a
-    different graph or different features can never open another's table."""
-    return Path(directory) / f"first_hop-{norm}-{key}.npy"
+    different graph or different features can never open another's table (nor a float16 table a
+    float32 one)."""
+    suffix = "" if dtype == "float32" else f"-{dtype}"
+    return Path(directory) / f"first_hop-{norm}{suffix}-{key}.npy"
 
 
 def precompute_first_hop(graph: CSRGraph, x: np.ndarray, norm: str, *, directory: str | os.PathLike | None = None,
-                         chunk_rows: int | None = None) -> FirstHopTable:
-    """The first-hop table of ``(graph, x)`` under ``norm`` (``"gcn"`` or ``"mean"``).
+                         chunk_rows: int | None = None, dtype: str = "float32") -> FirstHopTable:
+    """The first-hop table of ``(graph, x)`` under ``norm`` (``"gcn"`` or ``"mean"``), stored as
+    ``dtype`` (``"float32"`` or ``"float16"``, see :data:`TABLE_DTYPES`).
 
     ``directory`` None: computed in RAM (or, when ``x`` is a memmap, in the directory of its file,
     so that an on-disk ``X`` gets an on-disk table). With a directory, the table is
@@ -148,22 +192,26 @@ def precompute_first_hop(graph: CSRGraph, x: np.ndarray, norm: str, *, directory
     """
     if norm not in ("gcn", "mean"):
         raise ValueError(f"no first hop to precompute for normalisation {norm!r}")
+    if dtype not in TABLE_DTYPES:
+        raise ValueError(f"table dtype must be one of {sorted(TABLE_DTYPES)}, got {dtype!r}")
+    np_dtype = TABLE_DTYPES[dtype]
     t0 = time.perf_counter()
     if directory is None and isinstance(x, np.memmap) and getattr(x, "filename", None):
         directory = Path(x.filename).parent
-    key = fingerprint(graph, x, norm)
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    key = fingerprint(graph, x, norm, memo_dir=directory)
     shape = (graph.num_nodes, table_width(norm, x.shape[1]))
     if directory is None:
-        out = compute_first_hop(normalize(graph, norm), x, np.empty(shape, np.float32), chunk_rows=chunk_rows)
+        out = compute_first_hop(normalize(graph, norm), x, np.empty(shape, np_dtype), chunk_rows=chunk_rows)
         return FirstHopTable(out, norm, key, time.perf_counter() - t0, out.nbytes, False)
-    path = table_path(directory, norm, key)
+    path = table_path(directory, norm, key, dtype)
     if path.exists():
         table = np.load(path, mmap_mode="r")
-        if table.shape == shape and table.dtype == np.float32:
+        if table.shape == shape and table.dtype == np_dtype:
             return FirstHopTable(table, norm, key, time.perf_counter() - t0, 0, True, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=shape)
     compute_first_hop(normalize(graph, norm), x, out, chunk_rows=chunk_rows)
     del out
     os.replace(tmp, path)

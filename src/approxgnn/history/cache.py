@@ -13,7 +13,7 @@ The metadata of both caches (slot maps, write iterations, replacement order) is 
 same budget: :func:`~.arena.arena_floats` sizes the arena as what the budget leaves after it.
 
 Entry ``(l, v)`` written at iteration ``w`` is *fresh* at iteration ``t`` when
-``t − w ≤ max_age`` (``staleness``; ``None``: never stale, the GAS policy), i.e. it is served at
+``t − w ≤ staleness`` (``None``: never stale, the GAS policy), i.e. it is served at
 iterations ``w+1 … w+staleness`` and is a miss afterwards — exact per-entry ages.
 
 Capacity guard, when an admission needs slots: reuse the node's own (stale) slot, then free or
@@ -67,7 +67,8 @@ class HistoryCache:
         if staleness is not None and staleness < 1:
             raise ValueError(f"staleness must be >= 1 iteration or None, got {staleness}")
         self.layers, self.dim, self.staleness = list(layers), dim, staleness
-        self.max_age = (1 << 62) if staleness is None else int(staleness)
+        # The limit as the kernels' int (2^62: never stale); ``staleness`` keeps the None.
+        self._stale_after = (1 << 62) if staleness is None else int(staleness)
         self.feature_cache = feature_cache
         self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
         self._owns_weight = self.weight is not None and self.weight is not weight
@@ -109,17 +110,17 @@ class HistoryCache:
         """Bool mask: does ``nodes`` hold a fresh layer-``layer`` entry at iteration ``now``?"""
         s = self.node_slot[layer][nodes]
         ok = s >= 0
-        ok[ok] = now - self.slot_iter[s[ok]] <= self.max_age
+        ok[ok] = now - self.slot_iter[s[ok]] <= self._stale_after
         return ok
 
     def prune_test(self, layer: int, now: int) -> PruneTest:
         """The same test, as arrays for the sampler kernel."""
-        return PruneTest(self.node_slot[layer], self.slot_iter, now, self.max_age)
+        return PruneTest(self.node_slot[layer], self.slot_iter, now, self._stale_after)
 
     def read(self, layer: int, nodes: np.ndarray, now: int) -> tuple[Tensor, np.ndarray]:
         """Copies of the (fresh) entries of ``nodes`` and their ages ``now − write iteration``."""
         s = self.node_slot[layer][nodes].astype(np.int64)
-        if (s < 0).any() or (now - self.slot_iter[s] > self.max_age).any():
+        if (s < 0).any() or (now - self.slot_iter[s] > self._stale_after).any():
             raise KeyError(f"layer {layer}: asked to serve a missing or stale entry")
         return self.table[torch.from_numpy(s).to(self.table.device)], now - self.slot_iter[s]
 
@@ -146,7 +147,7 @@ class HistoryCache:
         self.order.sync(now, lo)
         slots = node_slot[nodes].astype(np.int64)  # a node's own (stale) slot is rewritten in place
         own = slots[slots >= 0]
-        self.expired += int(np.count_nonzero(now - self.slot_iter[own] > self.max_age))
+        self.expired += int(np.count_nonzero(now - self.slot_iter[own] > self._stale_after))
         # Own slots are about to be rewritten: fresh from now on (so the free heap skips them) and
         # no longer live under their old version (so they are not chosen as victims).
         self.slot_iter[own] = now
@@ -221,7 +222,7 @@ class HistoryCache:
         r = len(worst)
         if self.weight is None:
             return worst, np.arange(r)
-        life = 1.0 if self.staleness is None else float(self.max_age + 1)
+        life = 1.0 if self.staleness is None else float(self._stale_after + 1)
         v_new = self.weight[incoming] * life
         best = np.argsort(-v_new, kind="stable")[:r]
         c = int(np.sum(v_new[best] > v_old))  # both sorted: a prefix wins

@@ -64,7 +64,7 @@ class Caches:
     @property
     def cached_layers(self) -> tuple[int, ...]:
         """The layers whose outputs are cached (none without a history)."""
-        return self.history.layers if self.history is not None else ()
+        return self.history.cached_layers if self.history is not None else ()
 
     def metadata_bytes(self) -> int:
         """Bytes of the caches' metadata (slot maps, write iterations, replacement order): part of

@@ -44,6 +44,7 @@ pruned hit denies the layers below it):
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -115,10 +116,10 @@ class HistoryEngine(Engine):
         # The budget holds the caches' metadata too: the arena is what is left of it.
         share = cfg.resolved_embedding_share()
         share = None if share >= 1.0 else share  # 1.0: all of the arena, exactly as before the knob
-        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, hidden, len(layers), policy.max_age, share)
+        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, hidden, len(layers), policy.staleness, share)
         arena = torch.empty(floats, dtype=torch.float32, device=device)
         features = CachedFeatureStore(store, order, arena)
-        cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.max_age, weight=weight,
+        cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.staleness, weight=weight,
                              max_rows=embedding_rows(floats, hidden, share))
         return cls(cache, policy, features=features, switch_time=cfg.switch_time, start_time=cfg.start_time,
                    cached_value=cfg.cached_value, hit_fanout=cfg.hit_fanout, hit_mix=cfg.hit_mix,
@@ -126,8 +127,15 @@ class HistoryEngine(Engine):
                    decay_scale=cfg.staleness)
 
     @property
-    def layers(self) -> tuple[int, ...]:
+    def cached_layers(self) -> tuple[int, ...]:
+        """The hidden layers whose outputs are cached (layer ids)."""
         return tuple(self.cache.layers)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Deprecated name of :attr:`cached_layers` (RSC's per-layer samplers are ``samplers``)."""
+        warnings.warn("HistoryEngine.layers is deprecated; use .cached_layers", DeprecationWarning, stacklevel=2)
+        return self.cached_layers
 
     def reset_counts(self) -> None:
         self.counts = {"served": 0, "nonseed": 0, "age_sum": 0, "candidates": 0, "admitted": 0, "evicted": 0,
@@ -186,7 +194,7 @@ class HistoryEngine(Engine):
                 if ages is not None and len(ages):
                     fresh = torch.ones(batch.num_computed[l] - batch.num_partial[l])
                     weights[l + 1] = torch.cat([fresh, staleness_weight(ages, self.staleness_decay, self.decay_scale)])
-        return BlockPropagation(ops, served, self.layers if record else (), partial, self.mix,
+        return BlockPropagation(ops, served, self.cached_layers if record else (), partial, self.mix,
                                 aggregate=self.cached_value == "aggregate" and self.oracle is None, weights=weights)
 
     def serve(self, batch: SampledBatch, now: int, device: torch.device | None = None) -> dict[int, Tensor]:

@@ -1,16 +1,20 @@
 """History policies as small strategy objects: what to admit, what to evict, how old may serve.
 
-* :class:`RefreshPolicy` (ReFresh): entries older than ``max_age = staleness`` iterations are
+* :class:`RefreshPolicy` (ReFresh): entries older than ``staleness`` iterations are
   misses. After the optimiser step, the candidates of a cached layer are the batch's computed
   non-seed nodes without a fresh entry; with ``g_v = ‖∂L/∂h_v‖₂`` (the retained ``.grad``), those
   with ``g_v ≤ quantile_rate(g)`` are admitted, smallest ``g_v`` (most stable) first. With
   ``evict``, served hits whose gradient (taken on the cached rows) lies strictly above their own
   ``rate`` quantile are dropped.
 * :class:`GasPolicy` (GNNAutoScale-style): no criteria -- every computed non-seed embedding is
-  pushed, entries never go stale (``max_age = None``), nothing is evicted.
+  pushed, entries never go stale (``staleness = None``), nothing is evicted.
+
+``staleness`` is the one name of that limit, from the config (``--staleness``) down to the
+sampler's prune test; ``max_age`` is a deprecated alias on the policy objects.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Protocol
 
 import numpy as np
@@ -40,7 +44,7 @@ class HistoryPolicy(Protocol):
     """A strategy the :class:`~.engine.HistoryEngine` consults."""
 
     name: str
-    max_age: int | None  # an entry written at w serves at t while t − w ≤ max_age; None: forever
+    staleness: int | None  # an entry written at w serves at t while t − w ≤ staleness; None: forever
     evicts: bool
 
     def admit(self, rows: Tensor, grad: Tensor | None, is_fresh: Callable[[], np.ndarray]) -> tuple[Tensor, int]:
@@ -56,10 +60,20 @@ class HistoryPolicy(Protocol):
         ...
 
 
-class GasPolicy:
+class _Policy:
+    staleness: int | None
+
+    @property
+    def max_age(self) -> int | None:
+        """Deprecated name of :attr:`staleness`."""
+        warnings.warn("a history policy's max_age is deprecated; use .staleness", DeprecationWarning, stacklevel=2)
+        return self.staleness
+
+
+class GasPolicy(_Policy):
     """Push every computed embedding; never stale, never evict."""
 
-    name, max_age, evicts = "gas", None, False
+    name, staleness, evicts = "gas", None, False
 
     def admit(self, rows: Tensor, grad: Tensor | None, is_fresh: Callable[[], np.ndarray]) -> tuple[Tensor, int]:
         return torch.arange(rows.size(0)), 0  # overwrite older entries; no candidate selection
@@ -68,7 +82,7 @@ class GasPolicy:
         return np.zeros(hit_grad.size(0), dtype=bool)
 
 
-class RefreshPolicy:
+class RefreshPolicy(_Policy):
     """Admit stale or missing nodes below the ``rate`` gradient quantile; serve for ``staleness``."""
 
     name = "refresh"
@@ -78,7 +92,7 @@ class RefreshPolicy:
             raise ValueError(f"rate must be in (0, 1], got {rate}")
         if staleness is not None and staleness < 1:
             raise ValueError(f"staleness must be >= 1 iteration, got {staleness}")
-        self.rate, self.max_age, self.evicts = rate, staleness, evict
+        self.rate, self.staleness, self.evicts = rate, staleness, evict
 
     def admit(self, rows: Tensor, grad: Tensor | None, is_fresh: Callable[[], np.ndarray]) -> tuple[Tensor, int]:
         cand = torch.from_numpy(np.flatnonzero(~is_fresh()))

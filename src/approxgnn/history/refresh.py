@@ -72,7 +72,7 @@ class HistoryRefresher:
         self.engine, self.every, self.rows = engine, every, rows
         hops = sampler.num_layers
         self.samplers = {l: NeighborSampler(sampler.graph, list(sampler.fanouts[hops - 1 - l:]), sampler.norm,
-                                            first_hop=sampler.first_hop) for l in engine.layers}
+                                            first_hop=sampler.first_hop) for l in engine.cached_layers}
         self.rewritten = 0  # entries rewritten since the counter was last read
 
     def due(self, step: int) -> bool:
@@ -88,7 +88,7 @@ class HistoryRefresher:
         model.eval()
         done = 0
         try:
-            for l in self.engine.layers:
+            for l in self.engine.cached_layers:
                 nodes = self.engine.cache.oldest(l, self.rows)
                 if len(nodes) == 0:
                     continue

@@ -3,13 +3,13 @@
 :class:`~.cache.HistoryCache`'s capacity guard asks, per admission of ``k`` nodes at iteration ``now``:
 
 * **free slots**: the ``n`` lowest-numbered claimed slots that are empty or stale
-  (``now − w > max_age`` for an entry written at ``w``);
+  (``now − w > staleness`` for an entry written at ``w``);
 * **victims**: the ``r`` least valuable valid entries in ``(value, slot)`` order, where
 
-      value = weight[node] · life,  life = max_age − (now − w) + 1     (with a per-node ``weight``)
+      value = weight[node] · life,  life = staleness − (now − w) + 1     (with a per-node ``weight``)
       value = w                                                       (without: oldest first)
 
-  and, with no staleness limit (``max_age = ∞``), ``life`` is the same for every entry, so
+  and, with no staleness limit (``staleness = ∞``), ``life`` is the same for every entry, so
   ``value = weight[node]``. (The full scan this replaces used ``life = float(2^62 − age + 1)``
   there, whose rounding starts to tell ages apart after ~256 iterations: an accident, not a
   policy. With a limit, and for the weighted order, the choices are the same as the scan's;
@@ -42,17 +42,17 @@ from numba import njit
 UNLIMITED_RUNS = 64  # run-table rows without a staleness limit: all runs merge into one on rebuild
 
 
-def run_capacity(max_slots: int, max_age: int | None) -> int:
+def run_capacity(max_slots: int, staleness: int | None) -> int:
     """Rows of the run table: room for every distinct live write iteration (at most
-    ``max_age + 1``) twice over, so a rebuild is needed at most every ``max_age`` iterations."""
-    if max_age is None:
+    ``staleness + 1``) twice over, so a rebuild is needed at most every ``staleness`` iterations."""
+    if staleness is None:
         return UNLIMITED_RUNS
-    return min(4 * (max_age + 1), 2 * max_slots) + 2
+    return min(4 * (staleness + 1), 2 * max_slots) + 2
 
 
-def order_metadata_bytes(max_slots: int, max_age: int | None) -> int:
+def order_metadata_bytes(max_slots: int, staleness: int | None) -> int:
     """Bytes of the arrays a :class:`SlotOrder` owns (module docstring)."""
-    return max_slots * (4 + 1 + 2 * 8) + run_capacity(max_slots, max_age) * 24
+    return max_slots * (4 + 1 + 2 * 8) + run_capacity(max_slots, staleness) * 24
 
 
 @njit(cache=True, nogil=True)
@@ -97,13 +97,13 @@ def _push_free(heap, size, in_heap, slots):  # pragma: no cover - jitted
 
 
 @njit(cache=True, nogil=True)
-def _take_free(heap, size, in_heap, n, slot_node, slot_iter, now, max_age, out):  # pragma: no cover - jitted
+def _take_free(heap, size, in_heap, n, slot_node, slot_iter, now, staleness, out):  # pragma: no cover - jitted
     """Pop the ``n`` lowest reusable slots into ``out``; returns ``(count, size)``."""
     count = 0
     while count < n and size > 0:
         s, size = _heap_pop(heap, size)
         in_heap[s] = False
-        if slot_node[s] < 0 or now - slot_iter[s] > max_age:
+        if slot_node[s] < 0 or now - slot_iter[s] > staleness:
             out[count] = s
             count += 1
     return count, size
@@ -195,21 +195,21 @@ class SlotOrder:
     """Free-slot heap and value-ordered runs over a cache's slot arrays (module docstring).
 
     ``slot_node``, ``slot_iter``, ``slot_ver`` are the cache's arrays (read, never written here);
-    ``weight`` the per-node weight or ``None``; ``max_age`` ``None`` for no staleness limit.
+    ``weight`` the per-node weight or ``None``; ``staleness`` ``None`` for no staleness limit.
     """
 
     def __init__(self, slot_node: np.ndarray, slot_iter: np.ndarray, slot_ver: np.ndarray,
-                 weight: np.ndarray | None, max_age: int | None) -> None:
+                 weight: np.ndarray | None, staleness: int | None) -> None:
         s = len(slot_node)
         self.slot_node, self.slot_iter, self.slot_ver = slot_node, slot_iter, slot_ver
         self.weighted = weight is not None
         self.weight = weight if weight is not None else np.ones(1)
-        self.max_age = max_age
+        self.staleness = staleness
         self.heap = np.empty(s, np.int32)
         self.in_heap = np.zeros(s, np.bool_)
         self.log_slot = np.empty(2 * s, np.int32)
         self.log_ver = np.empty(2 * s, np.int32)
-        cap = run_capacity(s, max_age)
+        cap = run_capacity(s, staleness)
         self.run_lo = np.empty(cap, np.int64)
         self.run_hi = np.empty(cap, np.int64)
         self.run_iter = np.empty(cap, np.int64)
@@ -229,9 +229,9 @@ class SlotOrder:
         """Bring the order to iteration ``now`` (claimed slots are ``[lo, S)``): expire old runs."""
         if self.now is None or now < self.now:
             self.rebuild(now, lo)
-        if self.max_age is not None:
+        if self.staleness is not None:
             self.head, self.heap_size = _expire(self.run_lo, self.run_hi, self.run_iter, self.head, self.tail,
-                                                now - self.max_age, self.log_slot, self.log_ver, self.slot_ver,
+                                                now - self.staleness, self.log_slot, self.log_ver, self.slot_ver,
                                                 self.heap, self.heap_size, self.in_heap)
         self.now = now
 
@@ -241,15 +241,15 @@ class SlotOrder:
         claimed = np.arange(lo, len(self.slot_node))
         node, it = self.slot_node[lo:], self.slot_iter[lo:]
         fresh = node >= 0
-        if self.max_age is not None:
-            fresh &= now - it <= self.max_age
+        if self.staleness is not None:
+            fresh &= now - it <= self.staleness
         free = claimed[~fresh]
         self.in_heap[:] = False
         self.in_heap[free] = True
         self.heap[: len(free)] = free
         self.heap_size = len(free)
         live = claimed[fresh]
-        grouped = self.max_age is not None
+        grouped = self.staleness is not None
         it_live = self.slot_iter[live]
         if self.weighted:
             keys = (live, self.weight[self.slot_node[live]]) + ((it_live,) if grouped else ())
@@ -271,7 +271,7 @@ class SlotOrder:
         """Up to ``n`` reusable slots, lowest first (they leave the heap)."""
         out = np.empty(min(n, self.heap_size), np.int64)
         count, self.heap_size = _take_free(self.heap, self.heap_size, self.in_heap, len(out), self.slot_node,
-                                           self.slot_iter, now, self.max_age if self.max_age is not None else
+                                           self.slot_iter, now, self.staleness if self.staleness is not None else
                                            (1 << 62), out)
         return out[:count]
 
@@ -284,8 +284,8 @@ class SlotOrder:
         """The ``r`` (or fewer) least valuable live entries: slots and values, in ``(value, slot)`` order."""
         b = np.arange(self.head, self.tail)
         life = np.ones(self.tail, np.float64)
-        if self.max_age is not None:  # the reference's integer life, then float64 (no rounding change)
-            life[b] = (self.max_age - (now - self.run_iter[b]) + 1).astype(np.float64)
+        if self.staleness is not None:  # the reference's integer life, then float64 (no rounding change)
+            life[b] = (self.staleness - (now - self.run_iter[b]) + 1).astype(np.float64)
         out_slot, out_val = np.empty(r, np.int64), np.empty(r, np.float64)
         count = _least_valuable(self.run_lo, self.run_hi, life, self.head, self.tail, self.log_slot, self.log_ver,
                                 self.slot_ver, self.slot_node, self.slot_iter, self.weight, self.weighted, r,

@@ -34,7 +34,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from .stores import readonly_tensor
+from .stores import STORED_DTYPES, as_float32
 
 PAGE = 4096
 
@@ -104,7 +104,8 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 
 class DiskFeatureStore:
-    """Rows of a float32 ``[N, F]`` ``.npy`` file read by ``pread`` from a thread pool (module docstring).
+    """Rows of a float32 (or float16: a precomputed table) ``[N, F]`` ``.npy`` file read by
+    ``pread`` from a thread pool (module docstring).
 
     ``threads``: reads in flight at most (the queue depth the disk sees). 128 by default: when a read
     completes its thread must wait for a core, so on a busy 2-core machine 64 threads kept fewer than
@@ -120,17 +121,19 @@ class DiskFeatureStore:
                  max_run_pages: int = 32) -> None:
         self.path = Path(path)
         shape, dtype, self.header = _npy_layout(self.path)
-        if len(shape) != 2 or dtype != np.float32:
-            raise ValueError(f"{self.path}: features must be a 2-D float32 array, got {dtype} {shape}")
+        if len(shape) != 2 or dtype not in STORED_DTYPES:
+            raise ValueError(f"{self.path}: features must be a 2-D float32 (or float16) array, "
+                             f"got {dtype} {shape}")
         n, f = int(shape[0]), int(shape[1])
-        need = self.header + n * f * 4
+        self.dtype = np.dtype(dtype)
+        need = self.header + n * f * self.dtype.itemsize
         size = self.path.stat().st_size
         if size < need:
-            raise ValueError(f"{self.path}: truncated: its header declares {n} x {f} float32 "
+            raise ValueError(f"{self.path}: truncated: its header declares {n} x {f} {self.dtype} "
                              f"({need} bytes with the header) but the file holds {size} bytes")
         self._shape = (n, f)
         self.threads = max(1, int(threads))
-        self.max_run_pages = max(int(max_run_pages), -(-f * 4 // PAGE) + 1)
+        self.max_run_pages = max(int(max_run_pages), -(-self.row_bytes // PAGE) + 1)
         self.fd, self.direct = self._open(direct)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -177,7 +180,7 @@ class DiskFeatureStore:
 
     @property
     def row_bytes(self) -> int:
-        return self._shape[1] * 4
+        return self._shape[1] * self.dtype.itemsize
 
     @property
     def on_disk(self) -> bool:
@@ -193,7 +196,7 @@ class DiskFeatureStore:
     def read(self, ids: np.ndarray) -> Tensor:
         """Rows ``x[ids]`` as a new CPU float32 tensor ``[len(ids), F]`` (any order, repeats allowed)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-        out = np.empty((ids.shape[0], self.dim), np.float32)
+        out = np.empty((ids.shape[0], self.dim), self.dtype)
         if ids.size:
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.num_nodes:
@@ -201,7 +204,7 @@ class DiskFeatureStore:
             self._gather(ids, out.view(np.uint8))
         self.rows_read += int(ids.size)
         self.bytes_read += int(ids.size) * self.row_bytes
-        return torch.from_numpy(out)
+        return as_float32(out)
 
     def _gather(self, ids: np.ndarray, out: np.ndarray) -> None:
         order = np.argsort(ids, kind="stable")
@@ -250,7 +253,7 @@ class DiskFeatureStore:
         page cache serves that scan better than random reads). Counted as one full scan."""
         self.rows_read += self.num_nodes
         self.bytes_read += self.num_nodes * self.row_bytes
-        return readonly_tensor(self.x)
+        return as_float32(self.x)
 
     # ---- figures, state, lifetime --------------------------------------------------------
     def counters(self) -> dict[str, int]:

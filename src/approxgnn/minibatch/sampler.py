@@ -135,11 +135,11 @@ def _sample_rows(rowptr, col, targets, ptr, key):
 
 
 @njit(nogil=True, cache=True)
-def _relabel(targets, nbr, local, node_slot, slot_iter, now, max_age, check):
+def _relabel(targets, nbr, local, node_slot, slot_iter, now, staleness, check):
     """Local ids: targets ``0..m-1``, then new misses, then new hits (``check``: look up hits).
 
     ``local`` is an all ``-1`` scratch of size N, restored before returning. A new node ``u`` hits
-    when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= staleness``.
     Returns ``(nodes, col_local, n_miss, n_hit)``.
     """
     m = targets.shape[0]
@@ -156,7 +156,7 @@ def _relabel(targets, nbr, local, node_slot, slot_iter, now, max_age, check):
         hit = False
         if check:
             s = node_slot[u]
-            hit = s >= 0 and now - slot_iter[s] <= max_age
+            hit = s >= 0 and now - slot_iter[s] <= staleness
         if hit:
             local[u] = -2 - n_hit  # final id known once all misses are counted
             new_hit[n_hit] = u
@@ -253,7 +253,7 @@ def _closed_neighbourhood(rowptr, col, nodes, mark):
 class PruneTest(NamedTuple):
     """Fresh-hit test of one cached layer, read by the sampler kernel.
 
-    Node ``u`` hits when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= max_age``.
+    Node ``u`` hits when ``node_slot[u] >= 0`` and ``now - slot_iter[node_slot[u]] <= staleness``.
     ``keep``: ``None`` prunes a hit's sub-tree (it is served, not computed); an int ``k >= 0``
     keeps the hit as a computed node whose next hop draws ``min(k, fanout)`` neighbours (``k = 0``:
     none, the layer's aggregate is served instead; ``KEEP_ALL``: the hop's own fanout) -- it is
@@ -264,7 +264,7 @@ class PruneTest(NamedTuple):
     node_slot: np.ndarray  # int32/int64 [N]
     slot_iter: np.ndarray  # int64 [slots]
     now: int
-    max_age: int
+    staleness: int
     keep: int | None = None
     # With ``keep``: the probability that a hit is kept (a pure function of the batch key, the hop
     # and the node); the others are pruned. The kept hits come first among the hits.
@@ -289,28 +289,33 @@ def _keep_draws(nodes, key, share):  # pragma: no cover - jitted
 class Block:
     """Layer ``l``'s bipartite block: ``m`` targets × ``n`` sources, targets = first ``m`` sources.
 
-    ``rowptr [m+1]``, ``col [nnz]`` (local source ids), ``value [nnz]`` float32, ``diag [m]``
-    (GCN) or ``None``.
+    ``adj``: the block's CSR (:class:`~approxgnn.graph.CSRGraph` with ``num_nodes = m``,
+    ``num_cols = n``, local source ids, float32 values; its tensors share the sampler's numpy
+    arrays); ``diag``: float32 ``[m]`` (GCN) or ``None``.
     """
 
-    rowptr: np.ndarray
-    col: np.ndarray
-    value: np.ndarray
-    diag: np.ndarray | None
-    num_targets: int
-    num_sources: int
+    adj: CSRGraph
+    diag: torch.Tensor | None
+
+    @classmethod
+    def from_arrays(cls, rowptr: np.ndarray, col: np.ndarray, value: np.ndarray, diag: np.ndarray | None,
+                    num_sources: int) -> "Block":
+        """Wrap the sampler's fresh (writable) arrays, without copying them."""
+        adj = CSRGraph(torch.from_numpy(rowptr), torch.from_numpy(col), len(rowptr) - 1, torch.from_numpy(value),
+                       num_cols=num_sources)
+        return cls(adj, None if diag is None else torch.from_numpy(diag))
 
     @property
-    def nnz(self) -> int:
-        return int(self.col.shape[0])
+    def num_targets(self) -> int:
+        return self.adj.num_nodes
+
+    @property
+    def num_sources(self) -> int:
+        return self.adj.shape[1]
 
     def operator(self, device: torch.device | str = "cpu") -> SparseOperator:
         """As a rectangular :class:`SparseOperator` (``y = off @ x + diag ⊙ x[:m]``)."""
-        mat = torch.sparse_csr_tensor(torch.from_numpy(self.rowptr), torch.from_numpy(self.col),
-                                      torch.from_numpy(self.value), (self.num_targets, self.num_sources),
-                                      check_invariants=False)
-        diag = None if self.diag is None else torch.from_numpy(self.diag)
-        return SparseOperator(mat, diag).to(device)
+        return SparseOperator(self.adj, self.diag).to(device)
 
 
 @dataclass
@@ -451,7 +456,7 @@ class NeighborSampler:
         targets = np.ascontiguousarray(targets, dtype=np.int64)
         gcn = self.norm == "gcn"
         ptr, cols, val, diag = _full_rows(self.rowptr, self.col, targets, col_map, self.deg, gcn)
-        return Block(ptr, cols, val, diag if gcn else None, len(targets), num_cols)
+        return Block.from_arrays(ptr, cols, val, diag if gcn else None, num_cols)
 
     def closed_neighbourhood(self, nodes: np.ndarray) -> np.ndarray:
         """Sorted ids of ``nodes`` and all their neighbours (the receptive field of one layer)."""
@@ -476,13 +481,13 @@ class NeighborSampler:
         if test is None:
             args = (self._no_slot, self._no_iter, 0, 0, False)
         else:
-            args = (test.node_slot, test.slot_iter, int(test.now), int(test.max_age), True)
+            args = (test.node_slot, test.slot_iter, int(test.now), int(test.staleness), True)
         nodes, col_local, n_miss, n_hit = _relabel(targets, nbr, self._local, *args)
         if test is not None and test.keep is not None and test.keep_share < 1.0 and n_hit:
             n_hit = self._kept_first(nodes, col_local, len(targets) + int(n_miss), mix_key(key, 0xC0), test.keep_share)
         val, diag = _block_values(ptr, targets, nodes, col_local, self.deg, self.norm == "gcn")
         m = len(targets)
-        block = Block(ptr, col_local, val, diag if self.norm == "gcn" else None, m, len(nodes))
+        block = Block.from_arrays(ptr, col_local, val, diag if self.norm == "gcn" else None, len(nodes))
         return block, nodes, m + int(n_miss), int(n_hit)
 
     @staticmethod

@@ -25,6 +25,10 @@ from ..precompute import FirstHopTable, precompute_first_hop
 from ..state import check_version
 
 
+# The dtypes a store may hold: features are float32; a precomputed table may be float16.
+STORED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
 def index_dtype(count: int) -> type:
     """int32 while every node id fits, else int64 (slot maps have one entry per node)."""
     return np.int32 if count <= 2**31 else np.int64
@@ -53,7 +57,11 @@ def _gather_rows(x, ids, out):
 
 
 class ArrayFeatureStore:
-    """Raw features ``x [N, F]`` (float32 array or ``np.memmap``) behind one counted ``read``."""
+    """Rows ``x [N, F]`` (an array or ``np.memmap``) behind one counted ``read``.
+
+    Stored as float32, or float16 (a precomputed first-hop table, :mod:`approxgnn.precompute`):
+    ``read`` always returns float32, and the bytes counted are the stored ones.
+    """
 
     VERSION = 1
 
@@ -61,10 +69,10 @@ class ArrayFeatureStore:
         if x.ndim != 2:
             raise ValueError(f"features must be 2-D [N, F], got shape {x.shape}")
         if isinstance(x, np.memmap):
-            if x.dtype != np.float32:
-                raise ValueError(f"memory-mapped features must be float32, got {x.dtype}")
+            if x.dtype not in STORED_DTYPES:
+                raise ValueError(f"memory-mapped features must be float32 or float16, got {x.dtype}")
         else:
-            x = np.ascontiguousarray(x, dtype=np.float32)
+            x = np.ascontiguousarray(x, dtype=x.dtype if x.dtype == np.float16 else np.float32)
         self.x = x
         self.rows_read = 0
         self.bytes_read = 0
@@ -84,7 +92,7 @@ class ArrayFeatureStore:
 
     @property
     def row_bytes(self) -> int:
-        return self.dim * 4
+        return self.dim * self.x.dtype.itemsize
 
     @property
     def on_disk(self) -> bool:
@@ -93,19 +101,23 @@ class ArrayFeatureStore:
     def read(self, ids: np.ndarray) -> Tensor:
         """Rows ``x[ids]`` as a new CPU float32 tensor ``[len(ids), F]``; counts them as read."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
-        out = np.empty((ids.shape[0], self.dim), np.float32)
+        out = np.empty((ids.shape[0], self.dim), self.x.dtype)
         if ids.size:
-            _gather_rows(self.x, ids, out)
+            if out.dtype == np.float16:  # numba has no float16: move the same bits as uint16
+                _gather_rows(self.x.view(np.uint16), ids, out.view(np.uint16))
+            else:
+                _gather_rows(self.x, ids, out)
         self.rows_read += int(ids.size)
         self.bytes_read += int(ids.size) * self.row_bytes
-        return torch.from_numpy(out)
+        return as_float32(out)
 
     def full(self) -> Tensor:
-        """All of ``x`` as a tensor sharing its memory (a memmap stays on disk); counted as one
-        full scan. For exact inference, which reads every row anyway."""
+        """All of ``x`` as a float32 tensor sharing its memory (a float32 memmap stays on disk; a
+        float16 table is widened into RAM); counted as one full scan. For exact inference, which
+        reads every row anyway."""
         self.rows_read += self.num_nodes
         self.bytes_read += self.num_nodes * self.row_bytes
-        return readonly_tensor(self.x)
+        return as_float32(self.x)
 
     def counters(self) -> dict[str, int]:
         return {"rows_read": self.rows_read, "bytes_read": self.bytes_read}
@@ -116,6 +128,12 @@ class ArrayFeatureStore:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_version(state, self.VERSION, "feature store")
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])
+
+
+def as_float32(x: np.ndarray) -> Tensor:
+    """``x`` (float32 or float16) as a float32 tensor: shared when float32, widened when float16."""
+    t = readonly_tensor(x)
+    return t if t.dtype == torch.float32 else t.float()
 
 
 class StoreFront:
@@ -206,14 +224,20 @@ class JoinedFeatureStore:
             p.load_state_dict(s)
 
 
-def first_hop_store(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | os.PathLike | None = None
-                    ) -> tuple[FeatureStore, FirstHopTable]:
+def first_hop_store(graph: CSRGraph, store: FeatureStore, norm: str, directory: str | os.PathLike | None = None,
+                    dtype: str = "float32") -> tuple[FeatureStore, FirstHopTable]:
     """The store layer 0 reads when its aggregation ``norm`` is precomputed over ``store``'s
     features (:mod:`approxgnn.precompute`): GCN's table ``[ÂX | Â1]`` alone (``ÂX`` holds the raw
-    features), SAGE's ``[X | mean]`` joined; every read counted. The table lives where ``X`` does
-    (RAM, or on disk beside an on-disk ``X``), or in ``directory``. Also returns the table."""
-    table = precompute_first_hop(graph, store.x, norm, directory=directory)
-    rows = ArrayFeatureStore(table.table)
+    features), SAGE's ``[X | mean]`` joined; every read counted. The table (stored as ``dtype``)
+    lives where ``X`` does (RAM, or on disk beside an on-disk ``X``), or in ``directory``, and is
+    read the way ``X`` is (an on-disk table by ``pread`` when ``store`` is a disk store). Also
+    returns the table."""
+    table = precompute_first_hop(graph, store.x, norm, directory=directory, dtype=dtype)
+    rows: FeatureStore = ArrayFeatureStore(table.table)
+    from .disk_store import DiskFeatureStore  # it builds on this module's helpers
+
+    if table.path is not None and isinstance(store, DiskFeatureStore):
+        rows = DiskFeatureStore(table.path, threads=store.threads)
     return (rows if norm == "gcn" else JoinedFeatureStore([store, rows])), table
 
 

@@ -42,15 +42,25 @@ class FirstHop:
 
 
 def _check(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int, dropout: float,
-           input_dropout: float | None = None) -> None:
+           input_dropout: float = 0.0) -> None:
     for name, v in (("in_channels", in_channels), ("hidden_channels", hidden_channels),
                     ("out_channels", out_channels), ("num_layers", num_layers)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if input_dropout is not None and not 0.0 <= input_dropout < 1.0:
+    if input_dropout is None:  # None means "the engine family's default", a TrainConfig notion only
+        raise ValueError("input_dropout must be a rate in [0, 1); a model takes no None (TrainConfig resolves its "
+                         "None to the engine family's default before building the model)")
+    if not 0.0 <= input_dropout < 1.0:
         raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
+
+
+def _linears(in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
+             bias: bool = True) -> nn.ModuleList:
+    """One linear map per layer: ``in → hidden → … → hidden → out``."""
+    dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+    return nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=bias) for i in range(num_layers))
 
 
 class _Stack(nn.Module):
@@ -58,16 +68,19 @@ class _Stack(nn.Module):
 
     Two dropout rates: ``input_dropout`` on the raw input features (before the first linear map)
     and ``dropout`` on every hidden representation. Kipf & Welling's GCN drops both; PyG's
-    ``BasicGNN`` only the hidden ones. ``input_dropout=None`` takes ``dropout`` (Kipf's choice).
+    ``BasicGNN`` only the hidden ones. ``input_dropout`` is a rate, default 0 (inputs untouched, the
+    library's measured default); pass ``input_dropout=dropout`` for Kipf's choice. ``None`` has one
+    meaning in the library, ":class:`~approxgnn.train.TrainConfig`'s engine-family default", and
+    the config resolves it before it builds a model.
     """
 
     norm = "gcn"
 
     def __init__(self, num_hidden: int, hidden_channels: int, dropout: float, batch_norm: bool,
-                 input_dropout: float | None = None) -> None:
+                 input_dropout: float = 0.0) -> None:
         super().__init__()
         self.dropout = dropout
-        self.input_dropout = dropout if input_dropout is None else input_dropout
+        self.input_dropout = input_dropout
         self.bns = nn.ModuleList(nn.BatchNorm1d(hidden_channels) for _ in range(num_hidden)) if batch_norm else None
 
     def _activate(self, h: Tensor, layer: int, prop: Propagation) -> Tensor:
@@ -93,7 +106,21 @@ class _Stack(nn.Module):
                 m.reset_parameters()
 
 
-class GCN(_Stack):
+class _LinearStack(_Stack):
+    """GCN and SAGE: ``num_layers`` linear maps per set named in ``LINEARS`` (``{attribute: bias}``),
+    ``in → hidden → … → hidden → out``, batch norm after every layer but the last."""
+
+    LINEARS: dict[str, bool] = {}
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
+                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float = 0.0) -> None:
+        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
+        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
+        for name, bias in self.LINEARS.items():  # in this order: the parameters' init order is fixed
+            setattr(self, name, _linears(in_channels, hidden_channels, out_channels, num_layers, bias))
+
+
+class GCN(_LinearStack):
     r"""Graph convolution (Kipf & Welling): :math:`H^{(l+1)} = \sigma(\hat A\, H^{(l)} W^{(l)})`,
     with :math:`\hat A = \tilde D^{-1/2}(A+I)\tilde D^{-1/2}`.
 
@@ -102,13 +129,8 @@ class GCN(_Stack):
     """
 
     norm = "gcn"
-
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float | None = None) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
-        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
-        dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        self.lins = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
+    LINEARS = {"lins": True}
+    lins: nn.ModuleList
 
     def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
         """``{layer: width}`` of the propagations with a backward product (all, or all but layer 0
@@ -130,7 +152,7 @@ class GCN(_Stack):
         return x
 
 
-class SAGE(_Stack):
+class SAGE(_LinearStack):
     r"""GraphSAGE with mean aggregation:
     :math:`h_i' = W_1 h_i + W_2 \operatorname{mean}_{j \in N(i)} h_j`.
 
@@ -139,14 +161,9 @@ class SAGE(_Stack):
     """
 
     norm = "mean"
-
-    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 2,
-                 dropout: float = 0.5, batch_norm: bool = False, input_dropout: float | None = None) -> None:
-        _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
-        super().__init__(num_layers - 1, hidden_channels, dropout, batch_norm, input_dropout)
-        dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        self.lins_self = nn.ModuleList(nn.Linear(dims[i], dims[i + 1]) for i in range(num_layers))
-        self.lins_neigh = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(num_layers))
+    LINEARS = {"lins_self": True, "lins_neigh": False}  # W_1 (with the bias), W_2
+    lins_self: nn.ModuleList
+    lins_neigh: nn.ModuleList
 
     def spmm_widths(self, first_hop: bool = False) -> dict[int, int]:
         """``{layer: width}`` of the propagations with a backward product (never layer 0's)."""
@@ -180,7 +197,7 @@ class GCNII(_Stack):
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int = 4,
                  dropout: float = 0.5, batch_norm: bool = False, alpha: float = 0.1, theta: float = 0.5,
-                 input_dropout: float | None = None) -> None:
+                 input_dropout: float = 0.0) -> None:
         _check(in_channels, hidden_channels, out_channels, num_layers, dropout, input_dropout)
         super().__init__(num_layers, hidden_channels, dropout, batch_norm, input_dropout)
         self.alpha, self.theta = alpha, theta
@@ -213,8 +230,9 @@ MODELS: dict[str, type[_Stack]] = {"gcn": GCN, "sage": SAGE, "gcn2": GCNII}
 
 
 def build_model(name: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
-                dropout: float, batch_norm: bool = False, input_dropout: float | None = None) -> nn.Module:
-    """Model by name (``gcn``, ``sage``, ``gcn2``); ``input_dropout=None`` drops inputs at ``dropout``."""
+                dropout: float, batch_norm: bool = False, input_dropout: float = 0.0) -> nn.Module:
+    """Model by name (``gcn``, ``sage``, ``gcn2``); ``input_dropout``: the rate on the raw input
+    features (a float; the trainers pass :meth:`TrainConfig.resolved_input_dropout`)."""
     try:
         cls = MODELS[name]
     except KeyError:

@@ -85,11 +85,13 @@ class NeighborBatchLoader:
     (:mod:`approxgnn.precompute`, for a model without input dropout, as PyG's ``BasicGNN``): the
     last hop is not sampled, and a batch's ``x`` holds the rows layer 0 reads -- GCN's ``[ÂX | Â1]``,
     GraphSAGE's ``[X | mean]`` -- which :class:`~approxgnn.pyg.history.HistoryGNN` understands.
+    ``precompute_dtype``: ``"float32"`` or ``"float16"``, how the table is stored (``x`` is float32).
     """
 
     def __init__(self, data: Any, num_neighbors: Sequence[int], batch_size: int = 1024, input_nodes: Any = None, *,
                  shuffle: bool = True, seed: int = 0, norm: str = "mean",
-                 device: torch.device | str = "cpu", precompute: bool = False) -> None:
+                 device: torch.device | str = "cpu", precompute: bool = False,
+                 precompute_dtype: str = "float32") -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         x = _as_numpy(data.x)
@@ -98,7 +100,7 @@ class NeighborBatchLoader:
         self.store: FeatureStore = ArrayFeatureStore(x)
         self.num_features, self.precompute = int(x.shape[1]), precompute
         if precompute:
-            self.store, self.table = first_hop_store(self.graph, self.store, norm)
+            self.store, self.table = first_hop_store(self.graph, self.store, norm, dtype=precompute_dtype)
         self.features: FeatureStore = self.store
         self.device = torch.device(device)
         y = getattr(data, "y", None)
@@ -154,11 +156,11 @@ def pyg_layout(sample: SampledBatch) -> tuple[np.ndarray, np.ndarray, list[int],
         m = block.num_targets
         new = sources[m:]
         src_pos = np.concatenate([pos[:m], total + np.arange(len(new), dtype=np.int64)])
-        target = np.repeat(np.arange(m, dtype=np.int64), np.diff(block.rowptr))
-        edges.append(np.stack([src_pos[block.col], pos[target]]))
+        target = np.repeat(np.arange(m, dtype=np.int64), block.adj.degree().numpy())
+        edges.append(np.stack([src_pos[block.adj.col.numpy()], pos[target]]))
         groups.append(new)
         n_nodes.append(len(new))
-        n_edges.append(block.nnz)
+        n_edges.append(block.adj.nnz)
         total += len(new)
         pos = src_pos
     return np.concatenate(groups), np.concatenate(edges, axis=1), n_nodes, n_edges, pos[: len(sample.input_nodes)]

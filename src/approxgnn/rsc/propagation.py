@@ -19,20 +19,23 @@ that stores the gradient must ``clone()`` it.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import csr_kernels
+from ..graph import CSRGraph
 from ..nn.engine import Engine
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
 from ..state import check_version
-from . import kernels
-from .budget import Allocation, LayerStats, allocate_budget, budget_flops
+from .budget import Allocation, LayerStats, allocate_budget
 from .config import RSCConfig
+from .profile import LayerProfile, RSCProfile
 from .schedule import APPROX, EXACT, WARMUP, Schedule
-from .spmm import CSR, SampledSlice, SampledSpMM, build_slice, cumulative_nnz, row_scores, sampled_backward, \
+from .spmm import SampledSlice, SampledSpMM, build_slice, cumulative_nnz, row_scores, sampled_backward, \
     select_importance, select_poisson, select_topk
 
 _COUNTERS = ("resamples", "cache_hits", "approx_steps", "exact_steps", "nnz_kept_sum")
@@ -42,7 +45,7 @@ _TIMERS = ("sample_time_s", "spmm_time_s")
 class LayerSampler:
     """Sampled-backward state of one layer (width ``d``); :meth:`backward` is called by autograd."""
 
-    def __init__(self, layer: int, width: int, op: SparseOperator, adj: CSR, degree: Tensor, row_norm: Tensor,
+    def __init__(self, layer: int, width: int, op: SparseOperator, adj: CSRGraph, degree: Tensor, row_norm: Tensor,
                  cfg: RSCConfig, seed: int) -> None:
         self.layer, self.width = layer, width
         self.op, self.adj, self.degree, self.row_norm, self.cfg = op, adj, degree, row_norm, cfg
@@ -91,7 +94,7 @@ class LayerSampler:
             self._observe(sorted_scores, cum, out)
         self.age += 1
         self.counters["approx_steps"] += 1
-        self.counters["nnz_kept_sum"] += self.slice.nnz
+        self.counters["nnz_kept_sum"] += self.slice.t.nnz
         self.timers["sample_time_s"] += (t1 - t0) + (time.perf_counter() - t2)
         self.timers["spmm_time_s"] += t2 - t1
         return out
@@ -135,19 +138,16 @@ class LayerSampler:
         self.slice, self._out = None, None
 
     # -- reporting and checkpoints ---------------------------------------------------------------
-    def stats_dict(self) -> dict[str, Any]:
-        c, n = self.counters, self.adj.nnz
+    def profile(self) -> LayerProfile:
+        c, n, a, s = self.counters, self.adj.nnz, self.alloc, self.slice
         steps = c["approx_steps"]
-        return {
-            "width": self.width,
-            "ratio": None if self.alloc is None else self.alloc.ratio,
-            "rows_kept": None if self.slice is None else self.slice.rows,
-            "nnz_kept": None if self.slice is None else self.slice.nnz,
-            "nnz_kept_frac_mean": (c["nnz_kept_sum"] / steps / n) if steps and n else None,
-            "max_nnz": None if self.alloc is None else self.alloc.max_nnz,
-            **{k: v for k, v in c.items() if k != "nnz_kept_sum"},
-            **self.timers,
-        }
+        return LayerProfile(
+            width=self.width, mode=self.mode, ratio=None if a is None else a.ratio,
+            max_nnz=None if a is None else a.max_nnz, rows_kept=None if s is None else s.rows,
+            nnz_kept=None if s is None else s.t.nnz,
+            nnz_kept_frac_mean=(c["nnz_kept_sum"] / steps / n) if steps and n else None,
+            **{k: v for k, v in c.items() if k != "nnz_kept_sum"}, **self.timers,
+            kept_rows=None if s is None else s.index.clone())
 
     def state_dict(self) -> dict[str, Any]:
         a = self.alloc
@@ -179,12 +179,11 @@ class LayerSampler:
         self.generator.set_state(s["generator"])
 
 
-def _ratio(s: LayerSampler) -> str:
-    """Fraction of rows kept by the current sample (else the allocated ratio; '-' before any)."""
-    n = s.adj.num_rows
-    if s.slice is not None and n:
-        return f"{s.slice.rows / n:.2f}"
-    return "-" if s.alloc is None else f"{s.alloc.ratio:.2f}"
+def _ratio(p: LayerProfile, n: int) -> str:
+    """Fraction of ``n`` rows kept by the current sample (else the allocated ratio; '-' before any)."""
+    if p.rows_kept is not None and n:
+        return f"{p.rows_kept / n:.2f}"
+    return "-" if p.ratio is None else f"{p.ratio:.2f}"
 
 
 class SampledPropagation(Propagation, Engine):
@@ -192,6 +191,9 @@ class SampledPropagation(Propagation, Engine):
 
     It is both what the model calls (:class:`Propagation`) and what the trainer drives
     (:class:`Engine`: the schedule's epoch hooks, :meth:`stats`, :meth:`state_dict`).
+    :attr:`samplers` maps each budgeted layer to its :class:`LayerSampler`; :meth:`profile` is the
+    public, typed view of what they do (benchmarks read it, :meth:`stats` is built from it), and
+    :meth:`backward` runs one layer's backward product outside autograd.
 
     Args:
         op: the exact operator (``Â_off`` CSR + diagonal); its forward is reused as is.
@@ -210,14 +212,14 @@ class SampledPropagation(Propagation, Engine):
             raise ValueError(f"RSC needs a square full-graph operator, got shape {op.shape}")
         self.op, self.cfg = op, cfg
         self.widths: dict[int, int] = {}
-        self.adj = CSR.from_torch(op.matrix)
+        self.adj = op.off.validate()
         self.nnz = self.adj.nnz
         self._degree = self.adj.degree()
-        self._row_norm = row_norm.to(self.adj.value.device, self.adj.value.dtype).contiguous()
-        if self._row_norm.numel() != self.adj.num_rows:
-            raise ValueError(f"row_norm has {self._row_norm.numel()} entries for {self.adj.num_rows} rows")
+        self._row_norm = row_norm.to(self.adj.device, op.dtype).contiguous()
+        if self._row_norm.numel() != self.adj.num_nodes:
+            raise ValueError(f"row_norm has {self._row_norm.numel()} entries for {self.adj.num_nodes} rows")
         self._seed = torch.initial_seed() if seed is None else seed
-        self.layers: dict[int, LayerSampler] = {}
+        self.samplers: dict[int, LayerSampler] = {}  # budgeted layer -> its sampled-backward state
         self.small: dict[int, int] = {}  # layers too small to pay (cfg.min_layer_flops): always exact
         self.tune_time_s = 0.0
         self.schedule = Schedule(cfg, epochs)
@@ -225,8 +227,8 @@ class SampledPropagation(Propagation, Engine):
         self.tunes = 0
         for l, d in sorted(widths.items()):
             self.add_layer(l, d)
-        if self.adj.value.device.type == "cpu":
-            kernels.warm_up()  # JIT / cache load happens here, not inside a timed epoch
+        if self.adj.device.type == "cpu":
+            csr_kernels.warm_up()  # JIT / cache load happens here, not inside a timed epoch
 
     def add_layer(self, layer: int, width: int) -> None:
         """Budget layer ``layer`` (SpMM width ``width``), in the current phase; a no-op if it is known.
@@ -234,7 +236,7 @@ class SampledPropagation(Propagation, Engine):
         For callers that learn the layers as they run (the PyG adapter meets them in the first
         training step): a layer joining while approximating first gathers statistics, exactly.
         """
-        known = self.layers[layer].width if layer in self.layers else self.small.get(layer)
+        known = self.samplers[layer].width if layer in self.samplers else self.small.get(layer)
         if known is not None:
             if known != width:
                 raise ValueError(f"layer {layer}: SpMM width changed from {known} to {width}")
@@ -246,22 +248,32 @@ class SampledPropagation(Propagation, Engine):
             return
         self.widths[layer] = width
         seed = (self._seed + 1_000_003 * (layer + 1)) % 2**63
-        self.layers[layer] = LayerSampler(layer, width, self.op, self.adj, self._degree, self._row_norm, self.cfg, seed)
-        self.layers = dict(sorted(self.layers.items()))
-        self._set_mode(self.layers[layer], self.phase)
+        self.samplers[layer] = LayerSampler(layer, width, self.op, self.adj, self._degree, self._row_norm, self.cfg, seed)
+        self.samplers = dict(sorted(self.samplers.items()))
+        self._set_mode(self.samplers[layer], self.phase)
 
     def remove_layer(self, layer: int) -> None:
         """Stop budgeting layer ``layer`` (its product is no longer computed: e.g. its aggregation
         was precomputed); the next re-allocation shares the budget among the others."""
-        self.layers.pop(layer, None)
+        self.samplers.pop(layer, None)
         self.widths.pop(layer, None)
 
     # -- the model-facing interface ----------------------------------------------------------------
     def __call__(self, x: Tensor, layer: int) -> Tensor:
-        sampler = self.layers.get(layer)
+        sampler = self.samplers.get(layer)
         if sampler is None or self.cfg.budget >= 1.0 or not (torch.is_grad_enabled() and x.requires_grad):
             return spmm(self.op, x)
         return SampledSpMM.apply(x, self.op, sampler)
+
+    def backward(self, layer: int, g: Tensor) -> Tensor:
+        """``∂L/∂X`` of layer ``layer``'s product for the upstream gradient ``g [N, d]``, exactly as
+        autograd gets it in a training step (sampled, from the cached sample, or exact, by the
+        layer's mode; counters and timers advance). For operator-level benchmarks and tests. The
+        result may live in the layer's reused buffer: ``clone()`` it to keep it past the next call."""
+        sampler = self.samplers.get(layer)
+        if sampler is None or self.cfg.budget >= 1.0:
+            return self.op.backward(g.contiguous())
+        return sampler.backward(g.contiguous())
 
     # -- the trainer-facing interface (Engine) ------------------------------------------------------
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
@@ -271,11 +283,11 @@ class SampledPropagation(Propagation, Engine):
         phase = EXACT if self.cfg.budget >= 1.0 else self.schedule.phase(epoch)
         # A layer that joined late (the PyG adapter meets layers as they run) is allocated as soon
         # as its warm-up step has gathered statistics, not only at the next regular re-allocation.
-        joined = any(s.alloc is None for s in self.layers.values())
-        if phase == APPROX and self.layers and (self.schedule.tune_due(epoch) or joined):
-            if all(s.stats is not None for s in self.layers.values()):
+        joined = any(s.alloc is None for s in self.samplers.values())
+        if phase == APPROX and self.samplers and (self.schedule.tune_due(epoch) or joined):
+            if all(s.stats is not None for s in self.samplers.values()):
                 self.tune(epoch)
-        for s in self.layers.values():
+        for s in self.samplers.values():
             self._set_mode(s, phase)
         self.phase = phase
 
@@ -292,11 +304,11 @@ class SampledPropagation(Propagation, Engine):
     def tune(self, epoch: int) -> dict[int, Allocation]:
         """Re-allocate the budget from the current statistics (called by the schedule)."""
         t0 = time.perf_counter()
-        stats = {l: s.stats for l, s in self.layers.items() if s.stats is not None}
+        stats = {l: s.stats for l, s in self.samplers.items() if s.stats is not None}
         allocs = allocate_budget(stats, self.nnz, self.cfg.budget, step=self.cfg.step, mode=self.cfg.allocation)
         self.tune_time_s += time.perf_counter() - t0
         for l, a in allocs.items():
-            self.layers[l].set_allocation(a)
+            self.samplers[l].set_allocation(a)
         self.schedule.tuned(epoch)
         self.tunes += 1
         return allocs
@@ -307,38 +319,52 @@ class SampledPropagation(Propagation, Engine):
         self.schedule.load_state_dict(state)
 
     # -- reporting ---------------------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        """Short scalars for the progress bar, per-layer details for ``result.json``."""
-        layers = {l: s.stats_dict() for l, s in self.layers.items()}
-        total = budget_flops(1.0, self.nnz, self.widths)
-        kept = sum((s.slice.nnz if s.slice is not None and s.mode == APPROX else
-                    (self.nnz if s.mode != APPROX else 0)) * s.width for s in self.layers.values())
+    def profile(self) -> RSCProfile:
+        """The public profiling hook: phase, per-layer allocation, current sample, counters and
+        timers as typed records (:class:`~approxgnn.rsc.profile.RSCProfile`). A snapshot: later
+        steps do not change it."""
         sched = self.schedule
+        return RSCProfile(phase=self.phase, by_layer={l: s.profile() for l, s in self.samplers.items()},
+                          exact_small_layers=tuple(sorted(self.small)), nnz=self.nnz, tunes=self.tunes,
+                          tune_time_s=self.tune_time_s, switch_epoch=sched.switch_epoch,
+                          guard_epoch=sched.guard_epoch)
+
+    def stats(self) -> dict[str, Any]:
+        """Short scalars for the progress bar, per-layer details for ``result.json`` (from :meth:`profile`)."""
+        p = self.profile()
         return {
-            "rsc": self.phase,
-            "ratios": ",".join(_ratio(s) for s in self.layers.values()),
-            "flops_kept": kept / total if total else 1.0,
-            "sample_s": sum(s.timers["sample_time_s"] for s in self.layers.values()),
-            "resamples": sum(s.counters["resamples"] for s in self.layers.values()),
-            "cache_hits": sum(s.counters["cache_hits"] for s in self.layers.values()),
+            "rsc": p.phase,
+            "ratios": ",".join(_ratio(lp, self.adj.num_nodes) for lp in p.by_layer.values()),
+            "flops_kept": p.flops_kept,
+            "sample_s": p.sum("sample_time_s"),
+            "resamples": p.sum("resamples"),
+            "cache_hits": p.sum("cache_hits"),
             "detail": {
                 "budget": self.cfg.budget, "allocation": self.cfg.allocation, "selection": self.cfg.selection,
-                "tunes": self.tunes, "tune_time_s": self.tune_time_s, "switch_epoch": sched.switch_epoch, "guard_epoch": sched.guard_epoch,
-                "backward_spmm_s": sum(s.timers["spmm_time_s"] for s in self.layers.values()),
-                "nnz_offdiag": self.nnz, "layers": layers, "exact_small_layers": sorted(self.small),
+                "tunes": p.tunes, "tune_time_s": p.tune_time_s, "switch_epoch": p.switch_epoch,
+                "guard_epoch": p.guard_epoch, "backward_spmm_s": p.sum("spmm_time_s"), "nnz_offdiag": p.nnz,
+                "layers": {l: lp.record() for l, lp in p.by_layer.items()},
+                "exact_small_layers": list(p.exact_small_layers),
             },
         }
 
+    @property
+    def layers(self) -> dict[int, LayerSampler]:
+        """Deprecated name of :attr:`samplers` (``layers`` is a tuple of layer ids elsewhere)."""
+        warnings.warn("SampledPropagation.layers is deprecated; use .samplers (the per-layer samplers) or "
+                      ".profile().by_layer (what they are doing)", DeprecationWarning, stacklevel=2)
+        return self.samplers
+
     def state_dict(self) -> dict[str, Any]:
         return {"version": 1, "phase": self.phase, "tunes": self.tunes, "schedule": self.schedule.state_dict(),
-                "layers": {l: s.state_dict() for l, s in self.layers.items()}}
+                "layers": {l: s.state_dict() for l, s in self.samplers.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_version(state, 1, "RSC")
-        if set(state["layers"]) != set(self.layers):
-            raise ValueError(f"RSC state holds layers {sorted(state['layers'])}, model has {sorted(self.layers)}")
+        if set(state["layers"]) != set(self.samplers):
+            raise ValueError(f"RSC state holds layers {sorted(state['layers'])}, model has {sorted(self.samplers)}")
         self.schedule.load_state_dict(state["schedule"])
         self.tunes = int(state["tunes"])
         self.phase = state["phase"]
         for l, s in state["layers"].items():
-            self.layers[l].load_state_dict(s)
+            self.samplers[l].load_state_dict(s)

@@ -24,71 +24,33 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import kernels
-
-
-@dataclass
-class CSR:
-    """Plain CSR arrays of ``Â_off`` (the matrix the *forward* multiplies with), ``[N, N]``."""
-
-    rowptr: Tensor
-    col: Tensor
-    value: Tensor
-
-    @classmethod
-    def from_torch(cls, matrix: Tensor) -> "CSR":
-        return cls(matrix.crow_indices().contiguous(), matrix.col_indices().contiguous(),
-                   matrix.values().detach().contiguous())
-
-    @property
-    def num_rows(self) -> int:
-        return self.rowptr.numel() - 1
-
-    @property
-    def nnz(self) -> int:
-        return self.col.numel()
-
-    def degree(self) -> Tensor:
-        return self.rowptr[1:] - self.rowptr[:-1]
+from ..graph import CSRGraph
+from ..ops import spmm_diag
 
 
 @dataclass
 class SampledSlice:
-    """A cached sample: kept rows ``index`` (sorted ``[k]``), optional ``scale [k]``, and the CSR
-    of ``T = (diag(scale) Â_off[index,:])ᵀ`` (``[N, N]``, ``nnz`` entries, global column ids)."""
+    """A cached sample: kept rows ``index`` (sorted ``[k]``), optional ``scale [k]``, and
+    ``t = (diag(scale) Â_off[index,:])ᵀ`` (a :class:`~approxgnn.graph.CSRGraph` ``[N, N]`` with
+    global column ids, :meth:`~approxgnn.graph.CSRGraph.transposed_rows`)."""
 
     index: Tensor
     scale: Tensor | None
-    rowptr: Tensor
-    col: Tensor
-    value: Tensor
-    matrix: Tensor | None = None  # torch CSR form, only built off the numba path
-
-    @property
-    def nnz(self) -> int:
-        return self.col.numel()
+    t: CSRGraph
 
     @property
     def rows(self) -> int:
         return self.index.numel()
 
 
-def build_slice(adj: CSR, index: Tensor, scale: Tensor | None = None) -> SampledSlice:
+def build_slice(adj: CSRGraph, index: Tensor, scale: Tensor | None = None) -> SampledSlice:
     """Gather rows ``index`` of ``adj`` (rowptr arithmetic) and transpose them once."""
-    n = adj.num_rows
-    ptr, col, val = kernels.transpose_rows(adj.rowptr, adj.col, adj.value, index, scale, n)
-    s = SampledSlice(index, scale, ptr, col, val)
-    if not kernels.use_numba(val):
-        s.matrix = torch.sparse_csr_tensor(ptr, col, val, (n, n))
-    return s
+    return SampledSlice(index, scale, adj.transposed_rows(index, scale))
 
 
 def sampled_backward(slc: SampledSlice, g: Tensor, diag: Tensor | None, out: Tensor | None = None) -> Tensor:
     """``Σ_{i∈S} s_i Â_off[i,:]ᵀ G[i,:] + diag ⊙ G`` into ``out`` (allocated if ``None``); ``g: [N, d]``."""
-    g = g.contiguous()
-    if out is None:
-        out = torch.empty_like(g)
-    return kernels.spmm_t(slc.rowptr, slc.col, slc.value, g, diag, out, slc.matrix)
+    return spmm_diag(slc.t, g.contiguous(), diag, out)
 
 
 def row_scores(row_norm: Tensor, g: Tensor) -> Tensor:

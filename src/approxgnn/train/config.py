@@ -7,7 +7,7 @@ from typing import Any
 from ..history.config import HistoryConfig
 from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
-from ..precompute import first_hop_norm
+from ..precompute import TABLE_DTYPES, first_hop_norm
 from ..rsc.config import RSCConfig
 from .presets import PRESETS, apply_preset
 from .schedule import LR_SCHEDULES
@@ -106,6 +106,9 @@ class TrainConfig:
     # is the default and applies), on (required: an error where it cannot apply), off.
     precompute: str = "auto"
     precompute_dir: str | None = None  # where tables are kept and found again (None: RAM, or beside on-disk X)
+    # How the table is stored: float16 halves what a mini-batch reads per table row (the full-batch
+    # engines widen it to float32 once, in memory).
+    precompute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.minibatch.fanouts is None and self.layers >= 1:
@@ -161,6 +164,8 @@ class TrainConfig:
                              f"--engine {self.engine} is full-batch and runs in one process")
         if self.precompute not in PRECOMPUTE_MODES:
             raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {self.precompute!r}")
+        if self.precompute_dtype not in TABLE_DTYPES:
+            raise ValueError(f"precompute_dtype must be one of {sorted(TABLE_DTYPES)}, got {self.precompute_dtype!r}")
         if self.precompute == "on":
             use, why = self.first_hop_path()
             if not use:

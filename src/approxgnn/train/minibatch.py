@@ -123,15 +123,15 @@ def store_kind(store: FeatureStore) -> str:
     return "memmap" if getattr(store, "on_disk", False) else "ram"
 
 
-def open_first_hop(graph: CSRGraph, store: ArrayFeatureStore, norm: str, directory: str | None,
-                   ctx: Any = None) -> tuple[FeatureStore, dict[str, Any]]:
+def open_first_hop(graph: CSRGraph, store: FeatureStore, norm: str, directory: str | None,
+                   ctx: Any = None, dtype: str = "float32") -> tuple[FeatureStore, dict[str, Any]]:
     """:func:`~approxgnn.minibatch.first_hop_store` of ``store``, and its facts for ``result.json``.
     Under a distributed context rank 0 builds the table first and the other ranks then find it on
     disk (the fingerprint names the file), so it is computed once."""
     ranks = ctx is not None and ctx.distributed
     if ranks and not ctx.is_main:
         ctx.broadcast_object(None)  # wait until rank 0's table is whole
-    joined, table = first_hop_store(graph, store, norm, directory)
+    joined, table = first_hop_store(graph, store, norm, directory, dtype)
     if ranks and ctx.is_main:
         ctx.broadcast_object(table.path)
     return joined, table.info()
@@ -166,7 +166,8 @@ class MiniBatchTrainer(Trainer):
         self.num_features = data.num_features
         precompute: dict[str, Any] = {"path": "precomputed" if self.first_hop else "plain", "reason": why}
         if self.first_hop:
-            self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx)
+            self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx,
+                                              cfg.precompute_dtype)
             precompute.update(info)
         self.depth = lookahead_depth(mc, self.store)
         # Evaluation's layers on disk, its features streamed, when the memory plan says so.
