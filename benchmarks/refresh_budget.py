@@ -97,8 +97,11 @@ def load(name: str, data_dir: Path):
 
 def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) -> TrainConfig:
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
+    # lookahead 0 by default: the look-ahead cache (on by default for features on disk since issue 22)
+    # would take half of the budget these cells give the feature and history caches
     mb = MiniBatchConfig(fanouts=COMMON["fanouts"], batch_size=COMMON["batch_size"], cache_mb=share * feature_mb,
-                         eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename))
+                         eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename),
+                         lookahead=a.lookahead)
     name, kw, _ = cell_options(policy, a.epochs)
     hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness, **kw)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
@@ -119,7 +122,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
         bn = bn_recalibrated(trainer) if a.bn_recal else None
     curve = result["curve"]
     row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
-           "lr_schedule": a.lr_schedule, "batch_norm": cfg.batch_norm,
+           "lr_schedule": a.lr_schedule, "batch_norm": cfg.batch_norm, "lookahead": cfg.minibatch.lookahead,
            "cache_mb": cfg.minibatch.cache_mb, "feature_dim": data.num_features, "test": result["test"], "val": result["val"],
            "best_epoch": result["best_epoch"], "epoch_time_s": result["epoch_time_median_s"],
            "train_time_s": result["train_time_s"], "feature_bytes_read": result["feature_bytes_read"],
@@ -329,6 +332,8 @@ def main() -> None:
     p.add_argument("--no-batch-norm", action="store_true", help="the model without batch norm (an ablation)")
     p.add_argument("--rate", type=float, default=0.9)
     p.add_argument("--staleness", type=int, default=40, help="iterations (synthetic-hard-1m: 20 batches an epoch)")
+    p.add_argument("--lookahead", type=int, default=0, help="batches the look-ahead cache plans ahead (default 0: "
+                   "off, as the budget tables were measured; it takes part of --shares' budget when on)")
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
     p.add_argument("--lock", help="flock this file around each run")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, one seed")
