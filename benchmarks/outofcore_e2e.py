@@ -12,6 +12,8 @@ Cells (``--cells``; every one SAGE, ``--layers`` layers, ``--fanouts``, ``--batc
 * ``disk+feature+lookahead``: + the look-ahead cache (``--lookahead K``, half of ``--cache-mb``);
 * ``disk+lookahead+history``: ``--engine refresh`` with the look-ahead: feature cache, history
   cache and look-ahead buffer in one ``--cache-mb``;
+* ``disk+lookahead``: the look-ahead cache alone, with the whole of ``--cache-mb`` (Ginex's choice:
+  Belady over the window instead of a static cache; not one of the issue's cells);
 * ``pyg``: PyG's ``NeighborLoader`` over a memory-mapped feature tensor (the anchors' "PyG+");
   needs ``torch_sparse`` (or ``pyg_lib``) for sampling, else recorded as skipped.
 
@@ -43,7 +45,7 @@ import _common
 
 import numpy as np
 
-CELLS = ("memmap", "disk", "disk+feature", "disk+feature+lookahead", "disk+lookahead+history", "pyg")
+CELLS = ("memmap", "disk", "disk+feature", "disk+feature+lookahead", "disk+lookahead+history", "pyg", "disk+lookahead")
 HERE = Path(__file__).resolve()
 
 
@@ -217,6 +219,8 @@ def cell_config(a: argparse.Namespace, cell: str) -> Any:
         mb["feature_store"] = "mmap"
     elif cell == "disk+feature":
         policy = "feature"
+    elif cell == "disk+lookahead":
+        mb["lookahead"] = a.lookahead
     elif cell == "disk+feature+lookahead":
         policy, mb["lookahead"] = "feature", a.lookahead
     elif cell == "disk+lookahead+history":

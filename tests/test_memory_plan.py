@@ -63,7 +63,7 @@ def _mb(**kw) -> TrainConfig:
 
 @pytest.mark.parametrize("case, cfg, features, fix", [
     ("batches", _mb(minibatch={"features_on_disk": True}), 2048, "lower --batch-size"),
-    ("caches", _mb(minibatch={"features_on_disk": True, "cache_mb": 64.0}), 16, "lower --cache-mb"),
+    ("caches", _mb(minibatch={"features_on_disk": True, "cache_mb": 64.0, "lookahead": 2}), 16, "lower --cache-mb"),
     ("features", _mb(), 2048, "--features-on-disk"),
 ])
 def test_the_fix_named_is_the_part_that_does_not_fit(case, cfg, features, fix):

@@ -171,7 +171,7 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--no-prefetch", "minibatch.prefetch", {"action": "store_false"}),
     ("--lookahead", "minibatch.lookahead",
      {"type": int, "help": "batches sampled ahead for the look-ahead cache (Belady over the window, the next "
-                           "batch's misses prefetched); 0: off; default: 4 when features are on disk, else off"}),
+                           "batch's misses prefetched); 0: off (the default)"}),
     ("--lookahead-share", "minibatch.lookahead_share",
      {"type": _real, "help": "part of --cache-mb the look-ahead buffer takes, in (0, 1] (default 0.5; all of "
                              "it without another cache)"}),
