@@ -188,9 +188,9 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
 def test_two_processes_trace_one_process_at_the_same_global_batch(two_ranks, name, one_torch_thread):
     ranks = [r[name] for r in two_ranks[0]]
     engine, policy = EQUIVALENT[name]
-    one = run(_config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}, **EQUIVALENT_KW.get(name, {})),
-              planted_dataset(n=600))
-    assert one["precompute"]["path"] == ("precomputed" if name in EQUIVALENT_KW else "plain")
+    cfg = _config(engine, 64, policy=policy, minibatch={"cache_mb": 1.0}, **EQUIVALENT_KW.get(name, {}))
+    one = run(cfg, planted_dataset(n=600))
+    assert one["precompute"]["path"] == ("precomputed" if cfg.first_hop_path()[0] else "plain")
     for r in ranks:
         assert "error" not in r, r.get("error")
         assert r["world_size"] == 2
