@@ -173,7 +173,7 @@ class JoinedFeatureStore:
 
     VERSION = 1
 
-    def __init__(self, parts: list[ArrayFeatureStore]) -> None:
+    def __init__(self, parts: list[FeatureStore]) -> None:
         if not parts or len({p.num_nodes for p in parts}) != 1:
             raise ValueError(f"joined stores need one node count, got {[p.num_nodes for p in parts]}")
         self.parts = list(parts)
@@ -232,12 +232,14 @@ def first_hop_store(graph: CSRGraph, store: FeatureStore, norm: str, directory: 
     lives where ``X`` does (RAM, or on disk beside an on-disk ``X``), or in ``directory``, and is
     read the way ``X`` is (an on-disk table by ``pread`` when ``store`` is a disk store). Also
     returns the table."""
-    table = precompute_first_hop(graph, store.x, norm, directory=directory, dtype=dtype)
-    rows: FeatureStore = ArrayFeatureStore(table.table)
     from .disk_store import DiskFeatureStore  # it builds on this module's helpers
 
+    table = precompute_first_hop(graph, store.x, norm, directory=directory, dtype=dtype)
+    rows: FeatureStore
     if table.path is not None and isinstance(store, DiskFeatureStore):
         rows = DiskFeatureStore(table.path, threads=store.threads)
+    else:
+        rows = ArrayFeatureStore(table.table)
     return (rows if norm == "gcn" else JoinedFeatureStore([store, rows])), table
 
 
