@@ -22,6 +22,7 @@ import _common  # noqa: F401  (puts src/ on the path)
 import torch
 from minibatch_vs_pyg import build_parser, load, our_config
 
+from approxgnn.minibatch.config import FEATURE_STORES
 from approxgnn.train import build_trainer
 from approxgnn.train.results import format_table
 
@@ -34,17 +35,15 @@ def main() -> None:
     p.add_argument("--data-dir", default="/tmp/pygpeer")
     p.add_argument("--epochs", type=int, default=4, help="timed epochs per run (after one untimed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feature-store", default="auto", choices=["auto", "disk", "mmap"],
+    p.add_argument("--feature-store", default="auto", choices=FEATURE_STORES,
                    help="how the features file (and the table beside it) is read")
     p.add_argument("--json")
     a = p.parse_args()
-    settings = build_parser().parse_args(["--dataset", a.dataset, "--epochs", str(a.epochs + 1)])
+    settings = build_parser().parse_args(["--dataset", a.dataset, "--epochs", str(a.epochs + 1),
+                                          "--feature-store", a.feature_store])
     settings.our_epochs = a.epochs + 1
     data = load(a.dataset, Path(a.data_dir))
-    cfgs = {k: our_config(data, k, a.seed, settings) for k in KINDS}
-    for cfg in cfgs.values():
-        cfg.minibatch.feature_store = a.feature_store
-    trainers = {k: build_trainer(cfg, data) for k, cfg in cfgs.items()}
+    trainers = {k: build_trainer(our_config(data, k, a.seed, settings), data) for k in KINDS}
     times: dict[str, list[float]] = {k: [] for k in KINDS}
     read: dict[str, list[int]] = {k: [] for k in KINDS}
     for epoch in range(a.epochs + 1):

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from approxgnn.datasets import load_dataset
 from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
+from approxgnn.minibatch.config import FEATURE_STORES
 from approxgnn.report import markdown_table, tta_speedup
 from approxgnn.train import TrainConfig, build_trainer, fit, time_to_within
 from approxgnn.train.metrics import evaluate_logits
@@ -156,7 +157,7 @@ def our_config(data, kind: str, seed: int, a: argparse.Namespace) -> TrainConfig
     engine, _, pc = kind.partition("+")
     feature_mb = data.num_nodes * data.num_features * 4 / 2**20
     mb = MiniBatchConfig(fanouts=a.fanouts, batch_size=a.batch_size, features_path=str(data.x.filename),
-                         cache_mb=a.cache_share * feature_mb)
+                         cache_mb=a.cache_share * feature_mb, feature_store=a.feature_store)
     history = HistoryConfig(policy="refresh" if engine == "refresh" else "none", staleness=a.staleness)
     return TrainConfig(dataset=a.dataset, model="sage", engine=engine, layers=a.layers, hidden=a.hidden,
                        dropout=a.dropout, lr=a.lr, weight_decay=a.weight_decay, epochs=a.our_epochs, seed=seed,
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-share", type=float, default=0.25, help="refresh: budget as a share of the feature bytes")
     p.add_argument("--staleness", type=int, default=40, help="refresh: iterations (1M graph: 20 batches an epoch)")
     p.add_argument("--pyg-workers", type=int, default=0, help="NeighborLoader worker processes")
+    p.add_argument("--feature-store", default="auto", choices=FEATURE_STORES,
+                   help="ours: how the features file (and a table beside it) is read")
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, seed 0")
     p.add_argument("--json", help="written after every run")

@@ -21,12 +21,12 @@ from torch import Tensor
 
 from ..datasets.layout_write import create_npy
 from ..graph import CSRGraph
-from ..precompute import FirstHopTable, precompute_first_hop
+from ..precompute import TABLE_DTYPES, FirstHopTable, precompute_first_hop
 from ..state import check_version
 
 
-# The dtypes a store may hold: features are float32; a precomputed table may be float16.
-STORED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+# The dtypes a store may hold: features are float32; a precomputed table may be any of its dtypes.
+STORED_DTYPES = tuple(np.dtype(t) for t in TABLE_DTYPES.values())
 
 
 def index_dtype(count: int) -> type:

@@ -7,7 +7,7 @@ from typing import Any
 from ..history.config import HistoryConfig
 from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
-from ..precompute import first_hop_norm
+from ..precompute import TABLE_DTYPES, first_hop_norm
 from ..rsc.config import RSCConfig
 from .presets import PRESETS, apply_preset
 from .schedule import LR_SCHEDULES
@@ -16,7 +16,7 @@ ENGINES = ("exact", "rsc", "sample", "refresh")
 BACKENDS = ("gloo", "nccl")
 DIST_EVAL_MODES = ("sharded", "rank0")
 PRECOMPUTE_MODES = ("auto", "on", "off")
-PRECOMPUTE_DTYPES = ("auto", "float32", "float16")
+PRECOMPUTE_DTYPES = ("auto", *TABLE_DTYPES)
 # Engines whose ``--precompute auto`` takes the precomputed first hop (where it is on by default).
 # Full batch: the same function to float rounding (tests/test_precompute.py), so always when it
 # applies. ``sample``: the last hop becomes the exact mean instead of a sample, which scored
