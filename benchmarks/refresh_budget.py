@@ -105,6 +105,7 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
     name, kw, _ = cell_options(policy, a.epochs)
     hc = HistoryConfig(policy=name, rate=a.rate, staleness=a.staleness, **kw)
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
+                       precompute=a.precompute, precompute_dir=a.data_dir if a.precompute == "on" else None,
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"],
                        batch_norm=COMMON["batch_norm"] and not a.no_batch_norm, lr=a.lr,
                        weight_decay=COMMON["weight_decay"], lr_schedule=a.lr_schedule, epochs=a.epochs, seed=seed,
@@ -123,6 +124,7 @@ def one_run(data, policy: str, share: float, seed: int, a: argparse.Namespace) -
     curve = result["curve"]
     row = {"policy": policy, "share": share, "seed": seed, "epochs": a.epochs, "staleness": a.staleness,
            "lr_schedule": a.lr_schedule, "batch_norm": cfg.batch_norm, "lookahead": cfg.minibatch.lookahead,
+           "precompute": a.precompute,
            "cache_mb": cfg.minibatch.cache_mb, "feature_dim": data.num_features, "test": result["test"], "val": result["val"],
            "best_epoch": result["best_epoch"], "epoch_time_s": result["epoch_time_median_s"],
            "train_time_s": result["train_time_s"], "feature_bytes_read": result["feature_bytes_read"],
@@ -334,6 +336,9 @@ def main() -> None:
     p.add_argument("--staleness", type=int, default=40, help="iterations (synthetic-hard-1m: 20 batches an epoch)")
     p.add_argument("--lookahead", type=int, default=0, help="batches the look-ahead cache plans ahead (default 0: "
                    "off, as the budget tables were measured; it takes part of --shares' budget when on)")
+    p.add_argument("--precompute", default="off", choices=("off", "on"),
+                   help="the precomputed first hop for every cell, `none` included (default off, as the earlier "
+                        "tables were measured); the budget stays a share of the raw features' bytes")
     p.add_argument("--data-dir", default="/tmp/approxgnn-bench")
     p.add_argument("--lock", help="flock this file around each run")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic-hard-50k, 2 epochs, one seed")
@@ -377,10 +382,10 @@ def resumed(a: argparse.Namespace) -> list[dict[str, Any]]:
         return []
     rows = json.loads(Path(a.json).read_text())["runs"]
     odd = [r for r in rows
-           if (r["epochs"], r["staleness"], r.get("lr_schedule", "constant"), r.get("batch_norm", True))
-           != (a.epochs, a.staleness, a.lr_schedule, not a.no_batch_norm)]
+           if (r["epochs"], r["staleness"], r.get("lr_schedule", "constant"), r.get("batch_norm", True),
+               r.get("precompute", "off")) != (a.epochs, a.staleness, a.lr_schedule, not a.no_batch_norm, a.precompute)]
     if odd:  # the ratios to ``none`` and the time-to-target would mix two settings
-        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness/--lr-schedule/--no-batch-norm "
+        raise SystemExit(f"--resume: {len(odd)} runs in {a.json} used other --epochs/--staleness/--lr-schedule/--no-batch-norm/--precompute "
                          f"(e.g. {odd[0]['epochs']}/{odd[0]['staleness']}/{odd[0].get('lr_schedule', 'constant')}); pass the same or a new --json")
     print(f"resuming: {len(rows)} runs already in {a.json}")
     return rows
