@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from approxgnn.cli import main
+from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig
 from approxgnn.train import memory
-from approxgnn.train.memory import (batch_input_rows, bounded_evaluation_bytes, cgroup_headroom, check_memory,
-                                    estimate_bytes, evaluation_plan)
+from approxgnn.train.memory import (batch_activation_bytes, batch_input_rows, bounded_evaluation_bytes,
+                                    cgroup_headroom, check_memory, estimate_bytes, evaluation_plan)
 
 from helpers import planted_dataset
 
@@ -55,9 +56,32 @@ def test_batch_rows_bound():
     assert batch_input_rows([-1], 8, 1000) == 1000
 
 
+def test_activations_count_each_layers_targets():
+    # 2 layers, fanouts [3, 2], batch 4: layer 0 computes the seeds and their 12 neighbours (16 rows)
+    # from 10-wide inputs, layer 1 the 4 seeds from 6-wide ones; 4 tensors of width 6 each.
+    assert batch_activation_bytes([3, 2], 4, 10**6, 10, 6) == (16 * (10 + 24) + 4 * (6 + 24)) * 4
+    assert batch_activation_bytes([3, 2], 4, 10, 10, 6) == (10 * (10 + 24) + 4 * (6 + 24)) * 4  # capped at N
+
+
+def test_first_hop_plan_reads_one_hop_fewer_rows_twice_as_wide_and_holds_its_table():
+    data = planted_dataset(features=32)
+    plain = _mb(model="sage", precompute="off", minibatch={"fanouts": [4, 3], "batch_size": 2})
+    table = _mb(model="sage", precompute="on", precompute_dtype="float16", minibatch={"fanouts": [4, 3], "batch_size": 2})
+    p, t = estimate_bytes(plain, data), estimate_bytes(table, data)
+    n = data.num_nodes
+    assert p["batches"] == batch_input_rows([4, 3], 2, n) * 32 * 4 * 2
+    assert t["batches"] == batch_input_rows([4], 2, n) * 64 * 4 * 2
+    assert "first-hop table" not in p and t["first-hop table"] == n * 32 * 2
+    assert t["activations"] == batch_activation_bytes([4, 3], 2, n, 64, 8)
+    # A feature cache merges a batch's rows once more.
+    cached = _mb(model="sage", precompute="off", history=HistoryConfig(policy="feature"),
+                 minibatch={"fanouts": [4, 3], "batch_size": 2, "cache_mb": 1.0})
+    assert estimate_bytes(cached, data)["batches"] == p["batches"] * 3 // 2
+
+
 def _mb(**kw) -> TrainConfig:
     mb = {"fanouts": [-1, -1], "batch_size": 64, "cache_mb": 0.0, **kw.pop("minibatch", {})}
-    return TrainConfig(dataset="planted", engine="sample", model="gcn", layers=2, hidden=kw.pop("hidden", 8),
+    return TrainConfig(dataset="planted", engine="sample", model=kw.pop("model", "gcn"), layers=2, hidden=kw.pop("hidden", 8),
                        minibatch=MiniBatchConfig(**mb), **kw)
 
 
@@ -77,8 +101,9 @@ def test_the_fix_named_is_the_part_that_does_not_fit(case, cfg, features, fix):
 
 
 def test_evaluation_that_does_not_fit_goes_to_disk_and_then_names_its_fix():
-    # Chunks of 8 targets: a chunk's rows are fewer than two whole layers.
-    cfg, data = _mb(hidden=4096, minibatch={"features_on_disk": True, "eval_batch_size": 8}), planted_dataset(features=16)
+    # Chunks of 8 targets: a chunk's rows are fewer than two whole layers; batches of 4 seeds.
+    small = {"fanouts": [2, 2], "batch_size": 4, "eval_batch_size": 8}
+    cfg, data = _mb(hidden=4096, minibatch={"features_on_disk": True, **small}), planted_dataset(features=16)
     parts = estimate_bytes(cfg, data)
     assert max(parts, key=parts.get) == "evaluation"
     need = sum(parts.values())
@@ -93,7 +118,7 @@ def test_evaluation_that_does_not_fit_goes_to_disk_and_then_names_its_fix():
     with pytest.raises(MemoryError, match="lower --eval-batch-size"):
         check_memory(cfg, data, available=bounded - 1)
     # Features in RAM are never streamed (their layers still go to disk).
-    ram = _mb(hidden=4096, minibatch={"eval_batch_size": 8})
+    ram = _mb(hidden=4096, minibatch=small)
     assert evaluation_plan(ram, data, available=sum(estimate_bytes(ram, data).values()) - 1) == {
         "stream_features": False, "spill_layers": True}
 

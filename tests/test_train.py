@@ -73,7 +73,7 @@ def test_memory_check_names_the_fix():
     mb = TrainConfig(dataset="planted", engine="sample", layers=2, minibatch=MiniBatchConfig(fanouts=[5, 5], cache_mb=0.0))
     with pytest.raises(MemoryError, match="--features-on-disk"):
         check_memory(mb, data, available=1000)
-    mb.minibatch.cache_mb = 1.0
+    mb.minibatch.cache_mb = 8.0
     mb.history.policy = "feature"  # a cache that spends the budget (unspent, --cache-mb costs nothing)
     with pytest.raises(MemoryError, match="--cache-mb"):
         check_memory(mb, data, available=1000)

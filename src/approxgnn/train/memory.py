@@ -10,9 +10,11 @@ adds up, by part:
   kept for backward (≈ 4 tensors of ``N × width`` per layer);
 * mini-batch: the features unless they are on disk; the graph (memory-mapped from an on-disk
   layout, but read at random by the sampler, so it should stay in memory); per-node arrays
-  (degrees, relabel map, labels, masks: 32 bytes a node); the cache budget ``--cache-mb``; the
-  input rows of a batch, ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N``, twice with prefetching; the
-  look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
+  (degrees, relabel map, labels, masks: 32 bytes a node); the precomputed first hop's table where
+  ``X`` is in RAM; the cache budget ``--cache-mb``; the input rows of a batch,
+  ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N`` (one hop fewer, two tables wide, with the first hop),
+  twice with prefetching and once more where a feature cache merges them; the activations a batch
+  keeps for backward (:func:`batch_activation_bytes`); the look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
   exact evaluation's two ``[N, max(hidden, C)]`` layer outputs.
 
 The look-ahead cache's buffer is part of ``--cache-mb`` (``--lookahead-share`` of it). When
@@ -123,6 +125,19 @@ def batch_input_rows(fanouts: list[int], batch_size: int, num_nodes: int) -> int
     return min(rows, num_nodes)
 
 
+def batch_activation_bytes(fanouts: list[int], batch_size: int, num_nodes: int, in_width: int, width: int) -> int:
+    """An upper bound on what a batch's forward keeps for backward, in bytes.
+
+    Layer ``l`` of ``L = len(fanouts)`` computes the rows of the hops above its input,
+    ``T_l = batch_input_rows(fanouts[:L-1-l])``, and keeps per row its aggregated input (``in_width``
+    at layer 0, ``width`` above) and four ``width``-wide tensors (linear output, batch norm,
+    activation, dropout): ``Σ_l T_l · (in_l + 4 · width) · 4``. With the precomputed first hop
+    layer 0's targets are the batch's input rows and ``in_width`` is the joined row's width."""
+    layers = len(fanouts)
+    return sum(batch_input_rows(fanouts[:layers - 1 - l], batch_size, num_nodes)
+               * ((in_width if l == 0 else width) + 4 * width) * 4 for l in range(layers))
+
+
 def features_on_disk(cfg: TrainConfig, data: Dataset) -> bool:
     """Whether the run reads its features from disk (a layout, ``--features-path``, ``--features-on-disk``)."""
     return isinstance(data.x, np.memmap) or (cfg.engine not in FULL_BATCH_ENGINES and bool(
@@ -152,11 +167,20 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
         return parts
     mc = cfg.minibatch
     depth = mc.lookahead if mc.lookahead is not None else (DEFAULT_LOOKAHEAD if on_disk else 0)
+    first_hop = cfg.first_hop_path()[0]
+    if first_hop:  # the table beside X, where X is
+        parts["first-hop table"] = 0 if on_disk else n * f * (2 if cfg.table_dtype() == "float16" else 4)
     # --cache-mb is spent by a cache: a feature or history cache, or the look-ahead's buffer.
-    parts["caches"] = int(mc.cache_mb * (1 << 20)) if cfg.cache_policy() != "none" or depth else 0
+    cached = cfg.cache_policy() != "none"
+    parts["caches"] = int(mc.cache_mb * (1 << 20)) if cached or depth else 0
     parts["per-node arrays"] = 32 * n
-    rows = batch_input_rows(list(mc.fanouts or []), mc.batch_size, n)
-    parts["batches"] = rows * f * 4 * (2 if mc.prefetch else 1)
+    fanouts = list(mc.fanouts or [])
+    rows = batch_input_rows(fanouts[:-1] if first_hop else fanouts, mc.batch_size, n)
+    # A batch's rows (own features and table side by side with the first hop, read as float32),
+    # held twice with prefetching, and once more where a feature cache merges its rows with the read ones.
+    parts["batches"] = rows * f * 4 * (2 if first_hop else 1) * ((2 if mc.prefetch else 1) + cached)
+    parts["activations"] = batch_activation_bytes(fanouts, mc.batch_size, n, f * (2 if first_hop else 1),
+                                                  max(cfg.hidden, data.num_classes))
     parts["look-ahead window"] = depth * rows * 8 * 2
     parts["evaluation"] = 2 * n * width * 4
     return parts
@@ -188,6 +212,8 @@ _FIXES = {
                "--no-prefetch holds them once)",
     "evaluation": "lower --eval-batch-size (exact evaluation, its layers written to disk, still holds a chunk)",
     "look-ahead window": "lower --lookahead (each planned batch's input ids are held)",
+    "activations": "lower --batch-size, --fanouts or --hidden (a batch's activations are kept for backward)",
+    "first-hop table": "pass --features-on-disk (the table is then written beside X on disk) or --precompute off",
     "graph": "write the dataset as an on-disk layout (approxgnn prepare --out DIR) and train with --dataset DIR",
     "per-node arrays": "use a machine with more memory",
 }
