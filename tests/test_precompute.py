@@ -360,6 +360,10 @@ def test_disk_features_read_the_table_from_disk_too(tmp_path):
     assert all(isinstance(p, DiskFeatureStore) for p in disk.parts) and table.path.endswith(".npy")
     np.testing.assert_array_equal(disk.read(ids).numpy(), ram.read(ids).numpy())
     assert disk.bytes_read == ram.bytes_read == 150 * 8 * (4 + 2)
+    # What left the disk is both files' pages, as each part counted them.
+    c = disk.counters()
+    assert c["disk_bytes_read"] == sum(p.disk_bytes_read for p in disk.parts) > 0
+    assert c["disk_reads"] == sum(p.disk_reads for p in disk.parts) and c["rows_read"] == 150
 
 
 @pytest.mark.parametrize("engine", ["sample", "exact"])

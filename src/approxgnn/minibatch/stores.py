@@ -211,7 +211,13 @@ class JoinedFeatureStore:
         return torch.cat([p.full() for p in self.parts], 1)
 
     def counters(self) -> dict[str, int]:
-        return {"rows_read": self.rows_read, "bytes_read": self.bytes_read}
+        """Every part's counters summed (a disk part's ``disk_bytes_read`` too); ``rows_read``
+        counts a joined row once."""
+        out: dict[str, int] = {}
+        for p in self.parts:
+            for k, v in p.counters().items():
+                out[k] = out.get(k, 0) + v
+        return out | {"rows_read": self.rows_read}
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.VERSION, "parts": [p.state_dict() for p in self.parts]}
