@@ -267,9 +267,17 @@ def pyg_cell(a: argparse.Namespace, data: Any) -> dict[str, Any]:
     cut_training_set(a, data)
     rowptr, col = data.csr
     x = torch.from_numpy(np.load(Path(a.layout) / "x.npy", mmap_mode="r"))  # the memory map, never copied
-    adj = torch.sparse_csr_tensor(torch.from_numpy(np.asarray(rowptr, np.int64)), torch.from_numpy(np.asarray(col, np.int64)),
-                                  torch.ones(len(col)), (data.num_nodes, data.num_nodes))
-    g = Data(x=x, y=torch.as_tensor(np.asarray(data.y)), edge_index=adj.to_sparse_coo().indices())
+    n = data.num_nodes
+    rowptr, col = (torch.from_numpy(np.asarray(v, np.int64)) for v in (rowptr, col))
+    try:  # a CSR SparseTensor is sampled as it is; an edge_index would be copied to CSC (3 copies of E at peak)
+        from torch_sparse import SparseTensor
+
+        g = Data(x=x, adj_t=SparseTensor(rowptr=rowptr, col=col, sparse_sizes=(n, n), is_sorted=True, trust_data=True))
+    except ImportError:
+        adj = torch.sparse_csr_tensor(rowptr, col, torch.ones(len(col)), (n, n))
+        g = Data(x=x, edge_index=adj.to_sparse_coo().indices())
+    del rowptr, col
+    g.y = torch.as_tensor(np.asarray(data.y))
     train = torch.from_numpy(np.flatnonzero(np.asarray(data.train_mask)))
     loader = NeighborLoader(g, num_neighbors=a.fanouts, batch_size=a.batch_size, input_nodes=train, shuffle=True)
     model = GraphSAGE(data.num_features, a.hidden, a.layers, data.num_classes, dropout=0.1, norm="batch_norm")
@@ -280,7 +288,7 @@ def pyg_cell(a: argparse.Namespace, data: Any) -> dict[str, Any]:
         for batch in loader:
             rows += batch.num_nodes
             opt.zero_grad()
-            out = model(batch.x, batch.edge_index)[: batch.batch_size]
+            out = model(batch.x, batch.adj_t if "adj_t" in batch else batch.edge_index)[: batch.batch_size]
             F.cross_entropy(out, batch.y[: batch.batch_size]).backward()
             opt.step()
         epochs.append({"step_time_s": time.perf_counter() - t0, "rows_requested": rows,
