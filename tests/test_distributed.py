@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from approxgnn.datasets import Dataset
+from approxgnn.datasets.layout_write import write_layout
 from approxgnn.history import HistoryConfig
 from approxgnn.minibatch import MiniBatchConfig
 from approxgnn.train import TrainConfig, run
@@ -64,6 +65,9 @@ def _dataset(spec: dict | None) -> Dataset | None:
     if spec["kind"] == "big":
         return _big_features_dataset(Path(spec["path"]))
     from approxgnn.datasets import load_dataset
+
+    if spec["kind"] == "layout":
+        return load_dataset(spec["path"])
 
     return load_dataset(spec["kind"], root=spec["root"])
 
@@ -171,6 +175,9 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], Path | None]:
     jobs.append({"name": "sample-rank0-eval", "cfg": _config("sample", 32, policy="none", minibatch={"cache_mb": 1.0},
                                                               dist=DistConfig(nproc=2, timeout_s=60, eval="rank0")),
                  "spec": {"kind": "planted", "n": 600}})
+    layout = tmp / "layout"
+    write_layout(planted_dataset(n=600), layout)
+    jobs.append({"name": "layout-disk", "cfg": _layout_config(layout, 32), "spec": {"kind": "layout", "path": str(layout)}})
     jobs.append({"name": "nan", "cfg": _config("sample", 32, policy="none"), "spec": {"kind": "planted", "n": 600},
                  "nan_rank": 1})
     jobs.append({"name": "cli", "cfg": _cli_config(), "spec": None})  # the uninterrupted --nproc 2 run
@@ -208,6 +215,31 @@ def test_two_processes_trace_one_process_at_the_same_global_batch(two_ranks, nam
         assert last[key] == sum(p[key] for p in last["per_rank"])
     if policy == "none":
         assert 0 < last["per_rank"][0]["feature_rows_read"] < last["feature_rows_read"]
+
+
+def _layout_config(layout: Path, batch_size: int) -> TrainConfig:
+    """An on-disk layout read through the disk store, each rank with its own feature cache and look-ahead."""
+    return _config("refresh", batch_size, policy="feature", dataset=str(layout),
+                   minibatch={"cache_mb": 0.05, "feature_store": "disk", "lookahead": 2})
+
+
+def test_ranks_train_an_on_disk_layout_through_their_own_disk_stores_and_caches(two_ranks, tmp_path, one_torch_thread):
+    from approxgnn.datasets import load_dataset
+
+    ranks = [r["layout-disk"] for r in two_ranks[0]]
+    layout = Path(ranks[0]["store"]["file"]).parent
+    one = run(_layout_config(layout, 64), load_dataset(str(layout)))
+    for r in ranks:
+        assert "error" not in r, r.get("error")
+        assert max(r["param_diffs"]) == 0.0
+        assert r["store"]["file"] == str(layout / "x.npy")
+    np.testing.assert_allclose(ranks[0]["loss"], [c["loss"] for c in one["curve"]], rtol=2e-5)
+    # Each rank reads pages from disk (pread) and serves rows from its own feature cache and
+    # look-ahead buffer; the run's counts are the sums of the ranks'.
+    last = ranks[0]["last_epoch"]
+    for key in ("feature_rows_read", "disk_bytes_read", "feature_cache_rows_served", "lookahead_rows_served"):
+        assert all(p[key] > 0 for p in last["per_rank"]), (key, last["per_rank"])
+        assert last[key] == sum(p[key] for p in last["per_rank"])
 
 
 def test_evaluation_on_rank0_equals_the_sharded_one(two_ranks):

@@ -57,9 +57,11 @@ from .minibatch import MiniBatchTrainer
 
 SHARD_VERSION = 1  # of a rank's checkpoint shard
 SHARD_PATTERN = re.compile(r"^checkpoint\.e(\d+)\.rank(\d+)\.pt$")
-SUMMED = ("feature_bytes_read", "feature_rows_read", "feature_cache_rows_served", "admitted", "evicted", "entries",
-          "feature_cache_rows")
-PER_RANK = ("step_time_s", "feature_bytes_read", "feature_rows_read", "hit_rate", "mean_age", "occupancy", "time")
+# Each rank reads with its own store and caches: their counts add up to the run's.
+CACHE_COUNTS = ("feature_bytes_read", "feature_rows_read", "feature_cache_rows_served", "disk_reads", "disk_bytes_read",
+                "lookahead_rows_served", "lookahead_rows_prefetched")
+SUMMED = (*CACHE_COUNTS, "admitted", "evicted", "entries", "feature_cache_rows")
+PER_RANK = ("step_time_s", *CACHE_COUNTS, "hit_rate", "mean_age", "occupancy", "time")
 
 
 def shard_name(epoch: int, rank: int) -> str:
