@@ -62,7 +62,9 @@ def cell_options(cell: str, epochs: int) -> tuple[str, dict[str, Any], str | Non
     """``(policy, HistoryConfig keywords, oracle)`` of a cell name such as ``refresh@0+lmc2+mix0.5``."""
     head, *opts = cell.split("+")
     name, _, layers = head.partition("@")
-    kw: dict[str, Any] = {"cached_layers": [int(l) for l in layers.split(",")] if layers else None}
+    # A cell names what it caches: the layer's output unless ``+agg`` (not the library's ``auto``).
+    kw: dict[str, Any] = {"cached_layers": [int(l) for l in layers.split(",")] if layers else None,
+                          "cached_value": "output"}
     oracle = None
     for o in opts:
         if o == "switch":

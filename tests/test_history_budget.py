@@ -130,11 +130,12 @@ def _train(policy: str, epochs: int = 3, cache_mb: float = 0.03, staleness: int 
 
     from approxgnn.train import build_trainer
 
+    # The plain path caching outputs: a hit prunes its whole sub-tree, every hop is sampled.
     cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=32, epochs=epochs,
-                      lr=0.01, dropout=0.3, progress=False, seed=0,
+                      lr=0.01, dropout=0.3, progress=False, seed=0, precompute="off",
                       minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=cache_mb),
                       history=HistoryConfig(policy=policy, staleness=staleness, cached_layers=cached_layers,
-                                            switch_time=switch_time))
+                                            switch_time=switch_time, cached_value="output"))
     trainer = build_trainer(cfg, planted_dataset(n=600))
     log = [trainer.train_epoch(e) for e in range(epochs)]
     return trainer, log

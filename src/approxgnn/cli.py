@@ -143,8 +143,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
      {"type": _real, "help": "refresh: fraction of epochs trained before the history cache is used (a warm "
                              "start; default 0)"}),
     ("--cached-value", "history.cached_value",
-     {"choices": CACHED_VALUES, "help": "refresh: what a cached layer keeps: its output (default) or its input "
-                                        "neighbour mean (SAGE; weights, batch norm and activation applied fresh)"}),
+     {"choices": CACHED_VALUES, "help": "refresh: what a cached layer keeps: its output, or its input neighbour "
+                                        "mean (SAGE; weights, batch norm and activation applied fresh); auto "
+                                        "(default): the mean where it applies"}),
     ("--hit-fanout", "history.hit_fanout",
      {"type": int, "help": "refresh: recompute each output hit from this many neighbours and mix it with its "
                            "cached row (LMC-style partial refresh; default: prune hits)"}),

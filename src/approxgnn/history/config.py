@@ -17,8 +17,11 @@ DEFAULT_EMBEDDING_SHARE = {"gas": 1.0, "refresh": 0.5, "refresh-paper": 1.0}
 
 # What a cached layer's entries hold: ``output`` its output after batch norm and activation (a hit
 # prunes the node's whole sub-tree); ``aggregate`` its input neighbour mean (SAGE; a hit prunes the
-# neighbours only, and the layer's linear maps, batch norm and activation run on it fresh).
-CACHED_VALUES = ("output", "aggregate")
+# neighbours only, and the layer's linear maps, batch norm and activation run on it fresh);
+# ``auto`` (the default) the aggregate wherever it applies (:meth:`HistoryConfig.resolved_cached_value`):
+# on synthetic-hard-1m at 10 % and 25 % of the feature bytes it kept test accuracy within 0.5 pp of
+# no cache where the output lost 1.5 pp (benchmarks/RESULTS.md, "History cache defaults").
+CACHED_VALUES = ("auto", "output", "aggregate")
 
 
 @dataclass
@@ -40,7 +43,8 @@ class HistoryConfig:
       admissions, and the whole budget holds feature rows again. ``1``: never switch.
     * ``start_time`` ∈ [0, 1): a warm start -- before epoch ``⌊start_time · epochs⌋`` the history is
       neither read nor written (the feature rows hold the whole budget). ``0``: from the start.
-    * ``cached_value``: :data:`CACHED_VALUES` (``aggregate`` needs SAGE and a cached layer >= 1).
+    * ``cached_value``: :data:`CACHED_VALUES` (``aggregate`` needs SAGE and a cached layer >= 1;
+      ``auto`` resolves by the model, :meth:`resolved_cached_value`).
     * ``hit_fanout`` (LMC-style partial refresh of output hits): ``None`` prunes a hit's sub-tree;
       ``k >= 1`` recomputes the hit from ``k`` sampled neighbours and serves
       ``h = fresh + (1 − hit_mix)(hist − fresh.detach())``: the value ``hit_mix · fresh +
@@ -68,7 +72,7 @@ class HistoryConfig:
     embedding_share: float | None = None
     switch_time: float = 1.0
     start_time: float = 0.0
-    cached_value: str = "output"
+    cached_value: str = "auto"
     hit_fanout: int | None = None
     hit_mix: float = 0.5
     control_variate: float | None = None
@@ -116,6 +120,17 @@ class HistoryConfig:
         for layer in self.cached_layers or ():
             if layer < 0:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (must be >= 0)")
+
+    def resolved_cached_value(self, mean_aggregation: bool, num_layers: int) -> str:
+        """``cached_value``, with ``auto`` resolved for a ``num_layers``-layer model: ``aggregate``
+        where it applies -- a mean aggregation (SAGE), cached layers >= 1, and none of the
+        corrections that act on a served output (``hit_fanout``, ``control_variate``,
+        ``staleness_decay``) -- else ``output``."""
+        if self.cached_value != "auto":
+            return self.cached_value
+        layers = self.cached_layers if self.cached_layers is not None else [num_layers - 2]
+        output_only = self.hit_fanout is not None or self.control_variate is not None or self.staleness_decay > 0
+        return "aggregate" if mean_aggregation and min(layers, default=0) >= 1 and not output_only else "output"
 
     def resolved_embedding_share(self) -> float:
         """``embedding_share``, or the policy's default share (1.0 for the non-history policies)."""

@@ -121,8 +121,10 @@ class HistoryEngine(Engine):
         features = CachedFeatureStore(store, order, arena)
         cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.staleness, weight=weight,
                              max_rows=embedding_rows(floats, hidden, share))
+        # ``auto`` is resolved by whoever knows the model (TrainConfig, HistoryGNN); without one, output.
+        cached_value = "output" if cfg.cached_value == "auto" else cfg.cached_value
         return cls(cache, policy, features=features, switch_time=cfg.switch_time, start_time=cfg.start_time,
-                   cached_value=cfg.cached_value, hit_fanout=cfg.hit_fanout, hit_mix=cfg.hit_mix,
+                   cached_value=cached_value, hit_fanout=cfg.hit_fanout, hit_mix=cfg.hit_mix,
                    control_variate=cfg.control_variate, staleness_decay=cfg.staleness_decay,
                    decay_scale=cfg.staleness)
 

@@ -143,7 +143,7 @@ class HistoryGNN(nn.Module):
                  policy: str = "refresh", rate: float = 0.9, staleness: int = 200, evict: bool = False,
                  cached_layers: list[int] | None = None, embedding_share: float | None = None,
                  switch_time: float = 1.0, epochs: int | None = None, start_time: float = 0.0,
-                 cached_value: str = "output", hit_fanout: int | None = None, hit_mix: float = 0.5,
+                 cached_value: str = "auto", hit_fanout: int | None = None, hit_mix: float = 0.5,
                  control_variate: float | None = None, staleness_decay: float = 0.0,
                  refresh_every: int | None = None, refresh_rows: int = 1024) -> None:
         super().__init__()
@@ -159,6 +159,7 @@ class HistoryGNN(nn.Module):
                             control_variate=control_variate, staleness_decay=staleness_decay,
                             refresh_every=refresh_every, refresh_rows=refresh_rows)
         cfg.check_depth(self.gnn.num_layers)
+        cfg.cached_value = cfg.resolved_cached_value(self.gnn.norm == "mean", self.gnn.num_layers)
         if cached_value == "aggregate" and self.gnn.norm != "mean":
             raise ValueError("cached_value 'aggregate' caches SAGE's neighbour mean: the model must be GraphSAGE")
         if (switch_time < 1.0 or start_time > 0.0) and (epochs is None or epochs < 1):

@@ -21,9 +21,10 @@ PRECOMPUTE_DTYPES = ("auto", *TABLE_DTYPES)
 # Full batch: the same function to float rounding (tests/test_precompute.py), so always when it
 # applies. ``sample``: the last hop becomes the exact mean instead of a sample, which scored
 # +1.25 pp test on synthetic-hard-1m over 3 seeds with 1.4-1.5x faster epochs from page-cached
-# features. ``refresh``: not measured with it yet, so off. benchmarks/RESULTS.md ("Precomputed
-# first hop") has the measurements.
-PRECOMPUTE_AUTO_ENGINES = ("exact", "rsc", "sample")
+# features. ``refresh``: over 3 seeds on the same graph with every cache policy it kept or raised
+# test accuracy against its own no-cache run, and a hit under the aggregate cache then costs two
+# rows. benchmarks/RESULTS.md ("Precomputed first hop", "History cache defaults") has the measurements.
+PRECOMPUTE_AUTO_ENGINES = ("exact", "rsc", "sample", "refresh")
 FULL_BATCH_ENGINES = ("exact", "rsc")
 MINI_BATCH_ENGINES = ("sample", "refresh")
 
@@ -205,6 +206,11 @@ class TrainConfig:
             return self.input_dropout
         return self.dropout if INPUT_DROPOUT_FOLLOWS_DROPOUT[engine_family(self.engine)] else 0.0
 
+    def resolved_cached_value(self) -> str:
+        """What the history cache keeps: ``history.cached_value`` with ``auto`` resolved for this
+        model (:meth:`~approxgnn.history.HistoryConfig.resolved_cached_value`)."""
+        return self.history.resolved_cached_value(self.model == "sage", self.layers)
+
     def table_dtype(self) -> str:
         """The precomputed table's storage, ``"float32"`` or ``"float16"``: ``precompute_dtype``, or
         under ``auto`` the engine family's (:data:`TABLE_DTYPE_AUTO`)."""
@@ -267,6 +273,9 @@ class TrainConfig:
                 d["precompute"] = "off"
             if "precompute_dtype" not in d:  # recorded when every table was float32
                 d["precompute_dtype"] = "float32"
+            history = d.get("history")
+            if isinstance(history, dict) and "cached_value" not in history:  # recorded when hits held outputs
+                d["history"] = {**history, "cached_value": "output"}
         d = apply_preset(d)
         for group, sub in GROUPS.items():
             if group in d and not isinstance(d[group], sub):

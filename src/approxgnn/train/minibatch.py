@@ -185,7 +185,7 @@ class MiniBatchTrainer(Trainer):
         # Evaluation's layers on disk, its features streamed, when the memory plan says so.
         self.eval_plan = evaluation_plan(cfg, data)
         self.lookahead, cache_mb = self._build_lookahead()
-        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy), self.lookahead or self.store,
+        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy, cached_value=cfg.resolved_cached_value()), self.lookahead or self.store,
                                            self.sampler.rowptr, self.sampler.deg, cfg.layers, cfg.hidden, cache_mb,
                                            self.device, sampler=self.sampler)
         # Short names for the parts (the caches are built once and never replaced).
