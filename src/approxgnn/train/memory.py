@@ -12,9 +12,10 @@ adds up, by part:
   layout, but read at random by the sampler, so it should stay in memory); per-node arrays
   (degrees, relabel map, labels, masks: 32 bytes a node); the precomputed first hop's table where
   ``X`` is in RAM; the cache budget ``--cache-mb``; the input rows of a batch,
-  ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N`` (one hop fewer, two tables wide, with the first hop),
-  twice with prefetching and once more where a feature cache merges them; the activations a batch
-  keeps for backward (:func:`batch_activation_bytes`); the look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
+  ``B · (1 + f₁ + f₁f₂ + …)`` capped at ``N`` (with the first hop: one hop fewer, as wide as
+  the rows layer 0 reads), twice with prefetching and once more where a feature cache merges
+  them; the activations a batch keeps for backward (:func:`batch_activation_bytes`); the
+  look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
   exact evaluation's two ``[N, max(hidden, C)]`` layer outputs.
 
 The look-ahead cache's buffer is part of ``--cache-mb`` (``--lookahead-share`` of it). When
@@ -32,6 +33,7 @@ import numpy as np
 
 from ..datasets import Dataset
 from ..minibatch.config import DEFAULT_LOOKAHEAD
+from ..precompute import first_hop_norm, table_width
 from .config import FULL_BATCH_ENGINES, TrainConfig
 
 GIB = 1 << 30
@@ -168,19 +170,22 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
     mc = cfg.minibatch
     depth = mc.lookahead if mc.lookahead is not None else (DEFAULT_LOOKAHEAD if on_disk else 0)
     first_hop = cfg.first_hop_path()[0]
+    in_width = f  # of a batch's input rows, read as float32
     if first_hop:  # the table beside X, where X is
-        parts["first-hop table"] = 0 if on_disk else n * f * (2 if cfg.table_dtype() == "float16" else 4)
+        norm = first_hop_norm(cfg.model)
+        table = table_width(norm, f)
+        parts["first-hop table"] = 0 if on_disk else n * table * (2 if cfg.table_dtype() == "float16" else 4)
+        in_width = table if norm == "gcn" else f + table  # GCN reads the table alone, SAGE [X | mean]
     # --cache-mb is spent by a cache: a feature or history cache, or the look-ahead's buffer.
     cached = cfg.cache_policy() != "none"
     parts["caches"] = int(mc.cache_mb * (1 << 20)) if cached or depth else 0
     parts["per-node arrays"] = 32 * n
     fanouts = list(mc.fanouts or [])
     rows = batch_input_rows(fanouts[:-1] if first_hop else fanouts, mc.batch_size, n)
-    # A batch's rows (own features and table side by side with the first hop, read as float32),
-    # held twice with prefetching, and once more where a feature cache merges its rows with the read ones.
-    parts["batches"] = rows * f * 4 * (2 if first_hop else 1) * ((2 if mc.prefetch else 1) + cached)
-    parts["activations"] = batch_activation_bytes(fanouts, mc.batch_size, n, f * (2 if first_hop else 1),
-                                                  max(cfg.hidden, data.num_classes))
+    # A batch's rows, held twice with prefetching, and once more where a feature cache merges its
+    # rows with the read ones.
+    parts["batches"] = rows * in_width * 4 * ((2 if mc.prefetch else 1) + cached)
+    parts["activations"] = batch_activation_bytes(fanouts, mc.batch_size, n, in_width, max(cfg.hidden, data.num_classes))
     parts["look-ahead window"] = depth * rows * 8 * 2
     parts["evaluation"] = 2 * n * width * 4
     return parts
