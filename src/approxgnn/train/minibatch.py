@@ -36,8 +36,8 @@ from ..graph import CSRGraph
 from ..history import HistoryEngine
 from ..history.caches import Caches, build_caches
 from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
-                         FeatureStore, MiniBatchConfig, NeighborSampler, first_hop_store, layerwise_inference,
-                         write_features)
+                         FeatureStore, JoinedFeatureStore, MiniBatchConfig, NeighborSampler, first_hop_store,
+                         layerwise_inference, write_features)
 from ..minibatch.config import DEFAULT_LOOKAHEAD
 from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
 from ..minibatch.lookahead import LookaheadCache
@@ -125,11 +125,14 @@ def lookahead_depth(mc: MiniBatchConfig, store: FeatureStore) -> int:
     the cache budget."""
     if mc.lookahead is not None:
         return int(mc.lookahead)
-    return DEFAULT_LOOKAHEAD if isinstance(store, DiskFeatureStore) else 0
+    return DEFAULT_LOOKAHEAD if store_kind(store) == "disk" else 0
 
 
 def store_kind(store: FeatureStore) -> str:
-    """``disk``, ``memmap`` or ``ram``: what ``result.json`` records as ``feature_store``."""
+    """``disk``, ``memmap`` or ``ram``: what ``result.json`` records as ``feature_store``. Under a
+    precomputed first hop, the kind of the store ``X`` is read by (the table is read the same way)."""
+    if isinstance(store, JoinedFeatureStore):
+        store = store.parts[0]
     if isinstance(store, DiskFeatureStore):
         return "disk"
     return "memmap" if getattr(store, "on_disk", False) else "ram"
@@ -185,9 +188,9 @@ class MiniBatchTrainer(Trainer):
         # Evaluation's layers on disk, its features streamed, when the memory plan says so.
         self.eval_plan = evaluation_plan(cfg, data)
         self.lookahead, cache_mb = self._build_lookahead()
-        self.caches: Caches = build_caches(replace(cfg.history, policy=self.policy, cached_value=cfg.resolved_cached_value()), self.lookahead or self.store,
-                                           self.sampler.rowptr, self.sampler.deg, cfg.layers, cfg.hidden, cache_mb,
-                                           self.device, sampler=self.sampler)
+        history = replace(cfg.history, policy=self.policy, cached_value=cfg.resolved_cached_value())
+        self.caches: Caches = build_caches(history, self.lookahead or self.store, self.sampler.rowptr, self.sampler.deg,
+                                           cfg.layers, cfg.hidden, cache_mb, self.device, sampler=self.sampler)
         # Short names for the parts (the caches are built once and never replaced).
         self.engine: Engine = self.caches.engine
         self.history: HistoryEngine | None = self.caches.history
