@@ -22,8 +22,9 @@ from helpers import planted_dataset
 def config(**kw) -> TrainConfig:
     rc = {"fanouts": [5, 4], "batch_size": 40, "cache_mb": 0.02, "policy": "refresh", "eval_batch_size": 64}
     rc.update(kw.pop("refresh", {}))
+    # The plain path (every hop sampled, rows of X only): these tests count its batches and reads.
     base = {"dataset": "planted", "model": "sage", "engine": "refresh", "layers": 2, "hidden": 16, "epochs": 3,
-            "dropout": 0.0, "lr": 0.01, "progress": False}
+            "dropout": 0.0, "lr": 0.01, "progress": False, "precompute": "off"}
     base.update(kw)
     return TrainConfig.from_dict({**base, "refresh": rc})  # the pre-split group, mapped by from_dict
 

@@ -139,11 +139,10 @@ def test_which_path_runs_and_why():
     use, why = TrainConfig(model="gcn2").first_hop_path()
     assert not use and "gcn2" in why
     assert not TrainConfig(model="gcn", precompute="off").first_hop_path()[0]
-    # Mini-batch: on for sample (measured), off for refresh unless asked for.
+    # Mini-batch: on for both engines (measured), off when asked.
     assert TrainConfig(model="sage", engine="sample").first_hop_path()[0]
-    use, why = TrainConfig(model="sage", engine="refresh").first_hop_path()
-    assert not use and "--engine refresh" in why
-    assert TrainConfig(model="sage", engine="refresh", precompute="on").first_hop_path()[0]
+    assert TrainConfig(model="sage", engine="refresh").first_hop_path()[0]
+    assert not TrainConfig(model="sage", engine="refresh", precompute="off").first_hop_path()[0]
     with pytest.raises(ValueError, match="input dropout"):
         TrainConfig(model="gcn", input_dropout=0.3, precompute="on")
     with pytest.raises(ValueError, match="precompute"):

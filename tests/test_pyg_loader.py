@@ -43,7 +43,8 @@ def _cached_setup(fanouts: list[int], layers: int, seed: int = 0, policy: str = 
     loader = NeighborBatchLoader(d, fanouts, batch_size=40, input_nodes=d.train_mask, seed=seed,
                                  norm="mean" if kind == "sage" else "gcn")
     model = (GraphSAGE if kind == "sage" else GCN)(d.x.shape[1], 16, layers, d.num_classes, dropout=0.3)
-    wrapped = HistoryGNN(model, loader, cache_mb=1.0, policy=policy, staleness=50)
+    # output caching: served rows join after the cached layer, as the comparisons below replay them
+    wrapped = HistoryGNN(model, loader, cache_mb=1.0, policy=policy, staleness=50, cached_value="output")
     _train_steps(wrapped, loader, epochs=2)  # fills the cache: later batches hold hits
     return d, loader, model, wrapped
 
@@ -277,6 +278,7 @@ def test_wrapper_builds_the_trainers_caches_and_switches_to_exact(one_torch_thre
         return HistoryGNN(GraphSAGE(d.x.shape[1], 32, 3, d.num_classes, dropout=0.3), loader, **kw, **extra), loader
 
     cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=32, epochs=4, progress=False,
+                      precompute="off",  # as the wrapper's loader (NeighborBatchLoader(precompute=False))
                       minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=kw["cache_mb"]),
                       history=HistoryConfig(policy="refresh", staleness=20, embedding_share=0.1, switch_time=0.5))
     ours = build_trainer(cfg, d).history

@@ -17,14 +17,13 @@ BACKENDS = ("gloo", "nccl")
 DIST_EVAL_MODES = ("sharded", "rank0")
 PRECOMPUTE_MODES = ("auto", "on", "off")
 PRECOMPUTE_DTYPES = ("auto", *TABLE_DTYPES)
-# Engines whose ``--precompute auto`` takes the precomputed first hop (where it is on by default).
-# Full batch: the same function to float rounding (tests/test_precompute.py), so always when it
-# applies. ``sample``: the last hop becomes the exact mean instead of a sample, which scored
-# +1.25 pp test on synthetic-hard-1m over 3 seeds with 1.4-1.5x faster epochs from page-cached
-# features. ``refresh``: on the same graph (seed 0) it raised test accuracy by 0.8-1.1 pp for no
-# cache, output caching and the aggregate cache alike, and an aggregate hit then costs two rows.
-# benchmarks/RESULTS.md ("Precomputed first hop", "History cache defaults") has the measurements.
-PRECOMPUTE_AUTO_ENGINES = ("exact", "rsc", "sample", "refresh")
+# ``--precompute auto`` takes the precomputed first hop wherever it applies, on every engine.
+# Full batch: the same function to float rounding (tests/test_precompute.py). ``sample``: the last
+# hop becomes the exact mean instead of a sample, which scored +1.25 pp test on synthetic-hard-1m
+# over 3 seeds with 1.4-1.5x faster epochs from page-cached features. ``refresh``: on the same
+# graph (seed 0) it raised test accuracy by 0.8-1.1 pp for no cache, output caching and the
+# aggregate cache alike, and an aggregate hit then costs two rows. benchmarks/RESULTS.md
+# ("Precomputed first hop", "History cache defaults") has the measurements.
 FULL_BATCH_ENGINES = ("exact", "rsc")
 MINI_BATCH_ENGINES = ("sample", "refresh")
 
@@ -222,17 +221,14 @@ class TrainConfig:
         """Whether this run takes the precomputed first hop, and why (recorded in ``result.json``).
 
         It applies to models whose first layer aggregates without weights (GCN, SAGE) with input
-        dropout 0 (a dropped input changes ``ÂX`` every step); ``auto`` takes it on the engines in
-        :data:`PRECOMPUTE_AUTO_ENGINES`."""
+        dropout 0 (a dropped input changes ``ÂX`` every step); ``auto`` takes it wherever it
+        applies."""
         if self.precompute == "off":
             return False, "--precompute off"
         if first_hop_norm(self.model) is None:
             return False, f"{self.model}'s first layer has no propagation to precompute"
         if self.resolved_input_dropout() > 0:
             return False, f"input dropout {self.resolved_input_dropout()} > 0 changes the first aggregation every step"
-        if self.precompute == "auto" and self.engine not in PRECOMPUTE_AUTO_ENGINES:
-            return False, (f"--engine {self.engine}: off unless --precompute on (it changes the sampling: "
-                           "the last hop becomes exact; README, 'Precomputed first hop')")
         return True, "input dropout 0: the first aggregation holds no weights"
 
     def to_dict(self) -> dict[str, Any]:
