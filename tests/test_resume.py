@@ -122,3 +122,22 @@ def test_crash_before_rename_leaves_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     state, _ = load_latest_checkpoint(tmp_path)
     assert state["loop"]["epoch"] == 1
+
+
+def test_a_refresh_checkpoint_from_before_auto_took_the_first_hop_resumes_on_its_path(tmp_path):
+    """A refresh run recorded with ``--precompute auto`` when auto meant the plain path for it: its
+    checkpoint holds a plain store, so ``--resume`` keeps the plain path and ends as an
+    uninterrupted plain run does."""
+    from approxgnn.cli import main
+
+    base = ["train", "--dataset", "synthetic-500", "--engine", "refresh", "--model", "sage", "--layers", "2",
+            "--hidden", "16", "--dropout", "0.3", "--precompute", "off", "--no-progress", "--checkpoint-every", "1"]
+    assert main(base + ["--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert main(base + ["--epochs", "2", "--out", str(tmp_path / "cut")]) == 0
+    state, _ = load_latest_checkpoint(tmp_path / "cut")
+    state["config"]["epochs"], state["config"]["precompute"] = 3, "auto"  # as recorded before
+    save_checkpoint(tmp_path / "cut", state)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    whole, cut = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "cut"))
+    assert cut["precompute"]["path"] == "plain"
+    assert [c["loss"] for c in cut["curve"]] == [c["loss"] for c in whole["curve"]]

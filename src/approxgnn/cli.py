@@ -330,6 +330,10 @@ def prepare_train(ns: argparse.Namespace) -> Job:
             cfg = TrainConfig.from_dict(resume_state["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise RuntimeError(f"the checkpoint in {ns.resume} holds no valid configuration: {e}") from None
+        store = (resume_state.get("trainer") or {}).get("store")
+        if cfg.precompute == "auto" and isinstance(store, dict) and ("parts" in store) != cfg.first_hop_path()[0]:
+            # the path the run started on: ``auto`` took the first hop on fewer engines before
+            cfg.precompute = "on" if "parts" in store else "off"
         cfg.out = ns.resume
         if hasattr(ns, "progress"):
             cfg.progress = ns.progress

@@ -439,5 +439,9 @@ class MiniBatchTrainer(Trainer):
             if "lookahead" not in state:
                 raise ValueError("the checkpoint holds no look-ahead cache; resume it with --lookahead 0")
             self.lookahead.load_state_dict(state["lookahead"])  # re-reads its rows: before the store's counters
+        if ("parts" in state["store"]) != self.first_hop:  # the CLI's --resume picks the recorded path itself
+            raise ValueError("the checkpoint was written " + ("with" if "parts" in state["store"] else "without")
+                             + " the precomputed first hop; resume it with precompute="
+                             + ("'on'" if "parts" in state["store"] else "'off'"))
         self.store.load_state_dict(state["store"])
         self.caches.load_state_dict(state)
