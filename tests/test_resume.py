@@ -141,3 +141,21 @@ def test_a_refresh_checkpoint_from_before_auto_took_the_first_hop_resumes_on_its
     whole, cut = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "cut"))
     assert cut["precompute"]["path"] == "plain"
     assert [c["loss"] for c in cut["curve"]] == [c["loss"] for c in whole["curve"]]
+
+
+def test_a_gcn_first_hop_checkpoint_resumes_with_its_table(tmp_path):
+    """GCN's first hop reads its table alone (no joined store): ``--resume`` must not take that
+    for the plain path."""
+    from approxgnn.cli import main
+
+    base = ["train", "--dataset", "synthetic-500", "--engine", "sample", "--model", "gcn", "--layers", "2",
+            "--hidden", "16", "--dropout", "0.3", "--no-progress", "--checkpoint-every", "1"]
+    assert main(base + ["--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert main(base + ["--epochs", "2", "--out", str(tmp_path / "cut")]) == 0
+    state, _ = load_latest_checkpoint(tmp_path / "cut")
+    state["config"]["epochs"] = 3
+    save_checkpoint(tmp_path / "cut", state)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    whole, cut = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "cut"))
+    assert cut["precompute"]["path"] == whole["precompute"]["path"] == "precomputed"
+    assert [c["loss"] for c in cut["curve"]] == [c["loss"] for c in whole["curve"]]

@@ -168,7 +168,8 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
      {"type": str, "help": "memory-map features from this .npy (see `approxgnn prepare`)"}),
     ("--feature-store", "minibatch.feature_store",
      {"choices": FEATURE_STORES, "help": "how features on disk are read: disk (pread from a thread pool, O_DIRECT), "
-                                         "mmap (a memory map), auto (default: disk when the features are on disk)"}),
+                                         "mmap (a memory map), auto (default: the memory map for a file within half "
+                                         "the memory the run may use, else disk)"}),
     ("--no-prefetch", "minibatch.prefetch", {"action": "store_false"}),
     ("--lookahead", "minibatch.lookahead",
      {"type": int, "help": "batches sampled ahead for the look-ahead cache (Belady over the window, the next "
@@ -331,8 +332,10 @@ def prepare_train(ns: argparse.Namespace) -> Job:
         except (KeyError, TypeError, ValueError) as e:
             raise RuntimeError(f"the checkpoint in {ns.resume} holds no valid configuration: {e}") from None
         store = (resume_state.get("trainer") or {}).get("store")
-        if cfg.precompute == "auto" and isinstance(store, dict) and ("parts" in store) != cfg.first_hop_path()[0]:
-            # the path the run started on: ``auto`` took the first hop on fewer engines before
+        if (cfg.precompute == "auto" and cfg.engine == "refresh" and cfg.model == "sage" and isinstance(store, dict)
+                and ("parts" in store) != cfg.first_hop_path()[0]):
+            # ``auto`` took the first hop for refresh only later: keep the path the run started on (a
+            # SAGE first hop always joins [X | mean], so the saved store says which path that was)
             cfg.precompute = "on" if "parts" in store else "off"
         cfg.out = ns.resume
         if hasattr(ns, "progress"):

@@ -439,7 +439,8 @@ class MiniBatchTrainer(Trainer):
             if "lookahead" not in state:
                 raise ValueError("the checkpoint holds no look-ahead cache; resume it with --lookahead 0")
             self.lookahead.load_state_dict(state["lookahead"])  # re-reads its rows: before the store's counters
-        if ("parts" in state["store"]) != self.first_hop:  # the CLI's --resume picks the recorded path itself
+        joined = isinstance(self.store, JoinedFeatureStore)  # SAGE's first hop; GCN's reads its table alone
+        if self.model.norm == "mean" and ("parts" in state["store"]) != joined:  # the CLI's --resume picks the path
             raise ValueError("the checkpoint was written " + ("with" if "parts" in state["store"] else "without")
                              + " the precomputed first hop; resume it with precompute="
                              + ("'on'" if "parts" in state["store"] else "'off'"))
