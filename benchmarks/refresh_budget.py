@@ -53,7 +53,8 @@ from approxgnn.train.results import format_table
 # the layer above (``staleness_decay``); ``+restR`` / ``+rowsN``: a forward-only refresh of the N
 # oldest entries (default 1024) after every R steps (``refresh_every``, ``refresh_rows``);
 # ``+esS``: embeddings may take share S of the arena (``embedding_share``); ``+rateQ``: admit below
-# the Q gradient-norm quantile (``rate``; default ``--rate``).
+# the Q gradient-norm quantile (``rate``; default ``--rate``); ``+stS``: entries expire after S
+# iterations (``staleness``; default ``--staleness``).
 # ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below it, but the
 # layers above it keep fresh inputs and their full gradient.
 POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "refresh+switch", "gas@0", "refresh@0")
@@ -91,6 +92,8 @@ def cell_options(cell: str, epochs: int) -> tuple[str, dict[str, Any], str | Non
             kw["embedding_share"] = float(o[2:])
         elif o.startswith("rate"):
             kw["rate"] = float(o[4:])
+        elif o.startswith("st"):
+            kw["staleness"] = int(o[2:])
         elif o.startswith("oracle-"):
             oracle = o[len("oracle-"):]
         else:
@@ -111,7 +114,7 @@ def config(data, policy: str, share: float, seed: int, a: argparse.Namespace) ->
                          eval_batch_size=COMMON["eval_batch_size"], features_path=str(data.x.filename),
                          lookahead=a.lookahead)
     name, kw, _ = cell_options(policy, a.epochs)
-    hc = HistoryConfig(policy=name, staleness=a.staleness, **{"rate": a.rate, **kw})
+    hc = HistoryConfig(policy=name, **{"rate": a.rate, "staleness": a.staleness, **kw})
     return TrainConfig(dataset=a.dataset, model=COMMON["model"], engine="refresh", layers=COMMON["layers"],
                        precompute=a.precompute, precompute_dir=a.data_dir if a.precompute == "on" else None,
                        hidden=COMMON["hidden"], dropout=COMMON["dropout"],

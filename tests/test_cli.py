@@ -377,7 +377,7 @@ FLAG_VALUES: dict[str, tuple[list[str], object]] = {
     "--seed": (["4"], 4), "--device": (["cpu"], "cpu"), "--out": (["/tmp/o"], "/tmp/o"),
     "--checkpoint-every": (["2"], 2), "--no-progress": ([], False), "--precompute": (["off"], "off"),
     "--no-precompute": ([], "off"), "--precompute-dir": (["/tmp/p"], "/tmp/p"),
-    "--precompute-dtype": (["float16"], "float16"), "--budget": (["0.35"], 0.35),
+    "--precompute-dtype": (["float16"], "float16"), "--precompute-layout": (["split"], "split"), "--budget": (["0.35"], 0.35),
     "--cache-interval": (["7"], 7), "--tune-interval": (["4"], 4), "--switch-time": (["0.6"], 0.6),
     "--allocation": (["uniform"], "uniform"), "--selection": (["importance"], "importance"), "--step": (["0.05"], 0.05),
     "--warmup": (["3"], 3), "--val-guard": ([], True), "--fanouts": (["7,3"], [7, 3]), "--batch-size": (["77"], 77),

@@ -423,3 +423,125 @@ def test_table_dtype_auto_is_per_engine_family_and_recorded_runs_keep_float32():
     recorded = TrainConfig(dataset="planted", engine="sample", precompute="on").to_dict()
     del recorded["precompute_dtype"]
     assert TrainConfig.from_dict(recorded).table_dtype() == "float32"
+
+
+def _packed_pair(tmp_path, data, **split_kw):
+    """SAGE's first hop over a disk store, split into two files and packed into one."""
+    from approxgnn.minibatch import DiskFeatureStore, first_hop_store, write_features
+
+    write_features(tmp_path / "x.npy", data.x)
+    g = _graph(data)
+    split, _ = first_hop_store(g, DiskFeatureStore(tmp_path / "x.npy", threads=4), "mean", dtype="float16",
+                               layout="split")
+    packed, table = first_hop_store(g, DiskFeatureStore(tmp_path / "x.npy", threads=4), "mean", dtype="float16",
+                                    layout="packed")
+    return split, packed, table
+
+
+def test_packed_rows_equal_the_two_files_at_one_read_a_row(tmp_path):
+    from approxgnn.minibatch import DiskFeatureStore
+
+    # 256-d: X's row is 1 KiB, the float16 mean's 512 B, so a packed record is 1.5 KiB padded to 2 KiB.
+    data = planted_dataset(n=300, features=256)
+    split, packed, table = _packed_pair(tmp_path, data)
+    assert isinstance(packed, DiskFeatureStore) and [f[0] for f in packed.fields] == ["x", "mean"]
+    assert packed.stride == 2048 and packed.row_bytes == split.row_bytes == 256 * 6 and packed.dim == 512
+    assert packed.path.name.endswith("-packed.npy") and packed.path.parent == split.parts[1].path.parent
+    rng = np.random.default_rng(0)
+    for ids in (rng.integers(0, 300, 700), rng.permutation(300)[:50], np.array([299, 0, 299]), np.arange(300)):
+        np.testing.assert_array_equal(packed.read(ids).numpy(), split.read(ids).numpy())
+    np.testing.assert_array_equal(packed.full().numpy(), split.full().numpy())
+    assert packed.bytes_read == split.bytes_read and packed.rows_read == split.rows_read
+    # Rows 16 apart share no page in any file: two reads (X's page and the table's) a row split,
+    # one packed, and a packed record never straddles a page.
+    sparse = np.arange(0, 300, 16)
+    before_s, before_p = split.counters(), packed.counters()
+    split.read(sparse)
+    packed.read(sparse)
+    grew = {k: (split.counters()[k] - before_s[k], packed.counters()[k] - before_p[k])
+            for k in ("disk_reads", "disk_bytes_read")}
+    assert grew["disk_reads"] == (2 * len(sparse), len(sparse))
+    assert grew["disk_bytes_read"] == (2 * len(sparse) * 4096, len(sparse) * 4096)
+    assert packed.state_dict()["fields"] == ["x", "mean"]
+
+
+def test_auto_packs_when_the_disk_has_room_and_reuses_a_packed_file(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from approxgnn.minibatch import DiskFeatureStore, JoinedFeatureStore, first_hop_store, write_features
+    from approxgnn.minibatch import stores
+
+    data = planted_dataset(n=200, features=16)
+    write_features(tmp_path / "x.npy", data.x)
+    g, usage = _graph(data), namedtuple("usage", "total used free")
+
+    def open_auto():
+        return first_hop_store(g, DiskFeatureStore(tmp_path / "x.npy", threads=2), "mean", dtype="float16",
+                               layout="auto")[0]
+
+    monkeypatch.setattr(stores.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 1 << 30))  # 1 GiB free: no room
+    assert isinstance(open_auto(), JoinedFeatureStore) and not list(tmp_path.glob("*-packed.npy"))
+    monkeypatch.setattr(stores.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 1 << 40))
+    assert isinstance(open_auto(), DiskFeatureStore) and len(list(tmp_path.glob("*-packed.npy"))) == 1
+    monkeypatch.setattr(stores.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 0))  # written once: reused
+    assert isinstance(open_auto(), DiskFeatureStore)
+    monkeypatch.setattr(stores.shutil, "disk_usage", shutil.disk_usage)
+    # No packed layout where it cannot apply: GCN reads its table alone, RAM features have no file.
+    with pytest.raises(ValueError, match="packed"):
+        first_hop_store(g, DiskFeatureStore(tmp_path / "x.npy"), "gcn", dtype="float16", layout="packed")
+    with pytest.raises(ValueError, match="packed"):
+        first_hop_store(g, stores.ArrayFeatureStore(data.x), "mean", layout="packed")
+
+
+def test_a_packed_file_that_lies_is_named(tmp_path):
+    from approxgnn.minibatch import DiskFeatureStore
+    from approxgnn.minibatch.stores import write_packed
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    path = write_packed(tmp_path / "p.npy", {"x": x, "mean": x.astype(np.float16)})
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 5)
+    with pytest.raises(ValueError, match=rf"{path}: truncated"):
+        DiskFeatureStore(path)
+    odd = tmp_path / "odd.npy"
+    np.save(odd, np.zeros(10, dtype=[("x", "<f4", (4,)), ("ids", "<i8", (2,))]))
+    with pytest.raises(ValueError, match="'ids' must be a float32 or float16 vector"):
+        DiskFeatureStore(odd)
+
+
+def test_training_on_packed_rows_equals_the_split_files_and_resumes_exactly(tmp_path):
+    from approxgnn.minibatch import MiniBatchConfig
+    from approxgnn.train import read_checkpoint
+
+    data = planted_dataset(n=300, features=10)
+
+    def cfg(layout, **kw):
+        mb = MiniBatchConfig(fanouts=[5, 4, 3], batch_size=48, cache_mb=0.02, eval_batch_size=70,
+                             features_on_disk=True, feature_store="disk")
+        return TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=16, dropout=0.5,
+                           input_dropout=0.0, epochs=kw.pop("epochs", 4), lr=0.02, progress=False, seed=3,
+                           precompute="on", precompute_layout=layout, minibatch=mb, **kw)
+
+    split, packed = run(cfg("split"), data), run(cfg("packed"), data)
+    assert (split["precompute"]["layout"], packed["precompute"]["layout"]) == ("split", "packed")
+    assert packed["feature_store"] == "disk"
+    keys = ("loss", "val", "feature_bytes_read", "feature_rows_read", "hit_rate")
+    assert [[c.get(k) for k in keys] for c in split["curve"]] == [[c.get(k) for k in keys] for c in packed["curve"]]
+    assert packed["test"] == split["test"] and packed["curve"][-1]["loss"] < packed["curve"][0]["loss"]
+    # One file: fewer reads reach the disk for the same rows.
+    assert sum(c["disk_reads"] for c in packed["curve"]) < sum(c["disk_reads"] for c in split["curve"])
+    run(cfg("packed", epochs=2, out=str(tmp_path / "r"), checkpoint_every=2), data)
+    resumed = run(cfg("packed", out=str(tmp_path / "r"), checkpoint_every=2), data,
+                  resume_state=read_checkpoint(tmp_path / "r"))
+    assert [[c.get(k) for k in keys] for c in packed["curve"]] == [[c.get(k) for k in keys] for c in resumed["curve"]]
+
+
+def test_a_recorded_run_keeps_two_files_and_packed_needs_mini_batch_sage():
+    recorded = TrainConfig(dataset="cora", engine="sample", model="sage").to_dict()
+    del recorded["precompute_layout"]
+    assert TrainConfig.from_dict(recorded).precompute_layout == "split"
+    assert TrainConfig(dataset="cora").precompute_layout == "auto"
+    for kw in ({"model": "gcn", "engine": "sample"}, {"model": "sage", "engine": "exact"}):
+        with pytest.raises(ValueError, match="packed applies to mini-batch SAGE"):
+            TrainConfig(dataset="cora", precompute_layout="packed", **kw)

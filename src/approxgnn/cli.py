@@ -28,7 +28,9 @@ from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, lis
 from .datasets.registry import parse_synthetic_name
 from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
 from .minibatch.config import FEATURE_STORES, MiniBatchConfig
+from .minibatch.stores import joins_first_hop
 from .nn.models import MODELS
+from .precompute import FIRST_HOP_LAYOUTS
 from .rsc.config import ALLOCATIONS, PRESETS as RSC_PRESETS, SELECTIONS, RSCConfig
 from .train import ENGINES, TrainConfig, read_checkpoint, run
 from .train.base import resolve_device
@@ -112,6 +114,10 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
      {"choices": PRECOMPUTE_DTYPES, "help": "how the precomputed table is stored; float16 halves the bytes a "
                                             "mini-batch reads from it; auto: float16 for the mini-batch engines, "
                                             "float32 for the full-batch ones"}),
+    ("--precompute-layout", "precompute_layout",
+     {"choices": FIRST_HOP_LAYOUTS, "help": "SAGE's [X | mean] rows on disk: packed writes them side by side in one "
+                                            "file (one read a row), split reads X and the table from two; auto: "
+                                            "packed for the disk store when the disk has room"}),
     # RSC
     ("--budget", "rsc.budget", {"type": _real, "help": "RSC: fraction of backward SpMM FLOPs kept, in (0, 1]"}),
     ("--cache-interval", "rsc.cache_interval", {"type": int, "help": "RSC: iterations a sample is reused"}),
@@ -333,10 +339,10 @@ def prepare_train(ns: argparse.Namespace) -> Job:
             raise RuntimeError(f"the checkpoint in {ns.resume} holds no valid configuration: {e}") from None
         store = (resume_state.get("trainer") or {}).get("store")
         if (cfg.precompute == "auto" and cfg.engine == "refresh" and cfg.model == "sage" and isinstance(store, dict)
-                and ("parts" in store) != cfg.first_hop_path()[0]):
+                and joins_first_hop(store) != cfg.first_hop_path()[0]):
             # ``auto`` took the first hop for refresh only later: keep the path the run started on (a
             # SAGE first hop always joins [X | mean], so the saved store says which path that was)
-            cfg.precompute = "on" if "parts" in store else "off"
+            cfg.precompute = "on" if joins_first_hop(store) else "off"
         cfg.out = ns.resume
         if hasattr(ns, "progress"):
             cfg.progress = ns.progress

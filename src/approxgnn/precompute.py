@@ -38,6 +38,8 @@ CHUNK_BYTES = 64 << 20  # output rows computed (and held) at once, about this ma
 # How a table may be stored. float16 halves the bytes a mini-batch reads per table row; an average
 # of float32 features keeps 11 significant bits, far finer than the features' own noise.
 TABLE_DTYPES = {"float32": np.float32, "float16": np.float16}
+# How SAGE's ``[X | mean]`` rows lie on disk for a mini-batch run (:func:`~approxgnn.minibatch.first_hop_store`).
+FIRST_HOP_LAYOUTS = ("auto", "packed", "split")
 
 
 def first_hop_norm(model: str) -> str | None:

@@ -19,6 +19,11 @@ descriptor advised ``POSIX_FADV_RANDOM`` (readahead off), with the same results.
 which. Besides the rows requested (``rows_read``, ``bytes_read = rows_read · b`` as every store
 counts them) it counts what really left the disk: ``disk_reads`` calls and ``disk_bytes_read``
 (whole pages).
+
+A file may also hold *packed* rows (:func:`~.stores.write_packed`): a 1-D structured ``.npy`` whose
+record is several float32/float16 row vectors side by side, e.g. ``[X | mean]`` of a precomputed
+first hop, padded so that a record never straddles a page. One ``pread`` then brings a node's
+whole row, where two files cost two; ``read`` returns the fields joined, as float32.
 """
 from __future__ import annotations
 
@@ -34,9 +39,7 @@ import torch
 from numba import njit
 from torch import Tensor
 
-from .stores import STORED_DTYPES, as_float32
-
-PAGE = 4096
+from .stores import PAGE, STORED_DTYPES, as_float32
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _pread = _libc.pread
@@ -103,9 +106,23 @@ def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         return shape, dtype, f.tell()
 
 
+def record_fields(dtype: np.dtype) -> list[tuple[str, np.dtype, int]] | None:
+    """``[(name, dtype, width)]`` of a packed record (each field a float32/float16 vector), or None
+    when ``dtype`` is not a structured dtype. Raises ValueError on any other field."""
+    if dtype.names is None:
+        return None
+    out = []
+    for name in dtype.names:
+        sub = dtype.fields[name][0]
+        if sub.base not in STORED_DTYPES or len(sub.shape) != 1:
+            raise ValueError(f"packed field {name!r} must be a float32 or float16 vector, got {sub}")
+        out.append((name, sub.base, int(sub.shape[0])))
+    return out
+
+
 class DiskFeatureStore:
-    """Rows of a float32 (or float16: a precomputed table) ``[N, F]`` ``.npy`` file read by
-    ``pread`` from a thread pool (module docstring).
+    """Rows of a float32 (or float16: a precomputed table) ``[N, F]`` ``.npy`` file, or of a file of
+    packed records (module docstring), read by ``pread`` from a thread pool.
 
     ``threads``: reads in flight at most (the queue depth the disk sees). 128 by default: when a read
     completes its thread must wait for a core, so on a busy 2-core machine 64 threads kept fewer than
@@ -121,19 +138,28 @@ class DiskFeatureStore:
                  max_run_pages: int = 32) -> None:
         self.path = Path(path)
         shape, dtype, self.header = _npy_layout(self.path)
-        if len(shape) != 2 or dtype not in STORED_DTYPES:
-            raise ValueError(f"{self.path}: features must be a 2-D float32 (or float16) array, "
-                             f"got {dtype} {shape}")
-        n, f = int(shape[0]), int(shape[1])
         self.dtype = np.dtype(dtype)
-        need = self.header + n * f * self.dtype.itemsize
+        try:
+            self.fields = record_fields(self.dtype)
+        except ValueError as e:
+            raise ValueError(f"{self.path}: {e}") from None
+        if self.fields is not None and len(shape) == 1:  # packed records: one row a record
+            n, f = int(shape[0]), sum(w for _, _, w in self.fields)
+            self.stride = self.dtype.itemsize
+        elif self.fields is None and len(shape) == 2 and self.dtype in STORED_DTYPES:
+            n, f = int(shape[0]), int(shape[1])
+            self.stride = f * self.dtype.itemsize
+        else:
+            raise ValueError(f"{self.path}: features must be a 2-D float32 (or float16) array or a 1-D array "
+                             f"of packed records, got {dtype} {shape}")
+        need = self.header + n * self.stride
         size = self.path.stat().st_size
         if size < need:
-            raise ValueError(f"{self.path}: truncated: its header declares {n} x {f} {self.dtype} "
+            raise ValueError(f"{self.path}: truncated: its header declares {n} rows of {self.stride} bytes "
                              f"({need} bytes with the header) but the file holds {size} bytes")
         self._shape = (n, f)
         self.threads = max(1, int(threads))
-        self.max_run_pages = max(int(max_run_pages), -(-self.row_bytes // PAGE) + 1)
+        self.max_run_pages = max(int(max_run_pages), -(-self.stride // PAGE) + 1)
         self.fd, self.direct = self._open(direct)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -160,9 +186,9 @@ class DiskFeatureStore:
     def _probe(self, fd: int) -> bool:
         """Whether ``fd`` serves the aligned reads :meth:`read` makes (row 0)."""
         one = np.zeros(1, np.int64)
-        start, first, pages = _plan(one, self.header, self.row_bytes, PAGE, self.max_run_pages)
-        scratch = np.empty((1, self.row_bytes), np.uint8)
-        return _read_runs(fd, one, one, start, first, pages, 0, 1, scratch, self.header, self.row_bytes, PAGE,
+        start, first, pages = _plan(one, self.header, self.stride, PAGE, self.max_run_pages)
+        scratch = np.empty((1, self.stride), np.uint8)
+        return _read_runs(fd, one, one, start, first, pages, 0, 1, scratch, self.header, self.stride, PAGE,
                           self.max_run_pages) < 0
 
     # ---- the FeatureStore protocol -------------------------------------------------------
@@ -180,7 +206,10 @@ class DiskFeatureStore:
 
     @property
     def row_bytes(self) -> int:
-        return self._shape[1] * self.dtype.itemsize
+        """Bytes of one row's values (a packed record's padding not included; see ``stride``)."""
+        if self.fields is None:
+            return self.stride
+        return sum(w * d.itemsize for _, d, w in self.fields)
 
     @property
     def on_disk(self) -> bool:
@@ -196,26 +225,33 @@ class DiskFeatureStore:
     def read(self, ids: np.ndarray) -> Tensor:
         """Rows ``x[ids]`` as a new CPU float32 tensor ``[len(ids), F]`` (any order, repeats allowed)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
-        out = np.empty((ids.shape[0], self.dim), self.dtype)
+        raw = np.empty((ids.shape[0], self.stride), np.uint8)
         if ids.size:
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.num_nodes:
                 raise IndexError(f"{self.path}: row {lo if lo < 0 else hi} outside [0, {self.num_nodes})")
-            self._gather(ids, out.view(np.uint8))
+            self._gather(ids, raw)
         self.rows_read += int(ids.size)
         self.bytes_read += int(ids.size) * self.row_bytes
-        return as_float32(out)
+        return self._decode(raw.view(self.dtype))
+
+    def _decode(self, rows: np.ndarray) -> Tensor:
+        """``rows`` (``[n, F]``, or packed records ``[n, 1]``) as float32 ``[n, dim]``."""
+        if self.fields is None:
+            return as_float32(rows)
+        rec = rows.reshape(-1)
+        return torch.cat([as_float32(np.ascontiguousarray(rec[name])) for name, _, _ in self.fields], 1)
 
     def _gather(self, ids: np.ndarray, out: np.ndarray) -> None:
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
-        start, first, pages = _plan(sorted_ids, self.header, self.row_bytes, PAGE, self.max_run_pages)
+        start, first, pages = _plan(sorted_ids, self.header, self.stride, PAGE, self.max_run_pages)
         runs = len(first)
         # Several groups per thread, so a slow group does not leave the others idle.
         groups = min(runs, self.threads * 4)
         cuts = np.linspace(0, runs, groups + 1).astype(np.int64)
         args = (self.fd, sorted_ids, order, start, first, pages)
-        tail = (out, self.header, self.row_bytes, PAGE, self.max_run_pages)
+        tail = (out, self.header, self.stride, PAGE, self.max_run_pages)
         if groups <= 1:
             failed = [_read_runs(*args, 0, runs, *tail)]
         else:
@@ -253,7 +289,7 @@ class DiskFeatureStore:
         page cache serves that scan better than random reads). Counted as one full scan."""
         self.rows_read += self.num_nodes
         self.bytes_read += self.num_nodes * self.row_bytes
-        return as_float32(self.x)
+        return self._decode(self.x if self.fields is None else self.x.reshape(-1, 1))
 
     # ---- figures, state, lifetime --------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -261,7 +297,12 @@ class DiskFeatureStore:
                 "disk_bytes_read": self.disk_bytes_read}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": self.VERSION, **self.counters()}
+        """Counters; for packed records also their ``fields`` (names), so a checkpoint says the
+        rows it read were joined (:func:`~.stores.joins_first_hop`)."""
+        state = {"version": self.VERSION, **self.counters()}
+        if self.fields is not None:
+            state["fields"] = [name for name, _, _ in self.fields]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows_read, self.bytes_read = int(state["rows_read"]), int(state["bytes_read"])

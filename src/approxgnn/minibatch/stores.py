@@ -10,6 +10,7 @@ the slow store.
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,12 +22,13 @@ from torch import Tensor
 
 from ..datasets.layout_write import create_npy
 from ..graph import CSRGraph
-from ..precompute import TABLE_DTYPES, FirstHopTable, precompute_first_hop
+from ..precompute import FIRST_HOP_LAYOUTS, TABLE_DTYPES, FirstHopTable, precompute_first_hop
 from ..state import check_version
 
 
 # The dtypes a store may hold: features are float32; a precomputed table may be any of its dtypes.
 STORED_DTYPES = tuple(np.dtype(t) for t in TABLE_DTYPES.values())
+PAGE = 4096  # what one direct read transfers at least (:mod:`.disk_store`)
 
 
 def index_dtype(count: int) -> type:
@@ -231,22 +233,89 @@ class JoinedFeatureStore:
 
 
 def first_hop_store(graph: CSRGraph, store: FeatureStore, norm: str, directory: str | os.PathLike | None = None,
-                    dtype: str = "float32") -> tuple[FeatureStore, FirstHopTable]:
+                    dtype: str = "float32", layout: str = "split") -> tuple[FeatureStore, FirstHopTable]:
     """The store layer 0 reads when its aggregation ``norm`` is precomputed over ``store``'s
     features (:mod:`approxgnn.precompute`): GCN's table ``[ÂX | Â1]`` alone (``ÂX`` holds the raw
     features), SAGE's ``[X | mean]`` joined; every read counted. The table (stored as ``dtype``)
     lives where ``X`` does (RAM, or on disk beside an on-disk ``X``), or in ``directory``, and is
     read the way ``X`` is (an on-disk table by ``pread`` when ``store`` is a disk store). Also
-    returns the table."""
+    returns the table.
+
+    ``layout`` (SAGE over a disk store): ``split`` reads ``X`` and the table from their two files,
+    two ``pread``s a row; ``packed`` writes them side by side into one file of page-aligned records
+    beside the table (:func:`write_packed`, once per fingerprint) and reads a row with one;
+    ``auto`` packs when the disk holds the packed file with room to spare (:func:`packed_fits`).
+    """
     from .disk_store import DiskFeatureStore  # it builds on this module's helpers
 
+    if layout not in FIRST_HOP_LAYOUTS:
+        raise ValueError(f"first-hop layout must be one of {FIRST_HOP_LAYOUTS}, got {layout!r}")
     table = precompute_first_hop(graph, store.x, norm, directory=directory, dtype=dtype)
+    on_disk = table.path is not None and isinstance(store, DiskFeatureStore)
+    if layout == "packed" and not (on_disk and norm == "mean"):
+        raise ValueError("a packed first-hop layout needs SAGE's [X | mean] rows read by the disk store "
+                         "(--feature-store disk); use --precompute-layout auto or split")
+    if norm == "mean" and on_disk:
+        packed = Path(table.path).with_name(Path(table.path).stem + "-packed.npy")
+        if layout == "packed" or packed.exists() or (layout == "auto" and packed_fits(packed, store.x, table.table)):
+            if not packed.exists():
+                write_packed(packed, {"x": store.x, "mean": table.table})
+            return DiskFeatureStore(packed, threads=store.threads), table
     rows: FeatureStore
-    if table.path is not None and isinstance(store, DiskFeatureStore):
+    if on_disk:
         rows = DiskFeatureStore(table.path, threads=store.threads)
     else:
         rows = ArrayFeatureStore(table.table)
     return (rows if norm == "gcn" else JoinedFeatureStore([store, rows])), table
+
+
+def joins_first_hop(state: dict[str, Any]) -> bool:
+    """Whether a saved store's ``state_dict`` is of ``[X | mean]`` rows (joined from two files or
+    packed in one), i.e. of a SAGE run with the precomputed first hop."""
+    return "parts" in state or "fields" in state
+
+
+def packed_dtype(parts: dict[str, np.ndarray]) -> np.dtype:
+    """The record of :func:`write_packed`: each part's row side by side, then padding to the next
+    power of two (a row of at most a page) or page multiple, so no record straddles a page."""
+    names = list(parts)
+    widths = [int(parts[k].shape[1]) * parts[k].dtype.itemsize for k in names]
+    offsets = np.cumsum([0] + widths[:-1]).tolist()
+    row = sum(widths)
+    stride = 1 << max(0, (row - 1).bit_length()) if row <= PAGE else -(-row // PAGE) * PAGE
+    return np.dtype({"names": names, "formats": [(parts[k].dtype, (parts[k].shape[1],)) for k in names],
+                     "offsets": offsets, "itemsize": stride})
+
+
+def packed_fits(path: Path, *parts: np.ndarray, spare: int = 4 << 30) -> bool:
+    """Whether the disk under ``path`` holds a packed file of ``parts`` and still has ``spare`` bytes free."""
+    dtype = packed_dtype({f"p{i}": p for i, p in enumerate(parts)})
+    return shutil.disk_usage(path.parent).free >= PAGE + parts[0].shape[0] * dtype.itemsize + spare
+
+
+def write_packed(path: str | os.PathLike, parts: dict[str, np.ndarray], *, chunk_bytes: int = 64 << 20) -> Path:
+    """Write the rows of ``parts`` (arrays or memmaps ``[N, F_k]``, float32/float16) side by side as
+    one ``.npy`` of records (:func:`packed_dtype`, page-aligned from a page-sized header), in row
+    chunks of about ``chunk_bytes`` (bounded memory), to a temporary name then renamed. Returns ``path``."""
+    path = Path(path)
+    n = {int(p.shape[0]) for p in parts.values()}
+    if len(n) != 1:
+        raise ValueError(f"packed parts need one row count, got {sorted(n)}")
+    rows = n.pop()
+    dtype = packed_dtype(parts)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    offset = create_npy(tmp, (rows,), dtype)
+    chunk = max(1, chunk_bytes // dtype.itemsize)
+    with open(tmp, "r+b") as f:
+        f.seek(offset)
+        rec = np.zeros(min(chunk, rows), dtype)  # zeroed once: the padding is written as zeros
+        for s in range(0, rows, chunk):
+            e = min(s + chunk, rows)
+            for name, part in parts.items():
+                rec[name][: e - s] = part[s:e]
+            f.write(rec[: e - s].tobytes())
+    os.replace(tmp, path)
+    return path
 
 
 def degree_order(rowptr: np.ndarray) -> np.ndarray:

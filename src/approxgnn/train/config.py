@@ -7,7 +7,7 @@ from typing import Any
 from ..history.config import HistoryConfig
 from ..minibatch.config import MiniBatchConfig, default_fanouts
 from ..nn.models import MODELS
-from ..precompute import TABLE_DTYPES, first_hop_norm
+from ..precompute import FIRST_HOP_LAYOUTS, TABLE_DTYPES, first_hop_norm
 from ..rsc.config import RSCConfig
 from .presets import PRESETS, apply_preset
 from .schedule import LR_SCHEDULES
@@ -118,6 +118,10 @@ class TrainConfig:
     # How the table is stored: float32, float16 (half the bytes per table row; the full-batch
     # engines widen it to float32 once, in memory), or auto (TABLE_DTYPE_AUTO, per engine family).
     precompute_dtype: str = "auto"
+    # SAGE's [X | mean] rows on disk: packed (one file of side-by-side records, one read a row),
+    # split (X and the table, two reads), auto (packed where the disk store reads them and the
+    # disk has room: reads bound an epoch there, and packing halved them, benchmarks/RESULTS.md).
+    precompute_layout: str = "auto"
 
     def __post_init__(self) -> None:
         if self.minibatch.fanouts is None and self.layers >= 1:
@@ -175,6 +179,11 @@ class TrainConfig:
             raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {self.precompute!r}")
         if self.precompute_dtype not in PRECOMPUTE_DTYPES:
             raise ValueError(f"precompute_dtype must be one of {PRECOMPUTE_DTYPES}, got {self.precompute_dtype!r}")
+        if self.precompute_layout not in FIRST_HOP_LAYOUTS:
+            raise ValueError(f"precompute_layout must be one of {FIRST_HOP_LAYOUTS}, got {self.precompute_layout!r}")
+        if self.precompute_layout == "packed" and (self.model != "sage" or self.engine in FULL_BATCH_ENGINES):
+            raise ValueError("--precompute-layout packed applies to mini-batch SAGE (its [X | mean] rows); "
+                             f"got --model {self.model} --engine {self.engine}")
         if self.precompute == "on":
             use, why = self.first_hop_path()
             if not use:
@@ -269,6 +278,8 @@ class TrainConfig:
                 d["precompute"] = "off"
             if "precompute_dtype" not in d:  # recorded when every table was float32
                 d["precompute_dtype"] = "float32"
+            if "precompute_layout" not in d:  # recorded when X and the table were always two files
+                d["precompute_layout"] = "split"
             history = d.get("history")
             if isinstance(history, dict) and "cached_value" not in history:  # recorded when hits held outputs
                 d["history"] = {**history, "cached_value": "output"}

@@ -41,6 +41,7 @@ from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, Cache
 from ..minibatch.config import DEFAULT_LOOKAHEAD
 from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
 from ..minibatch.lookahead import LookaheadCache
+from ..minibatch.stores import joins_first_hop
 from .._hash import mix_key
 from ..minibatch.sampler import batch_key
 from ..nn import Engine, FirstHop, build_model
@@ -139,17 +140,22 @@ def store_kind(store: FeatureStore) -> str:
 
 
 def open_first_hop(graph: CSRGraph, store: FeatureStore, norm: str, directory: str | None,
-                   ctx: Any = None, dtype: str = "float32") -> tuple[FeatureStore, dict[str, Any]]:
-    """:func:`~approxgnn.minibatch.first_hop_store` of ``store``, and its facts for ``result.json``.
-    Under a distributed context rank 0 builds the table first and the other ranks then find it on
-    disk (the fingerprint names the file), so it is computed once."""
+                   ctx: Any = None, dtype: str = "float32", layout: str = "split") -> tuple[FeatureStore, dict[str, Any]]:
+    """:func:`~approxgnn.minibatch.first_hop_store` of ``store``, and its facts for ``result.json``
+    (the table's, and ``layout``: ``packed`` or ``split``). Under a distributed context rank 0
+    builds the table (and the packed file) first and the other ranks then find them on disk (the
+    fingerprint names the files), so each is written once."""
     ranks = ctx is not None and ctx.distributed
     if ranks and not ctx.is_main:
         ctx.broadcast_object(None)  # wait until rank 0's table is whole
-    joined, table = first_hop_store(graph, store, norm, directory, dtype)
+    joined, table = first_hop_store(graph, store, norm, directory, dtype, layout)
     if ranks and ctx.is_main:
         ctx.broadcast_object(table.path)
-    return joined, table.info()
+    packed = getattr(joined, "fields", None) is not None
+    info = table.info() | {"layout": "packed" if packed else "split"}
+    if packed:
+        info["packed_file"] = str(joined.path)
+    return joined, info
 
 
 class MiniBatchTrainer(Trainer):
@@ -182,7 +188,7 @@ class MiniBatchTrainer(Trainer):
         precompute: dict[str, Any] = {"path": "precomputed" if self.first_hop else "plain", "reason": why}
         if self.first_hop:
             self.store, info = open_first_hop(graph, self.store, self.model.norm, cfg.precompute_dir, self.ctx,
-                                              cfg.table_dtype())
+                                              cfg.table_dtype(), cfg.precompute_layout)
             precompute.update(info)
         self.depth = lookahead_depth(mc, self.store)
         # Evaluation's layers on disk, its features streamed, when the memory plan says so.
@@ -439,10 +445,9 @@ class MiniBatchTrainer(Trainer):
             if "lookahead" not in state:
                 raise ValueError("the checkpoint holds no look-ahead cache; resume it with --lookahead 0")
             self.lookahead.load_state_dict(state["lookahead"])  # re-reads its rows: before the store's counters
-        joined = isinstance(self.store, JoinedFeatureStore)  # SAGE's first hop; GCN's reads its table alone
-        if self.model.norm == "mean" and ("parts" in state["store"]) != joined:  # the CLI's --resume picks the path
-            raise ValueError("the checkpoint was written " + ("with" if "parts" in state["store"] else "without")
-                             + " the precomputed first hop; resume it with precompute="
-                             + ("'on'" if "parts" in state["store"] else "'off'"))
+        saved = joins_first_hop(state["store"])  # SAGE's first hop; GCN's reads its table alone
+        if self.model.norm == "mean" and saved != joins_first_hop(self.store.state_dict()):  # the CLI's --resume picks the path
+            raise ValueError("the checkpoint was written " + ("with" if saved else "without")
+                             + " the precomputed first hop; resume it with precompute=" + ("'on'" if saved else "'off'"))
         self.store.load_state_dict(state["store"])
         self.caches.load_state_dict(state)
