@@ -25,14 +25,17 @@ refusal is recorded, not an OOM kill), trains ``--epochs`` epochs over a trainin
 graph takes about an hour), and reports per epoch: time, rows requested, rows read from the store
 and bytes read from disk (the store's count; ``/proc/self/io`` for the kernel's, readahead
 included), rows the caches served, and peak RSS (``ru_maxrss``) and the cgroup's peak (page cache
-included). ``--evaluate`` adds exact test accuracy (a full layer-wise pass: minutes per cell at
-millions of nodes). The JSON is rewritten after every cell and cells already in it are skipped, so
+included). ``--evaluate`` adds test accuracy after every epoch (exact: a full layer-wise pass, far
+slower than an epoch at millions of nodes under the cap; with ``--eval-fanouts`` and ``--eval-nodes``
+sampled, as PyG evaluates large graphs). The JSON is rewritten after every cell and cells already in it are skipped, so
 a killed run resumes.
 
 ``--precompute on`` gives every cell of ours the precomputed first hop (a float16 table of the
 neighbour means beside ``x.npy``, read by the same store; the sampler stops one hop earlier). The
 table is built once, before the cells and without the cap, and its cost recorded as
-``precompute``; PyG's cell samples every hop.
+``precompute``; PyG's cell samples every hop. With the library's default ``--precompute-layout
+auto`` that build also writes ``[X | mean]`` side by side into one packed file (one read a row);
+the cell ``disk+split`` reads the two files instead, as before packing.
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ import _common
 
 import numpy as np
 
-CELLS = ("memmap", "disk", "disk+feature", "disk+feature+lookahead", "disk+lookahead+history", "pyg", "disk+lookahead")
+CELLS = ("memmap", "disk", "disk+feature", "disk+feature+lookahead", "disk+lookahead+history", "pyg", "disk+lookahead",
+         "disk+split")
 HERE = Path(__file__).resolve()
 
 
@@ -202,6 +206,12 @@ def child(a: argparse.Namespace) -> None:
                                                "lookahead_rows_prefetched", "disk_reads", "disk_bytes_read",
                                                "batches", "sampled_nodes_per_hop", "hit_rate", "time")}
                       | {"kernel_read_bytes": _common.kernel_read_bytes() - io0})
+        if a.evaluate:  # after every epoch: a curve for time to accuracy (evaluation time not in step_time_s)
+            t0 = time.perf_counter()
+            ev = trainer.evaluate()
+            epochs[-1].update(val=ev["val"], test=ev["test"], eval_s=time.perf_counter() - t0)
+            print(json.dumps({"epoch": epoch, **{k: epochs[-1][k] for k in ("step_time_s", "val", "test", "eval_s")}}),
+                  file=sys.stderr, flush=True)
     last = epochs[-1]
     res.update(epochs=epochs, epoch_time_s=float(np.median([e["step_time_s"] for e in epochs])),
                rows_requested=int(last["sampled_nodes_per_hop"][-1] * last["batches"]),
@@ -209,8 +219,7 @@ def child(a: argparse.Namespace) -> None:
                kernel_read_bytes=last["kernel_read_bytes"], cache_split=trainer.run_info().get("cache_split"),
                evaluation=trainer.run_info().get("evaluation"))
     if a.evaluate:
-        ev = trainer.evaluate()
-        res.update(test=ev["test"], val=ev["val"])
+        res.update(test=last["test"], val=last["val"])
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("RESULT " + json.dumps(res, default=float), flush=True)
 
@@ -230,7 +239,8 @@ def cell_config(a: argparse.Namespace, cell: str) -> Any:
     from approxgnn.train import TrainConfig
 
     mb: dict[str, Any] = {"fanouts": a.fanouts, "batch_size": a.batch_size, "cache_mb": a.cache_mb,
-                          "eval_batch_size": a.eval_batch_size, "lookahead": 0, "feature_store": "disk"}
+                          "eval_batch_size": a.eval_batch_size, "lookahead": 0, "feature_store": "disk",
+                          "eval_fanouts": a.eval_fanouts, "eval_nodes": a.eval_nodes}
     engine, policy = "sample", "none"
     if cell == "memmap":
         mb["feature_store"] = "mmap"
@@ -244,6 +254,7 @@ def cell_config(a: argparse.Namespace, cell: str) -> Any:
         engine, policy, mb["lookahead"] = "refresh", "refresh", a.lookahead
     return TrainConfig.from_dict({"dataset": a.layout, "model": "sage", "engine": engine, "layers": a.layers,
                                   "precompute": a.precompute,
+                                  "precompute_layout": "split" if cell == "disk+split" else a.precompute_layout,
                                   "hidden": a.hidden, "epochs": a.epochs, "dropout": 0.1, "batch_norm": True,
                                   "lr": 1e-3, "seed": 0, "progress": False, "minibatch": mb,
                                   "history": {"policy": policy}})
@@ -316,10 +327,17 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=0, help="train on this many batches per epoch (0: all)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--eval-batch-size", type=int, default=65536)
-    p.add_argument("--evaluate", action="store_true", help="exact test accuracy after training (slow at scale)")
+    p.add_argument("--evaluate", action="store_true", help="test accuracy after every epoch (exact: slow at scale; "
+                                                           "see --eval-fanouts)")
+    p.add_argument("--eval-fanouts", type=lambda s: [int(v) for v in s.split(",")],
+                   help="evaluate on sampled neighbourhoods (the library's --eval-fanouts)")
+    p.add_argument("--eval-nodes", type=int, default=0, help="evaluate at most this many nodes a split (0: all)")
     p.add_argument("--precompute", default="off", choices=("off", "on"),
                    help="the precomputed first hop (float16 table beside x.npy, built once before the cells, "
                         "uncapped) for every cell of ours; PyG's cell never has it")
+    p.add_argument("--precompute-layout", default="auto", choices=("auto", "packed", "split"),
+                   help="[X | mean] in one packed file or two (the library's --precompute-layout; the cell "
+                        "disk+split always reads two files)")
     p.add_argument("--cell-timeout", type=float, default=0.0, help="kill a cell after this many seconds (0: never)")
     p.add_argument("--json")
     p.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell here

@@ -75,3 +75,70 @@ def test_the_trainer_evaluates_in_bounded_memory_when_the_plan_says_layers_do_no
         assert a["loss"] == b["loss"]
         assert a["val"] == pytest.approx(b["val"], abs=1e-9) and a["test"] == pytest.approx(b["test"], abs=1e-9)
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith("approxgnn-eval-")]
+
+
+@pytest.mark.parametrize("model_name, first_hop", [("sage", False), ("gcn", False), ("sage", True)])
+def test_sampled_inference_with_every_neighbour_is_exact_and_draws_the_same_batches(model_name, first_hop):
+    from approxgnn.minibatch.inference import sampled_inference
+    from approxgnn.minibatch.stores import first_hop_store
+    from approxgnn.nn import FirstHop
+
+    data = planted_dataset(n=400, features=12)
+    graph = CSRGraph.from_edge_index(data.edge_index, data.num_nodes)
+    torch.manual_seed(0)
+    model = build_model(model_name, 12, 16, 3, 3, 0.5, True, 0.0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    store, hop = ArrayFeatureStore(data.x), None
+    if first_hop:
+        store, _ = first_hop_store(graph, store, model.norm)
+        hop = lambda rows: FirstHop.from_rows(rows, model.norm, 12)  # noqa: E731
+    nodes = np.flatnonzero(data.val_mask | data.test_mask)
+    full = NeighborSampler(graph, [-1, -1, -1], model.norm, first_hop=first_hop)
+    ref = layerwise_inference(model, full, store, nodes, chunk_size=70, first_hop=hop)
+    got = sampled_inference(model, full, store, nodes, batch_size=37, key=5, first_hop=hop)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # Sampled: an estimate, drawn the same at every call with the same key, sharded by slices.
+    few = NeighborSampler(graph, [3, 2, 2], model.norm, first_hop=first_hop)
+    a = sampled_inference(model, few, store, nodes, batch_size=37, key=5, first_hop=hop)
+    assert torch.equal(a, sampled_inference(model, few, store, nodes, batch_size=37, key=5, first_hop=hop))
+    assert not torch.allclose(a, ref, atol=1e-3)
+    halves = [sampled_inference(model, few, store, nodes, batch_size=37, key=5, first_hop=hop, part=(r, 2))
+              for r in range(2)]
+    assert torch.cat(halves).shape == a.shape
+
+
+def test_the_trainer_evaluates_sampled_on_a_seeded_sample_of_each_split():
+    data = planted_dataset(n=600, features=16)
+    rc = {"fanouts": [5, 4, 3], "batch_size": 50, "cache_mb": 0.05}
+
+    def cfg(**mb):
+        return TrainConfig.from_dict({"dataset": "planted", "model": "sage", "engine": "refresh", "layers": 3,
+                                      "hidden": 16, "epochs": 3, "dropout": 0.3, "progress": False, "seed": 1,
+                                      "minibatch": {**rc, **mb}})
+
+    exact = fit(build_trainer(cfg(), data))
+    every = fit(build_trainer(cfg(eval_fanouts=[-1, -1, -1]), data))
+    # Evaluation does not touch training; with every neighbour it is the exact evaluation.
+    assert [c["loss"] for c in every["curve"]] == [c["loss"] for c in exact["curve"]]
+    for a, b in zip(every["curve"], exact["curve"]):
+        assert a["val"] == pytest.approx(b["val"], abs=1e-9) and a["test"] == pytest.approx(b["test"], abs=1e-9)
+    sampled = build_trainer(cfg(eval_fanouts=[4, 3, 2], eval_nodes=25), data)
+    assert sampled.eval_plan == {"stream_features": False, "spill_layers": False}
+    fit(sampled)
+    nodes = sampled.eval_nodes()
+    assert np.array_equal(nodes, sampled.eval_nodes())  # the same sample at every evaluation
+    for k, m in sampled.split_masks.items():
+        assert np.isin(nodes, np.flatnonzero(m)).sum() == min(25, int(m.sum()))
+    logits = sampled.infer(nodes)
+    assert torch.equal(logits, sampled.infer(nodes)) and logits.shape[0] == len(nodes)
+    res = sampled.metrics(logits, nodes)
+    assert set(res) == {"train", "val", "test"} and all(0.0 <= v <= 1.0 for v in res.values())
+    # The plan counts a sampled batch for evaluation, not two [N, hidden] layers.
+    assert memory.estimate_bytes(cfg(eval_fanouts=[4, 3, 2]), data)["evaluation"] != \
+        memory.estimate_bytes(cfg(), data)["evaluation"]
+    with pytest.raises(ValueError, match="eval fanouts"):
+        cfg(eval_fanouts=[4, 3])

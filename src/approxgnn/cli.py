@@ -133,6 +133,12 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
      {"type": _int_list, "help": "neighbours per hop, seeds' hop first, one per layer (-1: all); "
                                  "default: 15,10,5 cut to --layers, extended with 5s"}),
     ("--batch-size", "minibatch.batch_size", {"type": int}),
+    ("--eval-fanouts", "minibatch.eval_fanouts",
+     {"type": _int_list, "help": "evaluate on sampled neighbourhoods with these fanouts (one per layer, -1: all), "
+                                 "--batch-size targets a batch, as PyG's NeighborLoader does; default: exact "
+                                 "layer-wise evaluation over full neighbourhoods"}),
+    ("--eval-nodes", "minibatch.eval_nodes",
+     {"type": int, "help": "evaluate at most this many nodes of each split (a seeded sample; default 0: all)"}),
     ("--cache-mb", "minibatch.cache_mb", {"type": _real, "help": "byte budget shared by feature and history caches"}),
     ("--policy", "history.policy", {"choices": POLICIES, "help": "cache policy of --engine refresh"}),
     ("--rate", "history.rate", {"type": _real, "help": "gradient-norm quantile admitted, in (0, 1]"}),

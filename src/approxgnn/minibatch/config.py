@@ -40,6 +40,12 @@ class MiniBatchConfig:
     * ``cache_mb``: one byte budget for the caches, shared by the feature cache and (under the
       history policies) the history cache; it holds their metadata too.
     * ``eval_batch_size``: nodes per chunk in exact layer-wise evaluation.
+    * ``eval_fanouts``: ``None`` (the default) evaluates exactly, layer by layer over full
+      neighbourhoods; a list (one per layer, as ``fanouts``) evaluates on sampled neighbourhoods
+      instead, ``batch_size`` targets a batch (:func:`~.inference.sampled_inference`): PyG's way
+      on graphs where one exact pass reads every edge's rows, e.g. features larger than memory.
+    * ``eval_nodes``: evaluate at most this many nodes of each split (a seeded sample, the same
+      at every evaluation); 0 (the default): all of them.
     * ``features_on_disk``: keep features in a memory-mapped ``.npy`` instead of RAM (written
       to ``<out>/features.npy``, or a temporary directory without ``--out``).
     * ``features_path``: memory-map this ``.npy`` (from ``approxgnn prepare``) as the features.
@@ -63,6 +69,8 @@ class MiniBatchConfig:
     batch_size: int = 1024
     cache_mb: float = 512.0
     eval_batch_size: int = 65536
+    eval_fanouts: list[int] | None = None
+    eval_nodes: int = 0
     features_on_disk: bool = False
     features_path: str | None = None
     prefetch: bool = True
@@ -83,6 +91,10 @@ class MiniBatchConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.eval_batch_size <= 0:
             raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
+        if self.eval_fanouts is not None and (not self.eval_fanouts or any(f != -1 and f <= 0 for f in self.eval_fanouts)):
+            raise ValueError(f"eval_fanouts must list positive fanouts or -1, one per layer, got {self.eval_fanouts}")
+        if self.eval_nodes < 0:
+            raise ValueError(f"eval_nodes must be >= 0 (0: every node of a split), got {self.eval_nodes}")
         if self.cache_mb < 0:
             raise ValueError(f"cache budget must be >= 0 MB, got {self.cache_mb}")
         if self.feature_store not in FEATURE_STORES:

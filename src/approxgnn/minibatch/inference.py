@@ -1,4 +1,5 @@
-"""Exact layer-wise inference over full neighbourhoods, as PyG/DGL/GAS infer on large graphs.
+"""Exact layer-wise inference over full neighbourhoods, as PyG/DGL/GAS infer on large graphs; and
+:func:`sampled_inference`, PyG ``NeighborLoader``'s estimate, for graphs where even that is too slow.
 
 Layer ``l``'s output is computed, in chunks of ``chunk_size`` targets, for every node of the
 evaluated nodes' receptive field (``R_{L-1} = nodes``, ``R_{l-1} = R_l ∪ N(R_l)``), from layer
@@ -29,10 +30,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._hash import mix_key
 from ..nn.propagation import Propagation
 from ..ops import SparseOperator, spmm
 from ..datasets.layout_write import create_npy
+from .blocks import BlockPropagation
 from .disk_store import DiskFeatureStore
+from .loader import BatchLoader, Prefetcher
 from .sampler import NeighborSampler
 from .stores import ArrayFeatureStore, FeatureStore
 
@@ -215,3 +219,38 @@ class _LayerFile:
         self.rows.flush()
         del self.rows  # written pages go to the file; the next layer reads it without the page cache
         return DiskFeatureStore(self.path)
+
+
+@torch.no_grad()
+def sampled_inference(model: torch.nn.Module, sampler: NeighborSampler, features: FeatureStore, nodes: np.ndarray,
+                      *, batch_size: int, key: int, device: torch.device = torch.device("cpu"),
+                      first_hop: Callable[[Tensor], Any] | None = None, progress: bool = False,
+                      prefetch: bool = True, part: tuple[int, int] = (0, 1),
+                      gather: Callable[[Tensor, int], Tensor] | None = None) -> Tensor:
+    """Logits ``[len(nodes), C]`` of ``model`` (eval mode) on *sampled* neighbourhoods.
+
+    What PyG's ``NeighborLoader`` gives on a graph too large for :func:`layerwise_inference`:
+    ``batch_size`` targets at a time, each batch's computation graph drawn by ``sampler`` (its
+    fanouts; ``-1`` everywhere makes it exact), rows read through ``features``, the next batch
+    loaded while this one computes. Batch ``i`` is drawn with ``mix_key(key, i)``, so every call
+    with the same ``nodes`` sees the same neighbourhoods: successive evaluations differ only by
+    the weights. ``first_hop`` as in :func:`layerwise_inference`. Sharded with ``part = (r, W)``:
+    this process takes the ``r``-th of ``W`` contiguous slices of ``nodes`` and ``gather(rows, n)``
+    returns every slice's logits in rank order.
+    """
+    model.eval()
+    mine = np.array_split(np.asarray(nodes, dtype=np.int64), part[1])[part[0]]
+    loader = BatchLoader(sampler, features, None, device)
+    chunks = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
+    outs = []
+    with Prefetcher(prefetch) as pf, tqdm(total=len(chunks), desc="evaluate (sampled)", disable=not progress,
+                                          leave=False, dynamic_ncols=True) as bar:
+        nxt = pf.submit(loader.load, chunks[0], mix_key(key, 0), 0) if chunks else None
+        for i in range(len(chunks)):
+            batch = nxt.result()
+            nxt = pf.submit(loader.load, chunks[i + 1], mix_key(key, i + 1), 0) if i + 1 < len(chunks) else None
+            x = first_hop(batch.x) if first_hop is not None else batch.x
+            outs.append(model(x, BlockPropagation(batch.ops)))
+            bar.update()
+    out = torch.cat(outs) if outs else torch.empty(0, 0, device=device)
+    return out if gather is None else gather(out, len(nodes))

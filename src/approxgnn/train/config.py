@@ -171,6 +171,10 @@ class TrainConfig:
         if self.engine in MINI_BATCH_ENGINES and len(self.minibatch.fanouts) != self.layers:
             raise ValueError(f"{len(self.minibatch.fanouts)} fanouts given for {self.layers} layers; "
                              "give one fanout per layer (or leave --fanouts out to get one per layer)")
+        if self.engine in MINI_BATCH_ENGINES and self.minibatch.eval_fanouts is not None \
+                and len(self.minibatch.eval_fanouts) != self.layers:
+            raise ValueError(f"{len(self.minibatch.eval_fanouts)} eval fanouts given for {self.layers} layers; "
+                             "give one per layer")
         if self.dist.nproc > 1 and self.engine in FULL_BATCH_ENGINES:
             raise ValueError(f"{self.dist.nproc} processes (--nproc, or a launcher's WORLD_SIZE): multi-process "
                              "training runs the mini-batch engines (sample, refresh); "

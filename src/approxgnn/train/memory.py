@@ -16,7 +16,8 @@ adds up, by part:
   the rows layer 0 reads), twice with prefetching and once more where a feature cache merges
   them; the activations a batch keeps for backward (:func:`batch_activation_bytes`); the
   look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
-  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs.
+  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs, or with ``--eval-fanouts`` one
+  sampled batch's rows (twice: prefetched) and activations.
 
 The look-ahead cache's buffer is part of ``--cache-mb`` (``--lookahead-share`` of it). When
 evaluation's layers do not fit beside training, :func:`evaluation_plan` has them written to disk
@@ -187,7 +188,13 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
     parts["batches"] = rows * in_width * 4 * ((2 if mc.prefetch else 1) + cached)
     parts["activations"] = batch_activation_bytes(fanouts, mc.batch_size, n, in_width, max(cfg.hidden, data.num_classes))
     parts["look-ahead window"] = depth * rows * 8 * 2
-    parts["evaluation"] = 2 * n * width * 4
+    if mc.eval_fanouts is not None:  # sampled evaluation: one batch's rows (and the next, prefetched), no backward
+        eval_fanouts = list(mc.eval_fanouts)
+        eval_rows = batch_input_rows(eval_fanouts[:-1] if first_hop else eval_fanouts, mc.batch_size, n)
+        parts["evaluation"] = eval_rows * in_width * 4 * 2 + batch_activation_bytes(
+            eval_fanouts, mc.batch_size, n, in_width, width)
+    else:
+        parts["evaluation"] = 2 * n * width * 4
     return parts
 
 
@@ -196,8 +203,8 @@ def evaluation_plan(cfg: TrainConfig, data: Dataset, available: int | None = Non
     layers do not fit beside training's parts, ``stream_features`` when, besides, the feature file
     (on disk) would not fit in what is left for the page cache."""
     plan = {"stream_features": False, "spill_layers": False}
-    if cfg.device not in ("auto", "cpu") or cfg.engine in FULL_BATCH_ENGINES:
-        return plan
+    if cfg.device not in ("auto", "cpu") or cfg.engine in FULL_BATCH_ENGINES or cfg.minibatch.eval_fanouts is not None:
+        return plan  # (sampled evaluation holds a batch, never a layer)
     available = available_bytes() if available is None else available
     if available is None:
         return plan
@@ -232,7 +239,7 @@ def check_memory(cfg: TrainConfig, data: Dataset, available: int | None = None) 
     if available is None:
         return
     parts = estimate_bytes(cfg, data)
-    if cfg.engine not in FULL_BATCH_ENGINES and sum(parts.values()) > available:
+    if cfg.engine not in FULL_BATCH_ENGINES and cfg.minibatch.eval_fanouts is None and sum(parts.values()) > available:
         # its layers go to disk where that needs less (evaluation_plan)
         parts["evaluation"] = min(parts["evaluation"], bounded_evaluation_bytes(cfg, data))
     need = sum(parts.values())

@@ -38,6 +38,7 @@ from ..history.caches import Caches, build_caches
 from ..minibatch import (ArrayFeatureStore, BatchLoader, BlockPropagation, CachedFeatureStore, DiskFeatureStore,
                          FeatureStore, JoinedFeatureStore, MiniBatchConfig, NeighborSampler, first_hop_store,
                          layerwise_inference, write_features)
+from ..minibatch.inference import sampled_inference
 from ..minibatch.config import DEFAULT_LOOKAHEAD
 from ..minibatch.loader import Batch, Prefetcher, epoch_permutation, epoch_seeds
 from ..minibatch.lookahead import LookaheadCache
@@ -193,6 +194,7 @@ class MiniBatchTrainer(Trainer):
         self.depth = lookahead_depth(mc, self.store)
         # Evaluation's layers on disk, its features streamed, when the memory plan says so.
         self.eval_plan = evaluation_plan(cfg, data)
+        self._eval_sampler: NeighborSampler | None = None  # eval_fanouts' sampler, built at the first evaluation
         self.lookahead, cache_mb = self._build_lookahead()
         history = replace(cfg.history, policy=self.policy, cached_value=cfg.resolved_cached_value())
         self.caches: Caches = build_caches(history, self.lookahead or self.store, self.sampler.rowptr, self.sampler.deg,
@@ -373,28 +375,46 @@ class MiniBatchTrainer(Trainer):
 
     # ---- evaluation ----------------------------------------------------------------------
     def infer(self, nodes: np.ndarray | None = None, **shard: Any) -> torch.Tensor:
-        """Exact logits ``[len(nodes), C]`` (all nodes by default) by layer-wise inference over
-        full neighbourhoods, ``eval_batch_size`` targets at a time; no history cache is read.
-        In bounded memory when :attr:`eval_plan` says so: features streamed through the store,
-        hidden layers written under ``--out`` (else the system's temporary directory) and removed.
-        ``shard``: ``part`` and ``gather`` of :func:`layerwise_inference` (a sharded evaluation)."""
+        """Logits ``[len(nodes), C]`` (all nodes by default); no history cache is read.
+
+        Exact by default: layer-wise inference over full neighbourhoods, ``eval_batch_size``
+        targets at a time, in bounded memory when :attr:`eval_plan` says so (features streamed
+        through the store, hidden layers written under ``--out``, else the system's temporary
+        directory, and removed). With ``eval_fanouts``: sampled neighbourhoods, ``batch_size``
+        targets a batch (:func:`~approxgnn.minibatch.inference.sampled_inference`), the same
+        neighbourhoods at every evaluation. ``shard``: ``part`` and ``gather`` (a sharded evaluation)."""
         nodes = np.arange(self.sampler.graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64)
+        first_hop = self._input if self.first_hop else None
+        if self.mc.eval_fanouts is not None:
+            if self._eval_sampler is None:
+                self._eval_sampler = NeighborSampler(self.sampler.graph, list(self.mc.eval_fanouts), self.model.norm,
+                                                     first_hop=self.first_hop)
+            return sampled_inference(self.model, self._eval_sampler, self.features, nodes,
+                                     batch_size=self.mc.batch_size, key=mix_key(self.cfg.seed, 0xE7A1),
+                                     device=self.device, first_hop=first_hop, progress=self._bars,
+                                     prefetch=self.mc.prefetch, **shard)
         sharded = shard.get("part", (0, 1))[1] > 1  # a sharded evaluation gathers every layer in memory
         spill = (self.cfg.out or tempfile.gettempdir()) if self.eval_plan["spill_layers"] and not sharded else None
         return layerwise_inference(self.model, self.sampler, self.store, nodes, features=self.features,
                                    chunk_size=self.mc.eval_batch_size, device=self.device, progress=self._bars,
-                                   first_hop=self._input if self.first_hop else None,
-                                   stream=self.eval_plan["stream_features"], spill_dir=spill, **shard)
+                                   first_hop=first_hop, stream=self.eval_plan["stream_features"], spill_dir=spill,
+                                   **shard)
 
     def evaluate(self) -> dict[str, float]:
-        """The metric on train/val/test from :meth:`infer` (exact; the history cache is unused)."""
+        """The metric on train/val/test from :meth:`infer` (the history cache is unused)."""
         nodes = self.eval_nodes()
         return self.metrics(self.infer(nodes), nodes)
 
     def eval_nodes(self) -> np.ndarray:
-        """The nodes evaluation needs logits of: every train, validation and test node."""
-        masks = self.split_masks
-        return np.flatnonzero(masks["train"] | masks["val"] | masks["test"])
+        """The nodes evaluation needs logits of: every train, validation and test node, or with
+        ``eval_nodes`` at most that many of each split, drawn once from the run's seed."""
+        masks, cap = self.split_masks, self.mc.eval_nodes
+        if not cap:
+            return np.flatnonzero(masks["train"] | masks["val"] | masks["test"])
+        rng = np.random.default_rng(mix_key(self.cfg.seed, 0xE7A2))
+        picked = [rng.permutation(ids)[:cap] if len(ids) > cap else ids
+                  for ids in (np.flatnonzero(masks[k]) for k in ("train", "val", "test"))]
+        return np.unique(np.concatenate(picked))
 
     def metrics(self, logits: torch.Tensor, nodes: np.ndarray) -> dict[str, float]:
         """The metric per split from ``logits [len(nodes), C]`` of :meth:`eval_nodes`."""
@@ -403,6 +423,7 @@ class MiniBatchTrainer(Trainer):
         res = {}
         for k, m in self.split_masks.items():
             ids = np.flatnonzero(m)
+            ids = ids[pos[ids] >= 0]  # with eval_nodes, the sampled part of the split
             res[k] = evaluate_logits(logits[torch.from_numpy(pos[ids]).to(self.device)],
                                      self.y[torch.from_numpy(ids).to(self.device)], self.metric)
         return res
