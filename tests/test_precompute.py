@@ -486,6 +486,8 @@ def test_auto_packs_when_the_disk_has_room_and_reuses_a_packed_file(tmp_path, mo
     assert isinstance(open_auto(), DiskFeatureStore) and len(list(tmp_path.glob("*-packed.npy"))) == 1
     monkeypatch.setattr(stores.shutil, "disk_usage", lambda p: usage(1 << 40, 0, 0))  # written once: reused
     assert isinstance(open_auto(), DiskFeatureStore)
+    split, _ = first_hop_store(g, DiskFeatureStore(tmp_path / "x.npy"), "mean", dtype="float16", layout="split")
+    assert isinstance(split, JoinedFeatureStore)  # asked for two files: two files, packed one or not
     monkeypatch.setattr(stores.shutil, "disk_usage", shutil.disk_usage)
     # No packed layout where it cannot apply: GCN reads its table alone, RAM features have no file.
     with pytest.raises(ValueError, match="packed"):

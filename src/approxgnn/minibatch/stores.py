@@ -257,7 +257,7 @@ def first_hop_store(graph: CSRGraph, store: FeatureStore, norm: str, directory: 
                          "(--feature-store disk); use --precompute-layout auto or split")
     if norm == "mean" and on_disk:
         packed = Path(table.path).with_name(Path(table.path).stem + "-packed.npy")
-        if layout == "packed" or packed.exists() or (layout == "auto" and packed_fits(packed, store.x, table.table)):
+        if layout == "packed" or (layout == "auto" and (packed.exists() or packed_fits(packed, store.x, table.table))):
             if not packed.exists():
                 write_packed(packed, {"x": store.x, "mean": table.table})
             return DiskFeatureStore(packed, threads=store.threads), table
