@@ -16,8 +16,8 @@ adds up, by part:
   the rows layer 0 reads), twice with prefetching and once more where a feature cache merges
   them; the activations a batch keeps for backward (:func:`batch_activation_bytes`); the
   look-ahead's window (``K`` batches' input ids, 8 bytes each, twice: ids and drawn samples);
-  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs, or with ``--eval-fanouts`` one
-  sampled batch's rows (twice: prefetched) and activations.
+  exact evaluation's two ``[N, max(hidden, C)]`` layer outputs, or with ``--eval-fanouts`` what
+  one sampled batch's rows (twice: prefetched) and activations hold beyond a training batch's.
 
 The look-ahead cache's buffer is part of ``--cache-mb`` (``--lookahead-share`` of it). When
 evaluation's layers do not fit beside training, :func:`evaluation_plan` has them written to disk
@@ -188,11 +188,13 @@ def estimate_bytes(cfg: TrainConfig, data: Dataset) -> dict[str, int]:
     parts["batches"] = rows * in_width * 4 * ((2 if mc.prefetch else 1) + cached)
     parts["activations"] = batch_activation_bytes(fanouts, mc.batch_size, n, in_width, max(cfg.hidden, data.num_classes))
     parts["look-ahead window"] = depth * rows * 8 * 2
-    if mc.eval_fanouts is not None:  # sampled evaluation: one batch's rows (and the next, prefetched), no backward
+    if mc.eval_fanouts is not None:
+        # Sampled evaluation holds a batch's rows (and the next, prefetched) and its activations,
+        # after training's batches are freed: only what exceeds theirs adds to the peak.
         eval_fanouts = list(mc.eval_fanouts)
         eval_rows = batch_input_rows(eval_fanouts[:-1] if first_hop else eval_fanouts, mc.batch_size, n)
-        parts["evaluation"] = eval_rows * in_width * 4 * 2 + batch_activation_bytes(
-            eval_fanouts, mc.batch_size, n, in_width, width)
+        held = eval_rows * in_width * 4 * 2 + batch_activation_bytes(eval_fanouts, mc.batch_size, n, in_width, width)
+        parts["evaluation"] = max(0, held - parts["batches"] - parts["activations"])
     else:
         parts["evaluation"] = 2 * n * width * 4
     return parts
@@ -254,6 +256,8 @@ def check_memory(cfg: TrainConfig, data: Dataset, available: int | None = None) 
                "(approxgnn prepare --out DIR)")
     else:
         fix = _FIXES[max(_FIXES, key=lambda k: parts.get(k, 0))]
+        if fix == _FIXES["evaluation"] and cfg.minibatch.eval_fanouts is not None:
+            fix = "lower --eval-fanouts or --batch-size (a sampled evaluation batch is larger than a training one)"
     raise MemoryError(f"this run plans about {math.ceil(need / GIB * 100) / 100:.2f} GiB ({detail}) but only "
                       f"{available / GIB:.2f} GiB is available (the machine's free memory or this process's cgroup "
                       f"limit, whichever is smaller): {fix}")
