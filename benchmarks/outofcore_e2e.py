@@ -142,7 +142,8 @@ def parent(a: argparse.Namespace) -> None:
         print(f"wrote {layout} in {time.perf_counter() - t0:.0f} s", flush=True)
     feature_bytes = (layout / "x.npy").stat().st_size
     cap = None if a.no_cap else int(a.cap_mb * 2**20) if a.cap_mb else feature_bytes // 2
-    payload: dict[str, Any] = {"command": " ".join(sys.argv), "layout": str(layout), "feature_bytes": feature_bytes,
+    payload: dict[str, Any] = {"command": " ".join(sys.argv), "layout": str(layout), "seed": a.seed,
+                               "feature_bytes": feature_bytes,
                                "cap_bytes": cap, "cells": {}}
     if a.json and Path(a.json).exists():
         earlier = json.loads(Path(a.json).read_text())
@@ -256,7 +257,7 @@ def cell_config(a: argparse.Namespace, cell: str) -> Any:
                                   "precompute": a.precompute,
                                   "precompute_layout": "split" if cell == "disk+split" else a.precompute_layout,
                                   "hidden": a.hidden, "epochs": a.epochs, "dropout": 0.1, "batch_norm": True,
-                                  "lr": 1e-3, "seed": 0, "progress": False, "minibatch": mb,
+                                  "lr": 1e-3, "seed": a.seed, "progress": False, "minibatch": mb,
                                   "history": {"policy": policy}})
 
 
@@ -276,6 +277,7 @@ def pyg_cell(a: argparse.Namespace, data: Any) -> dict[str, Any]:
     from torch_geometric.nn import GraphSAGE
 
     cut_training_set(a, data)
+    torch.manual_seed(a.seed)
     rowptr, col = data.csr
     x = torch.from_numpy(np.load(Path(a.layout) / "x.npy", mmap_mode="r"))  # the memory map, never copied
     n = data.num_nodes
@@ -351,6 +353,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--batches", type=int, default=0, help="train on this many batches per epoch (0: all)")
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="the training seed (model, sampling, dropout); the graph, "
+                   "the --batches subset and the evaluation nodes stay fixed")
     p.add_argument("--eval-batch-size", type=int, default=65536)
     p.add_argument("--evaluate", action="store_true", help="test accuracy after every epoch (exact: slow at scale; "
                                                            "see --eval-fanouts)")
