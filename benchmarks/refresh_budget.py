@@ -54,7 +54,8 @@ from approxgnn.train.results import format_table
 # oldest entries (default 1024) after every R steps (``refresh_every``, ``refresh_rows``);
 # ``+esS``: embeddings may take share S of the arena (``embedding_share``); ``+rateQ``: admit below
 # the Q gradient-norm quantile (``rate``; default ``--rate``); ``+stS``: entries expire after S
-# iterations (``staleness``; default ``--staleness``).
+# iterations (``staleness``; default ``--staleness``); ``+h16``: entries stored as float16
+# (``entry_dtype``).
 # ``refresh@0`` caches layer 0's output, so a hit prunes only the deepest hop below it, but the
 # layers above it keep fresh inputs and their full gradient.
 POLICIES = ("none", "feature", "gas", "refresh", "refresh-paper", "refresh+switch", "gas@0", "refresh@0")
@@ -94,6 +95,8 @@ def cell_options(cell: str, epochs: int) -> tuple[str, dict[str, Any], str | Non
             kw["rate"] = float(o[4:])
         elif o.startswith("st"):
             kw["staleness"] = int(o[2:])
+        elif o == "h16":
+            kw["entry_dtype"] = "float16"
         elif o.startswith("oracle-"):
             oracle = o[len("oracle-"):]
         else:

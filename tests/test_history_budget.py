@@ -200,3 +200,86 @@ def test_switch_to_exact_clears_history_and_refills_the_feature_rows(policy):
 def test_switch_time_is_validated():
     with pytest.raises(ValueError, match="switch_time"):
         HistoryConfig(switch_time=1.5)
+
+
+# --- entries stored as float16 (``entry_dtype``): twice the entries in the same bytes ---------------
+
+def test_float16_entries_hold_twice_the_rows_and_never_overlap_the_feature_rows():
+    store = ArrayFeatureStore(features())
+    for dim, row_floats in ((D, D // 2), (5, 3)):  # an odd width is padded to whole floats
+        arena = torch.zeros(40 * F)
+        fc = CachedFeatureStore(store, np.arange(N)[::-1].copy(), arena)
+        share = embedding_rows(arena.numel(), HistoryCache.row_floats_for(dim, torch.float16), 0.4)
+        hc = HistoryCache(N, [1], dim, arena, fc, 5, max_rows=share, dtype=torch.float16)
+        assert hc.row_floats == row_floats and hc.max_slots == int(0.4 * 160) // row_floats
+        values = torch.randn(30, dim) * 100
+        assert hc.admit(1, np.arange(30), values, now=1) == min(30, hc.max_slots)
+        k = hc.max_slots
+        rows, ages = hc.read(1, np.arange(k), now=2)
+        assert rows.dtype == torch.float16 and torch.equal(rows, values[:k].half()) and (ages == 1).all()
+        assert hc.bytes_used <= arena.numel() * 4 and fc.num_valid * F <= hc._base + (hc.max_slots - k) * row_floats
+        kept = fc.order[: fc.num_valid]
+        assert torch.equal(fc.read(kept), torch.from_numpy(features()[kept])), "no feature row was overwritten"
+
+
+def test_float16_state_round_trips_and_refuses_a_float32_cache():
+    def cache(dtype):
+        return HistoryCache(N, [0], D, torch.zeros(12 * D), None, 10, dtype=dtype)
+
+    a = cache(torch.float16)
+    a.admit(0, np.arange(7), torch.randn(7, D), now=3)
+    b = cache(torch.float16)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.read(0, np.arange(7), 4)[0], a.read(0, np.arange(7), 4)[0])
+    with pytest.raises(ValueError, match="entry dtype"):
+        cache(torch.float32).load_state_dict(a.state_dict())
+    old = cache(torch.float32).state_dict()
+    del old["dtype"]  # saved before entries had a dtype: float32
+    cache(torch.float32).load_state_dict(old)
+
+
+def test_entry_dtype_is_validated_and_reaches_the_engine_and_the_cli():
+    from approxgnn.cli import build_parser, config_from_args
+
+    with pytest.raises(ValueError, match="entry_dtype"):
+        HistoryConfig(entry_dtype="int8")
+    store = ArrayFeatureStore(np.ones((1000, 16), np.float32))
+    engines = {d: HistoryEngine.build(HistoryConfig(policy="refresh", staleness=20, entry_dtype=d), store,
+                                      np.arange(1000), np.ones(1000), 3, 32, 200_000, torch.device("cpu"))
+               for d in ("float32", "float16")}
+    assert engines["float16"].cache.table.dtype == torch.float16
+    share = DEFAULT_EMBEDDING_SHARE["refresh"]
+    for dtype, eng in engines.items():
+        arena = eng.features.rows.untyped_storage().nbytes() // 4
+        assert eng.cache.max_slots == embedding_rows(arena, 32 // (2 if dtype == "float16" else 1), share)
+    # more entries in the same budget; fewer than twice, as each slot's metadata is counted in it too
+    assert 1.5 < engines["float16"].cache.max_slots / engines["float32"].cache.max_slots < 2
+    args = build_parser().parse_args(["train", "--engine", "refresh", "--history-dtype", "float16"])
+    assert config_from_args(args).history.entry_dtype == "float16"
+
+
+def test_float16_entries_in_half_the_share_leave_the_rest_to_feature_rows():
+    """Real training (dropout, Adam, 3 epochs, entries expiring): float16 entries in half the share
+    are as many as float32 ones in the whole share, and the bytes they free hold feature rows, so every
+    epoch reads fewer feature bytes. In the whole share they are more entries (more hits)."""
+    from helpers import planted_dataset
+
+    from approxgnn.train import build_trainer
+
+    def train(dtype: str, share: float | None):
+        cfg = TrainConfig(dataset="planted", model="sage", engine="refresh", layers=3, hidden=32, epochs=3,
+                          lr=0.01, dropout=0.3, progress=False, seed=0, precompute="off",
+                          minibatch=MiniBatchConfig(fanouts=[4, 4, 4], batch_size=32, cache_mb=0.03),
+                          history=HistoryConfig(policy="refresh", staleness=2, cached_value="aggregate",
+                                                entry_dtype=dtype, embedding_share=share))
+        trainer = build_trainer(cfg, planted_dataset(n=600))
+        log = [trainer.train_epoch(e) for e in range(3)]
+        assert trainer.history.cache.table.dtype == getattr(torch, dtype) and trainer.history.cache.expired > 0
+        assert all(np.isfinite(r["loss"]) for r in log)
+        return log
+
+    f32, f16_half, f16 = train("float32", 0.5), train("float16", 0.25), train("float16", 0.5)
+    for a, b in zip(f32, f16_half):
+        assert b["entries"] == a["entries"] and b["feature_cache_rows"] > a["feature_cache_rows"]
+        assert b["feature_bytes_read"] < a["feature_bytes_read"]
+    assert f16[-1]["entries"] > f32[-1]["entries"] and f16[-1]["hit_rate"] > f32[-1]["hit_rate"]

@@ -31,11 +31,11 @@ ENGINE_FLAGS = {
     # the switch to exact at epoch 6 of 40, before the first checkpoint the run is killed after
     "gas-switch": ["--engine", "refresh", "--policy", "gas", "--model", "sage", "--fanouts", "5,5",
                    "--batch-size", "512", "--cache-mb", "0.3", "--history-switch-time", "0.15"],
-    # what a hit holds (issue 20): the layer's input aggregate (a hidden layer >= 1: three layers),
-    # an LMC-style partial refresh, and a warm start that ends before the kill
+    # what a hit holds (issue 20): the layer's input aggregate (a hidden layer >= 1: three layers,
+    # entries stored as float16), an LMC-style partial refresh, and a warm start that ends before the kill
     "refresh-aggregate": ["--engine", "refresh", "--model", "sage", "--layers", "3", "--fanouts", "5,5,5",
                           "--batch-size", "512", "--cache-mb", "0.3", "--staleness", "7", "--cached-value",
-                          "aggregate"],
+                          "aggregate", "--history-dtype", "float16"],
     "refresh-lmc": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",
                     "--cache-mb", "0.3", "--staleness", "7", "--hit-fanout", "2", "--hit-mix", "0.3"],
     "refresh-warm": ["--engine", "refresh", "--model", "sage", "--fanouts", "5,5", "--batch-size", "512",

@@ -26,7 +26,7 @@ from typing import Any, NoReturn, Sequence
 from . import report
 from .datasets import DatasetError, UnknownDatasetError, check_dataset_name, list_datasets
 from .datasets.registry import parse_synthetic_name
-from .history.config import CACHED_VALUES, POLICIES, HistoryConfig
+from .history.config import CACHED_VALUES, ENTRY_DTYPES, POLICIES, HistoryConfig
 from .minibatch.config import FEATURE_STORES, MiniBatchConfig
 from .minibatch.stores import joins_first_hop
 from .nn.models import MODELS
@@ -174,6 +174,9 @@ _TRAIN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
                            "forward pass without gradient (REST-style; default: off)"}),
     ("--refresh-rows", "history.refresh_rows",
      {"type": int, "help": "refresh: entries per cached layer that one --refresh-every pass rewrites (default 1024)"}),
+    ("--history-dtype", "history.entry_dtype",
+     {"choices": ENTRY_DTYPES, "help": "refresh: how a history entry is stored; float16 holds twice the entries in "
+                                       "the same bytes (default float32)"}),
     ("--eval-batch-size", "minibatch.eval_batch_size", {"type": int}),
     ("--features-on-disk", "minibatch.features_on_disk", {"action": "store_true"}),
     ("--features-path", "minibatch.features_path",

@@ -2,12 +2,12 @@
 
 One float32 *arena* holds the whole cache budget. The feature cache
 (:class:`~approxgnn.minibatch.feature_cache.CachedFeatureStore`) fills it
-from the front with raw feature rows; this class claims embedding rows (``dim`` floats each) from
-the back. Claiming a row that overlaps feature rows truncates the feature cache first, so a
+from the front with raw feature rows; this class claims embedding rows from the back: ``dim``
+values each, stored as float32 or float16 (``r = ⌈dim · itemsize / 4⌉`` of the arena's floats). Claiming a row that overlaps feature rows truncates the feature cache first, so a
 feature row is invalidated *before* an embedding overwrites it and is never served again:
 
     arena = [ feature rows (valid prefix) … | … embedding rows claimed from the end ]
-    bytes used = num_valid_feature_rows · F · 4 + claimed_rows · dim · 4 ≤ arena bytes
+    bytes used = num_valid_feature_rows · F · 4 + claimed_rows · r · 4 ≤ arena bytes
 
 The metadata of both caches (slot maps, write iterations, replacement order) is counted in the
 same budget: :func:`~.arena.arena_floats` sizes the arena as what the budget leaves after it.
@@ -41,10 +41,17 @@ from .slots import SlotOrder, order_metadata_bytes
 NEVER = -(1 << 62)  # write iteration of an empty slot: never fresh
 
 
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
 class HistoryCache:
-    """Embedding tables for ``layers`` (hidden layer indices), ``dim`` floats per entry.
+    """Embedding tables for ``layers`` (hidden layer indices), ``dim`` values per entry.
 
     ``arena`` is a 1-D float32 tensor shared with ``feature_cache`` (which may be ``None``).
+    Entries are stored as ``dtype`` (float32, or float16 to hold twice as many in the same bytes);
+    an entry takes :meth:`row_floats` of the arena's floats, padded to whole floats, and is served
+    as stored (the layer above casts it).
     Metadata is numpy so the sampler's numba kernel can read it for pruning:
 
     * per node and cached layer: ``node_slot[l] [N]`` (int32 while ids fit) — fixed;
@@ -61,9 +68,11 @@ class HistoryCache:
 
     def __init__(self, num_nodes: int, layers: list[int], dim: int, arena: Tensor,
                  feature_cache: CachedFeatureStore | None = None, staleness: int | None = 200,
-                 weight: np.ndarray | None = None, max_rows: int | None = None) -> None:
+                 weight: np.ndarray | None = None, max_rows: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         if dim < 1:
             raise ValueError(f"embedding width must be >= 1, got {dim}")
+        self.dtype, self.row_floats = dtype, self.row_floats_for(dim, dtype)
         if staleness is not None and staleness < 1:
             raise ValueError(f"staleness must be >= 1 iteration or None, got {staleness}")
         self.layers, self.dim, self.staleness = list(layers), dim, staleness
@@ -73,9 +82,11 @@ class HistoryCache:
         self.weight = None if weight is None else np.asarray(weight, dtype=np.float64)
         self._owns_weight = self.weight is not None and self.weight is not weight
         # ``max_rows`` caps the embedding region (the rest of the arena stays feature rows).
-        self.max_slots = arena.numel() // dim if max_rows is None else min(arena.numel() // dim, max_rows)
-        self._base = arena.numel() - self.max_slots * dim  # float offset of physical row 0
-        self.table = arena[self._base:].view(self.max_slots, dim)
+        fits = arena.numel() // self.row_floats
+        self.max_slots = fits if max_rows is None else min(fits, max_rows)
+        self._base = arena.numel() - self.max_slots * self.row_floats  # float offset of physical row 0
+        padded = self.row_floats * 4 // _itemsize(dtype)  # values a row spans, padding included
+        self.table = arena[self._base:].view(dtype).view(self.max_slots, padded)[:, :dim]
         self.claimed = 0  # rows [max_slots − claimed, max_slots) belong to embeddings
         ids = index_dtype(max(num_nodes, self.max_slots))
         self.slot_node = np.full(self.max_slots, -1, ids)
@@ -85,6 +96,11 @@ class HistoryCache:
         self.node_slot = {l: np.full(num_nodes, -1, ids) for l in self.layers}
         self.order = SlotOrder(self.slot_node, self.slot_iter, self.slot_ver, self.weight, staleness)
         self.expired = 0  # entries rewritten or replaced after they had gone stale
+
+    @staticmethod
+    def row_floats_for(dim: int, dtype: torch.dtype = torch.float32) -> int:
+        """Arena floats one ``dim``-wide entry of ``dtype`` takes: ``⌈dim · itemsize / 4⌉``."""
+        return -(-dim * _itemsize(dtype) // 4)
 
     @staticmethod
     def metadata_bytes_for(num_nodes: int, num_layers: int, max_slots: int, staleness: int | None) -> int:
@@ -231,7 +247,7 @@ class HistoryCache:
     def _claim(self, rows: int) -> None:
         self.claimed += rows
         if self.feature_cache is not None:
-            free_from = self._base + (self.max_slots - self.claimed) * self.dim  # first float now ours
+            free_from = self._base + (self.max_slots - self.claimed) * self.row_floats  # first float now ours
             self.feature_cache.truncate(free_from // self.feature_cache.dim)
 
     # ---- figures and state ---------------------------------------------------------------
@@ -247,7 +263,7 @@ class HistoryCache:
     def bytes_used(self) -> int:
         """Bytes of the shared budget in use: valid feature rows plus claimed embedding rows."""
         feat = self.feature_cache.bytes_used if self.feature_cache is not None else 0
-        return feat + self.claimed * self.dim * 4
+        return feat + self.claimed * self.row_floats * 4
 
     def state_dict(self) -> dict[str, Any]:
         lo = self.max_slots - self.claimed
@@ -255,12 +271,16 @@ class HistoryCache:
                 "slot_node": torch.from_numpy(self.slot_node[lo:].copy()),
                 "slot_layer": torch.from_numpy(self.slot_layer[lo:].copy()),
                 "slot_iter": torch.from_numpy(self.slot_iter[lo:].copy()),
-                "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers), "expired": self.expired}
+                "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers), "expired": self.expired,
+                "dtype": str(self.dtype).removeprefix("torch.")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_version(state, self.VERSION, "history cache")
-        if (state["max_slots"], state["dim"], list(state["layers"])) != (self.max_slots, self.dim, self.layers):
-            raise ValueError("history cache state does not match this cache (budget, width or layers differ)")
+        mine = (self.max_slots, self.dim, self.layers, str(self.dtype).removeprefix("torch."))
+        # states saved before entries had a dtype hold float32 ones
+        if (state["max_slots"], state["dim"], list(state["layers"]), state.get("dtype", "float32")) != mine:
+            raise ValueError("history cache state does not match this cache (budget, width, layers or entry dtype "
+                             "differ)")
         self.clear()
         self._claim(int(state["claimed"]))
         lo = self.max_slots - self.claimed

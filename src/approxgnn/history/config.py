@@ -22,6 +22,9 @@ DEFAULT_EMBEDDING_SHARE = {"gas": 1.0, "refresh": 0.5, "refresh-paper": 1.0}
 # on synthetic-hard-1m at 10 % and 25 % of the feature bytes it kept test accuracy within 0.5 pp of
 # no cache where the output lost 1.5 pp (benchmarks/RESULTS.md, "History cache defaults").
 CACHED_VALUES = ("auto", "output", "aggregate")
+# How a history entry is stored. float16 holds twice the entries in the same bytes; a served value's
+# rounding error is far below its staleness, which the value oracle found costs no accuracy.
+ENTRY_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -58,6 +61,8 @@ class HistoryConfig:
       sources with weights ``w = exp(−β · age / staleness)`` for served rows (``age`` in
       iterations) and 1 for computed ones, renormalised per target so that the row's total weight
       is unchanged (:func:`~.engine.staleness_weight`). ``0``: off.
+    * ``entry_dtype``: :data:`ENTRY_DTYPES`, how an entry is stored in the arena (float16: half the
+      bytes an entry, so the embeddings' share of the budget holds twice as many).
     * ``refresh_every`` R (REST-style forward-only refreshes): after every R-th step, the
       ``refresh_rows`` oldest entries of each cached layer are recomputed with the current weights
       in a forward pass without gradient and rewritten (:mod:`.refresh`). Its time and feature
@@ -79,6 +84,7 @@ class HistoryConfig:
     staleness_decay: float = 0.0
     refresh_every: int | None = None
     refresh_rows: int = 1024
+    entry_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +121,8 @@ class HistoryConfig:
                              "is computed by its own layer (use cached_value 'output')")
         if self.refresh_every is not None and self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1 step (or None: off), got {self.refresh_every}")
+        if self.entry_dtype not in ENTRY_DTYPES:
+            raise ValueError(f"entry_dtype must be one of {ENTRY_DTYPES}, got {self.entry_dtype!r}")
         if self.refresh_rows < 1:
             raise ValueError(f"refresh_rows must be >= 1, got {self.refresh_rows}")
         for layer in self.cached_layers or ():

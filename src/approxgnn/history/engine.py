@@ -116,11 +116,13 @@ class HistoryEngine(Engine):
         # The budget holds the caches' metadata too: the arena is what is left of it.
         share = cfg.resolved_embedding_share()
         share = None if share >= 1.0 else share  # 1.0: all of the arena, exactly as before the knob
-        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, hidden, len(layers), policy.staleness, share)
+        dtype = getattr(torch, cfg.entry_dtype)
+        row = HistoryCache.row_floats_for(hidden, dtype)
+        floats = arena_floats(budget_bytes, store.num_nodes, store.dim, row, len(layers), policy.staleness, share)
         arena = torch.empty(floats, dtype=torch.float32, device=device)
         features = CachedFeatureStore(store, order, arena)
         cache = HistoryCache(store.num_nodes, layers, hidden, arena, features, policy.staleness, weight=weight,
-                             max_rows=embedding_rows(floats, hidden, share))
+                             max_rows=embedding_rows(floats, row, share), dtype=dtype)
         # ``auto`` is resolved by whoever knows the model (TrainConfig, HistoryGNN); without one, output.
         cached_value = "output" if cfg.cached_value == "auto" else cfg.cached_value
         return cls(cache, policy, features=features, switch_time=cfg.switch_time, start_time=cfg.start_time,

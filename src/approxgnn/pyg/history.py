@@ -126,7 +126,7 @@ class HistoryGNN(nn.Module):
     keeps the history idle before epoch ``⌊start_time · epochs⌋`` (a warm start); both need
     ``epochs``, the run's length. What a hit holds and how it is corrected -- ``cached_value``,
     ``hit_fanout``/``hit_mix`` (LMC), ``control_variate`` (VR-GCN), ``staleness_decay`` (VISAGNN),
-    ``refresh_every``/``refresh_rows`` (REST) -- are :class:`~approxgnn.history.HistoryConfig`'s
+    ``refresh_every``/``refresh_rows`` (REST) -- and how an entry is stored (``entry_dtype``) are :class:`~approxgnn.history.HistoryConfig`'s
     knobs, the same as ``approxgnn train``'s flags. The cache is built as ``approxgnn train
     --engine refresh`` builds it (:func:`~approxgnn.history.caches.build_caches`).
 
@@ -145,7 +145,7 @@ class HistoryGNN(nn.Module):
                  switch_time: float = 1.0, epochs: int | None = None, start_time: float = 0.0,
                  cached_value: str = "auto", hit_fanout: int | None = None, hit_mix: float = 0.5,
                  control_variate: float | None = None, staleness_decay: float = 0.0,
-                 refresh_every: int | None = None, refresh_rows: int = 1024) -> None:
+                 refresh_every: int | None = None, refresh_rows: int = 1024, entry_dtype: str = "float32") -> None:
         super().__init__()
         self.gnn = PropagationGNN(model)
         if loader.sampler.norm != self.gnn.norm:
@@ -157,7 +157,7 @@ class HistoryGNN(nn.Module):
                             embedding_share=embedding_share, switch_time=switch_time, start_time=start_time,
                             cached_value=cached_value, hit_fanout=hit_fanout, hit_mix=hit_mix,
                             control_variate=control_variate, staleness_decay=staleness_decay,
-                            refresh_every=refresh_every, refresh_rows=refresh_rows)
+                            refresh_every=refresh_every, refresh_rows=refresh_rows, entry_dtype=entry_dtype)
         cfg.check_depth(self.gnn.num_layers)
         cfg.cached_value = cfg.resolved_cached_value(self.gnn.norm == "mean", self.gnn.num_layers)
         if cached_value == "aggregate" and self.gnn.norm != "mean":
