@@ -387,6 +387,7 @@ FLAG_VALUES: dict[str, tuple[list[str], object]] = {
     "--cached-value": (["aggregate", "--layers", "3", "--fanouts", "5,5,5"], "aggregate"),  # a hidden layer >= 1
     "--hit-fanout": (["2"], 2), "--hit-mix": (["0.3"], 0.3), "--control-variate": (["0.25"], 0.25),
     "--staleness-decay": (["1.5"], 1.5), "--refresh-every": (["4"], 4), "--refresh-rows": (["256"], 256),
+    "--history-dtype": (["float16"], "float16"),
     "--eval-batch-size": (["999"], 999), "--eval-fanouts": (["9,4"], [9, 4]), "--eval-nodes": (["500"], 500),
     "--features-on-disk": ([], True), "--features-path": (["/tmp/x.npy"], "/tmp/x.npy"),
     "--feature-store": (["mmap"], "mmap"), "--no-prefetch": ([], False), "--nproc": (["2"], 2),
