@@ -40,8 +40,8 @@ def arena_floats(budget_bytes: int, num_nodes: int, feature_dim: int, row: int |
     """The largest arena (in floats) whose rows and metadata fit ``budget_bytes``.
 
     ``row`` (an embedding row's floats)/``num_layers``/``staleness`` describe the history cache
-    (``row=None``: feature cache only). Raises ``ValueError`` naming ``--cache-mb`` and the minimum when the budget
-    cannot hold the metadata and one row. ``share``: the part of the arena embeddings may claim
+    (``row=None``: feature cache only). Raises ``ValueError`` naming ``--cache-mb`` and the minimum
+    when the budget cannot hold the metadata and one row. ``share``: the part of the arena embeddings may claim
     (:func:`embedding_rows`; the slots' metadata follows it).
     """
     smallest = row if row is not None else feature_dim  # one row of the cache's own kind

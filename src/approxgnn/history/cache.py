@@ -3,8 +3,9 @@
 One float32 *arena* holds the whole cache budget. The feature cache
 (:class:`~approxgnn.minibatch.feature_cache.CachedFeatureStore`) fills it
 from the front with raw feature rows; this class claims embedding rows from the back: ``dim``
-values each, stored as float32 or float16 (``r = ⌈dim · itemsize / 4⌉`` of the arena's floats). Claiming a row that overlaps feature rows truncates the feature cache first, so a
-feature row is invalidated *before* an embedding overwrites it and is never served again:
+values each, stored as float32 or float16 (``r = ⌈dim · itemsize / 4⌉`` of the arena's floats).
+Claiming a row that overlaps feature rows truncates the feature cache first, so a feature row is
+invalidated *before* an embedding overwrites it and is never served again:
 
     arena = [ feature rows (valid prefix) … | … embedding rows claimed from the end ]
     bytes used = num_valid_feature_rows · F · 4 + claimed_rows · r · 4 ≤ arena bytes
