@@ -191,6 +191,10 @@ def test_errors_are_clear() -> None:
         HistoryGNN(GraphSAGE(d.x.shape[1], 8, 3, 3), loader)
     with pytest.raises(ValueError, match="not a hidden layer"):
         HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3), loader, cached_layers=[1])
+    with pytest.raises(ValueError, match="entry_dtype"):
+        HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3), loader, entry_dtype="int8")
+    half = HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3), loader, cache_mb=1.0, entry_dtype="float16")
+    assert half.engine.cache.table.dtype == torch.float16
     wrapped = HistoryGNN(GraphSAGE(d.x.shape[1], 8, 2, 3), loader, cache_mb=1.0)
     batch = next(iter(loader))
     with pytest.raises(RuntimeError, match="must follow a training-mode forward"):
