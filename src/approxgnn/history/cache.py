@@ -42,10 +42,6 @@ from .slots import SlotOrder, order_metadata_bytes
 NEVER = -(1 << 62)  # write iteration of an empty slot: never fresh
 
 
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 class HistoryCache:
     """Embedding tables for ``layers`` (hidden layer indices), ``dim`` values per entry.
 
@@ -86,7 +82,7 @@ class HistoryCache:
         fits = arena.numel() // self.row_floats
         self.max_slots = fits if max_rows is None else min(fits, max_rows)
         self._base = arena.numel() - self.max_slots * self.row_floats  # float offset of physical row 0
-        padded = self.row_floats * 4 // _itemsize(dtype)  # values a row spans, padding included
+        padded = self.row_floats * 4 // dtype.itemsize  # values a row spans, padding included
         self.table = arena[self._base:].view(dtype).view(self.max_slots, padded)[:, :dim]
         self.claimed = 0  # rows [max_slots − claimed, max_slots) belong to embeddings
         ids = index_dtype(max(num_nodes, self.max_slots))
@@ -101,7 +97,7 @@ class HistoryCache:
     @staticmethod
     def row_floats_for(dim: int, dtype: torch.dtype = torch.float32) -> int:
         """Arena floats one ``dim``-wide entry of ``dtype`` takes: ``⌈dim · itemsize / 4⌉``."""
-        return -(-dim * _itemsize(dtype) // 4)
+        return -(-dim * dtype.itemsize // 4)
 
     @staticmethod
     def metadata_bytes_for(num_nodes: int, num_layers: int, max_slots: int, staleness: int | None) -> int:
@@ -261,6 +257,11 @@ class HistoryCache:
         return self.entries / self.max_slots if self.max_slots else 0.0
 
     @property
+    def dtype_name(self) -> str:
+        """The entries' dtype as the config names it (``float32``, ``float16``)."""
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
     def bytes_used(self) -> int:
         """Bytes of the shared budget in use: valid feature rows plus claimed embedding rows."""
         feat = self.feature_cache.bytes_used if self.feature_cache is not None else 0
@@ -273,11 +274,11 @@ class HistoryCache:
                 "slot_layer": torch.from_numpy(self.slot_layer[lo:].copy()),
                 "slot_iter": torch.from_numpy(self.slot_iter[lo:].copy()),
                 "max_slots": self.max_slots, "dim": self.dim, "layers": list(self.layers), "expired": self.expired,
-                "dtype": str(self.dtype).removeprefix("torch.")}
+                "dtype": self.dtype_name}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_version(state, self.VERSION, "history cache")
-        mine = (self.max_slots, self.dim, self.layers, str(self.dtype).removeprefix("torch."))
+        mine = (self.max_slots, self.dim, self.layers, self.dtype_name)
         # states saved before entries had a dtype hold float32 ones
         if (state["max_slots"], state["dim"], list(state["layers"]), state.get("dtype", "float32")) != mine:
             raise ValueError("history cache state does not match this cache (budget, width, layers or entry dtype "

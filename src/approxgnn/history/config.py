@@ -121,10 +121,10 @@ class HistoryConfig:
                              "is computed by its own layer (use cached_value 'output')")
         if self.refresh_every is not None and self.refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1 step (or None: off), got {self.refresh_every}")
-        if self.entry_dtype not in ENTRY_DTYPES:
-            raise ValueError(f"entry_dtype must be one of {ENTRY_DTYPES}, got {self.entry_dtype!r}")
         if self.refresh_rows < 1:
             raise ValueError(f"refresh_rows must be >= 1, got {self.refresh_rows}")
+        if self.entry_dtype not in ENTRY_DTYPES:
+            raise ValueError(f"entry_dtype must be one of {ENTRY_DTYPES}, got {self.entry_dtype!r}")
         for layer in self.cached_layers or ():
             if layer < 0:
                 raise ValueError(f"cached layer {layer} is not a hidden layer (must be >= 0)")

@@ -126,9 +126,10 @@ class HistoryGNN(nn.Module):
     keeps the history idle before epoch ``⌊start_time · epochs⌋`` (a warm start); both need
     ``epochs``, the run's length. What a hit holds and how it is corrected -- ``cached_value``,
     ``hit_fanout``/``hit_mix`` (LMC), ``control_variate`` (VR-GCN), ``staleness_decay`` (VISAGNN),
-    ``refresh_every``/``refresh_rows`` (REST) -- and how an entry is stored (``entry_dtype``) are :class:`~approxgnn.history.HistoryConfig`'s
-    knobs, the same as ``approxgnn train``'s flags. The cache is built as ``approxgnn train
-    --engine refresh`` builds it (:func:`~approxgnn.history.caches.build_caches`).
+    ``refresh_every``/``refresh_rows`` (REST) -- and how an entry is stored (``entry_dtype``) are
+    :class:`~approxgnn.history.HistoryConfig`'s knobs, the same as ``approxgnn train``'s flags. The
+    cache is built as ``approxgnn train --engine refresh`` builds it
+    (:func:`~approxgnn.history.caches.build_caches`).
 
     Its parameters are ``model``'s own (optimise ``model.parameters()``, save ``model.state_dict()``).
     In the loop: ``out = wrapped(batch)[:batch.batch_size]``, ``loss.backward()``,
